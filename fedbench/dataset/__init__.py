@@ -1,0 +1,157 @@
+"""Datasets that need no download, and the path from raw arrays to :class:`FederatedData`.
+
+A loader returns a :class:`RawDataset`: all examples with their labels, and for datasets that
+come with their own clients (``natural``), which client and which split each example belongs to.
+A partitioner (:mod:`fedbench.partition`) then assigns examples to clients, each client's examples
+are split into train and test, inputs are normalised with statistics of the training examples
+only, and :func:`fedbench.dataset.federated.from_client_arrays` pads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedbench.dataset.federated import FederatedData, from_client_arrays
+from fedbench.dataset.synthetic import generate_synthetic
+from fedbench.errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "FederatedData",
+    "RawDataset",
+    "load_dataset",
+    "from_client_arrays",
+    "generate_synthetic",
+    "normalize",
+]
+
+
+@dataclasses.dataclass
+class RawDataset:
+    """All examples of a dataset before partitioning.
+
+    Attributes:
+      x: ``[n, F...]`` float32 inputs.
+      y: ``[n]`` int32 labels in ``[0, num_classes)``.
+      num_classes: number of classes.
+      natural_client: ``[n]`` client id of each example, for datasets with their own clients.
+      natural_is_test: ``[n]`` whether the example is in its client's own test split.
+      normalize: default normalisation (``standardize``, ``none``).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    natural_client: np.ndarray | None = None
+    natural_is_test: np.ndarray | None = None
+    normalize: str = "standardize"
+
+
+def _digits(cfg: Mapping[str, Any]) -> RawDataset:
+    """scikit-learn's 8x8 handwritten digits (UCI; 1,797 images, 10 classes), as ``[8, 8, 1]``."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[..., None]
+    return RawDataset("digits", x, bunch.target.astype(np.int32), 10)
+
+
+def _breast_cancer(cfg: Mapping[str, Any]) -> RawDataset:
+    """scikit-learn's Wisconsin diagnostic breast cancer (569 patients, 30 features, binary)."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    return RawDataset(
+        "breast_cancer", bunch.data.astype(np.float32), bunch.target.astype(np.int32), 2
+    )
+
+
+def _synthetic(cfg: Mapping[str, Any]) -> RawDataset:
+    """Synthetic(alpha, beta) of Li et al. 2020; see :func:`generate_synthetic`."""
+    alpha = float(cfg.get("alpha", 0.0))
+    beta = float(cfg.get("beta", 0.0))
+    for key, value in (("alpha", alpha), ("beta", beta)):
+        if value < 0:
+            raise ConfigError(f"dataset.{key}", value, ">= 0 (a standard deviation)")
+    for key in ("num_clients", "dimension", "num_classes", "samples_per_client"):
+        value = cfg.get(key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"dataset.{key}", value, "a positive integer or null (as in the paper)")
+    if cfg.get("num_classes") is not None and int(cfg["num_classes"]) < 2:
+        raise ConfigError("dataset.num_classes", cfg["num_classes"], ">= 2")
+    train_x, train_y, test_x, test_y = generate_synthetic(
+        alpha,
+        beta,
+        iid=bool(cfg.get("iid", False)),
+        num_clients=cfg.get("num_clients"),
+        dimension=cfg.get("dimension"),
+        num_classes=cfg.get("num_classes"),
+        samples_per_client=cfg.get("samples_per_client"),
+        seed=int(cfg.get("seed", 0)),
+    )
+    xs, ys, clients, is_test = [], [], [], []
+    for c, (trx, tr_y, tex, te_y) in enumerate(zip(train_x, train_y, test_x, test_y)):
+        xs += [trx, tex]
+        ys += [tr_y, te_y]
+        clients.append(np.full(len(trx) + len(tex), c))
+        is_test += [np.zeros(len(trx), bool), np.ones(len(tex), bool)]
+    num_classes = 10 if cfg.get("num_classes") is None else int(cfg["num_classes"])
+    return RawDataset(
+        "synthetic",
+        np.concatenate(xs),
+        np.concatenate(ys).astype(np.int32),
+        num_classes,
+        natural_client=np.concatenate(clients).astype(np.int32),
+        natural_is_test=np.concatenate(is_test),
+        normalize="none",
+    )
+
+
+DATASETS: dict[str, Callable[[Mapping[str, Any]], RawDataset]] = {
+    "digits": _digits,
+    "breast_cancer": _breast_cancer,
+    "synthetic": _synthetic,
+}
+
+
+def load_dataset(cfg: Mapping[str, Any]) -> RawDataset:
+    """Loads the dataset named by ``cfg["name"]``.
+
+    Raises:
+      ConfigError: for an unknown name or bad generator settings.
+    """
+    name = cfg.get("name")
+    if name not in DATASETS:
+        raise ConfigError("dataset.name", name, "one of: " + ", ".join(sorted(DATASETS)))
+    return DATASETS[name](cfg)
+
+
+def normalize(
+    train_x: list[np.ndarray], other_x: list[list[np.ndarray]], method: str
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """Normalises inputs with statistics of the training examples only.
+
+    Args:
+      train_x: per-client training inputs; the statistics come from these alone.
+      other_x: further lists of per-client arrays (the test splits) to transform the same way.
+      method: ``standardize`` (per-feature mean 0, std 1; constant features are only centred)
+        or ``none``.
+    """
+    if method == "none":
+        return train_x, other_x
+    if method != "standardize":
+        raise ConfigError("dataset.normalize", method, "one of: standardize, none")
+    pooled = np.concatenate(train_x).astype(np.float64)
+    mean = pooled.mean(axis=0)
+    std = pooled.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+
+    def f(a: np.ndarray) -> np.ndarray:
+        return ((a - mean) / std).astype(np.float32)
+
+    return [f(a) for a in train_x], [[f(a) for a in group] for group in other_x]

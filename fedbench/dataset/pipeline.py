@@ -1,0 +1,77 @@
+"""From a :class:`RawDataset` and a partition config to padded :class:`FederatedData`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedbench.dataset import RawDataset, normalize
+from fedbench.dataset.federated import FederatedData, from_client_arrays
+from fedbench.errors import ConfigError
+from fedbench.partition import heterogeneity_stats, partition
+
+
+def split_client(
+    indices: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffles one client's examples and holds out ``int(test_fraction * n)`` for its test split.
+
+    A client always keeps at least one training example, so a 1-example client has no test split.
+    """
+    shuffled = rng.permutation(indices)
+    n_test = min(int(test_fraction * len(indices)), len(indices) - 1)
+    return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])
+
+
+def build_federated(
+    raw: RawDataset,
+    partition_cfg: Mapping[str, Any],
+    num_clients: int,
+    seed: int,
+    test_fraction: float = 0.2,
+    normalization: str | None = None,
+) -> tuple[FederatedData, dict[str, Any]]:
+    """Partitions, splits, normalises (train statistics only) and pads a dataset.
+
+    Args:
+      raw: the loaded dataset.
+      partition_cfg: the ``partition`` config group (``name`` and its settings).
+      num_clients: number of clients.
+      seed: seed of the partition and the per-client train/test split.
+      test_fraction: share of each client's examples held out as its own test split (ignored for
+        ``natural`` partitions of datasets that carry their own split).
+      normalization: ``standardize`` or ``none``; ``None`` = the dataset's default.
+
+    Returns:
+      ``(data, stats)``: the padded federated data and heterogeneity statistics of the training
+      splits (see :func:`fedbench.partition.heterogeneity_stats`) plus test split sizes.
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError("dataset.test_fraction", test_fraction, "in [0, 1)")
+    parts = partition(partition_cfg, raw.y, num_clients, seed, raw.natural_client)
+    rng = np.random.default_rng([seed, 1])
+    train_idx, test_idx = [], []
+    for part in parts:
+        if len(part) == 0:
+            raise ConfigError(
+                "partition.name", partition_cfg.get("name"), "a partition that gives every client data"
+            )
+        if partition_cfg.get("name") == "natural" and raw.natural_is_test is not None:
+            train_idx.append(part[~raw.natural_is_test[part]])
+            test_idx.append(part[raw.natural_is_test[part]])
+        else:
+            tr, te = split_client(part, test_fraction, rng)
+            train_idx.append(tr)
+            test_idx.append(te)
+    train_x = [raw.x[i] for i in train_idx]
+    train_x, (test_x,) = normalize(
+        train_x, [[raw.x[i] for i in test_idx]], normalization or raw.normalize
+    )
+    train_y = [raw.y[i] for i in train_idx]
+    test_y = [raw.y[i] for i in test_idx]
+    data = from_client_arrays(train_x, train_y, test_x, test_y, raw.num_classes)
+    stats = heterogeneity_stats(train_y, raw.num_classes)
+    stats["test_sizes"] = [int(len(t)) for t in test_y]
+    return data, stats

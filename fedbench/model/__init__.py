@@ -1,0 +1,144 @@
+"""Flax models, used functionally (``init`` / ``apply``) so client parameters can be stacked.
+
+References:
+  H. B. McMahan et al. "Communication-Efficient Learning of Deep Networks from Decentralized
+  Data", AISTATS 2017, Sec. 3: the "2NN" MLP (two hidden layers of 200 ReLU units) and the MNIST
+  CNN (5x5 conv 32, 2x2 max-pool, 5x5 conv 64, 2x2 max-pool, dense 512 ReLU, dense softmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fedbench.errors import ConfigError
+
+MODELS = ("logreg", "mlp", "cnn")
+CONV_IMPLS = ("auto", "lax", "im2col")
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression on the flattened input."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, F...] -> [B, classes]
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class MLP(nn.Module):
+    """McMahan et al.'s 2NN: ``hidden`` ReLU layers (default two of 200) then a linear head."""
+
+    num_classes: int
+    hidden: Sequence[int] = (200, 200)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """SAME, stride-1 convolution as one matmul over explicitly gathered patches.
+
+    ``x``: ``[B, H, W, Cin]``; ``kernel``: ``[kh, kw, Cin, Cout]`` -> ``[B, H, W, Cout]``.
+    XLA:CPU runs its convolution op several times slower inside ``lax.scan`` than outside, and
+    turns vmapped convolutions into grouped ones; a pad, ``kh*kw`` static slices, a concat and a
+    matmul avoid both (benchmarks/NOTES.md).
+    """
+    kh, kw, cin, cout = kernel.shape
+    _, h, w, _ = x.shape
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+    patches = jnp.concatenate(
+        [xp[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, VALID (odd trailing rows/columns dropped), by reshape + max."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Conv5x5(nn.Module):
+    """A 5x5 SAME convolution whose parameters are the same for both implementations."""
+
+    features: int
+    impl: str = "lax"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (5, 5, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.impl == "im2col":
+            y = im2col_conv(x, kernel)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y + bias
+
+
+class CNN(nn.Module):
+    """McMahan et al.'s MNIST CNN for any ``[H, W, C]`` input with ``H, W >= 4``."""
+
+    num_classes: int
+    conv_impl: str = "lax"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 3:
+            x = x[..., None]
+        x = max_pool_2x2(nn.relu(Conv5x5(32, self.conv_impl)(x)))
+        x = max_pool_2x2(nn.relu(Conv5x5(64, self.conv_impl)(x)))
+        x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_classes)(x)
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """``auto`` picks im2col on CPU (see benchmarks/NOTES.md) and XLA's convolution elsewhere."""
+    if impl not in CONV_IMPLS:
+        raise ConfigError("model.conv_impl", impl, "one of: " + ", ".join(CONV_IMPLS))
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "lax"
+    return impl
+
+
+def build_model(
+    cfg: Mapping[str, Any], feature_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    """Builds the model named by ``cfg["name"]`` after checking it fits the data.
+
+    Raises:
+      ConfigError: unknown name, or a model that cannot take the dataset's input shape.
+    """
+    name = cfg.get("name")
+    if name not in MODELS:
+        raise ConfigError("model.name", name, "one of: " + ", ".join(MODELS))
+    if name == "logreg":
+        return LogReg(num_classes)
+    if name == "mlp":
+        hidden = tuple(int(h) for h in cfg.get("hidden", (200, 200)))
+        if any(h < 1 for h in hidden):
+            raise ConfigError("model.hidden", list(hidden), "positive layer widths")
+        return MLP(num_classes, hidden)
+    if len(feature_shape) not in (2, 3) or min(feature_shape[:2]) < 4:
+        raise ConfigError(
+            "model.name",
+            name,
+            f"a model for this data: cnn needs images [H, W] or [H, W, C] with H, W >= 4, "
+            f"but the dataset's inputs have shape {list(feature_shape)}; use logreg or mlp",
+        )
+    return CNN(num_classes, resolve_conv_impl(cfg.get("conv_impl", "auto")))

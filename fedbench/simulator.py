@@ -1,0 +1,421 @@
+"""The vectorised round loop: every sampled client trains at once, rounds run inside ``jit``.
+
+One federated round is one pure function::
+
+    sample clients_per_round ids (without replacement, from the round's key)
+      -> gather their padded data
+      -> local SGD of all of them at once (``jax.vmap`` or ``lax.map`` over the client axis;
+         ``lax.scan`` over local steps; padded steps masked)
+      -> average the model deltas weighted by example counts
+      -> server optimiser (optax) on the negated average.
+
+Rounds run as a ``lax.fori_loop`` whose trip count is an argument, so one compiled program serves
+every block length: the host evaluates and logs between blocks, and neither ``rounds`` nor
+``eval_every`` triggers a recompilation. Round ``r`` always uses the key
+``fold_in(run_key, r)``, so results do not depend on how rounds are cut into blocks.
+
+Local schedule of a client with ``n`` examples: ``local_epochs`` epochs, each a fresh random
+order of its ``n`` real examples cut into ``ceil(n / batch_size)`` batches (the last one may be
+short; its loss is the mean over its real examples). The scan runs
+``local_epochs * ceil(N / batch_size)`` steps for the padded length ``N``; the steps beyond a
+client's own count leave its parameters untouched.
+
+References:
+  H. B. McMahan et al., AISTATS 2017, Algorithm 1 (FedAvg, FedSGD); T. Li et al., MLSys 2020
+  (FedProx); S. J. Reddi et al., ICLR 2021 (server optimisers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedbench.algorithm import Algorithm
+from fedbench.dataset.federated import FederatedData
+from fedbench.errors import ConfigError
+
+Params = Any
+CLIENT_AXES = ("auto", "vmap", "map")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Round-loop settings (the top-level config keys).
+
+    Attributes:
+      clients_per_round: clients sampled per round, without replacement.
+      local_epochs: passes over each client's data per round.
+      batch_size: local minibatch size.
+      lr: client SGD learning rate.
+      client_axis: ``vmap`` (one batched program: the design for accelerators) or ``map``
+        (``lax.map``: one client after another inside the compiled program); ``auto`` picks per
+        backend (benchmarks/NOTES.md).
+      unroll: ``lax.scan`` unroll factor of the local-step loop.
+      eval_chunk: examples per forward pass in evaluation (bounds memory).
+    """
+
+    clients_per_round: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    client_axis: str = "auto"
+    unroll: int = 1
+    eval_chunk: int = 1024
+
+
+@flax.struct.dataclass
+class ServerState:
+    """Everything that changes between rounds.
+
+    ``params`` is the server model (for ``local``: a ``[num_clients, ...]`` stack of client
+    models); ``round`` counts finished rounds; ``key`` is the run's base key, constant.
+    """
+
+    params: Params
+    opt_state: Any
+    round: jax.Array
+    key: jax.Array
+
+
+@flax.struct.dataclass
+class ClientStats:
+    """Per-client diagnostics of one local update."""
+
+    num_steps: jax.Array  # int32: SGD steps actually taken
+    loss: jax.Array  # mean minibatch loss over the steps taken
+
+
+def resolve_client_axis(axis: str) -> str:
+    """``auto``: ``map`` on CPU, ``vmap`` on accelerators (see benchmarks/NOTES.md)."""
+    if axis not in CLIENT_AXES:
+        raise ConfigError("client_axis", axis, "one of: " + ", ".join(CLIENT_AXES))
+    if axis == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return axis
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy, ``[B, K], [B] -> [B]``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def epoch_order(key: jax.Array, count: jax.Array, length: int) -> jax.Array:
+    """A uniformly random order of the first ``count`` of ``length`` slots, padding last.
+
+    Sorting i.i.d. uniforms gives a uniform permutation; padded slots get ``+inf`` so they sort
+    after every real example. ``[length]`` int32.
+    """
+    u = jax.random.uniform(key, (length,))
+    u = jnp.where(jnp.arange(length) < count, u, jnp.inf)
+    return jnp.argsort(u).astype(jnp.int32)
+
+
+def num_local_steps(count: int, batch_size: int, local_epochs: int) -> int:
+    """Steps a client with ``count`` examples takes: ``local_epochs * ceil(count / batch_size)``."""
+    return local_epochs * math.ceil(count / batch_size)
+
+
+def make_local_update(
+    apply_fn: Callable[[Params, jax.Array], jax.Array],
+    *,
+    lr: float,
+    local_epochs: int,
+    batch_size: int,
+    prox_mu: float = 0.0,
+    unroll: int = 1,
+) -> Callable[..., tuple[Params, ClientStats]]:
+    """Builds ``local_update(server_params, x, y, count, key) -> (delta, stats)`` for one client.
+
+    ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]``, ``count``: the client's real size. The
+    local objective is the mean cross-entropy of a minibatch plus, for FedProx,
+    ``prox_mu / 2 * ||w - server_params||^2`` (Li et al. 2020, Eq. 2).
+    """
+
+    def batch_loss(params, xb, yb, valid):
+        per_example = cross_entropy(apply_fn(params, xb), yb)
+        return jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+    grad_fn = jax.value_and_grad(batch_loss)
+
+    def local_update(server_params, x, y, count, key):
+        length = x.shape[0]
+        steps_per_epoch = math.ceil(length / batch_size)
+        padded = steps_per_epoch * batch_size
+        orders = jax.vmap(lambda e: epoch_order(jax.random.fold_in(key, e), count, length))(
+            jnp.arange(local_epochs)
+        )
+        orders = jnp.pad(orders, ((0, 0), (0, padded - length)))
+
+        def step(params, s):
+            epoch, batch = s // steps_per_epoch, s % steps_per_epoch
+            start = batch * batch_size
+            idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
+            valid = start + jnp.arange(batch_size) < count
+            loss, grads = grad_fn(params, x[idx], y[idx], valid)
+            if prox_mu:
+                grads = jax.tree.map(lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params)
+            active = start < count
+            params = jax.tree.map(
+                lambda p, g: jnp.where(active, p - lr * g, p), params, grads
+            )
+            return params, (jnp.where(active, loss, 0.0), active)
+
+        params, (losses, active) = jax.lax.scan(
+            step, server_params, jnp.arange(local_epochs * steps_per_epoch), unroll=unroll
+        )
+        delta = jax.tree.map(jnp.subtract, params, server_params)
+        taken = active.sum().astype(jnp.int32)
+        return delta, ClientStats(taken, losses.sum() / jnp.maximum(taken, 1))
+
+    return local_update
+
+
+def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple) -> Callable:
+    """Maps ``fn`` over the leading client axis with ``jax.vmap`` or sequential ``lax.map``.
+
+    ``in_axes`` marks per-client arguments with 0 and shared ones with ``None``.
+    """
+    if client_axis == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        shared = [a if ax is None else None for a, ax in zip(args, in_axes)]
+        per_client = [a if ax == 0 else None for a, ax in zip(args, in_axes)]
+
+        def one(xs):
+            full = [s if ax is None else x for s, x, ax in zip(shared, xs, in_axes)]
+            return fn(*full)
+
+        return jax.lax.map(one, per_client)
+
+    return mapped
+
+
+def weighted_mean(tree: Params, weights: jax.Array) -> Params:
+    """``sum_i w_i * tree_i / sum_i w_i`` over the leading axis."""
+    w = weights.astype(jnp.float32) / jnp.sum(weights)
+    return jax.tree.map(lambda d: jnp.tensordot(w, d, axes=1), tree)
+
+
+class Simulator:
+    """Runs an :class:`Algorithm` on :class:`FederatedData` with a flax model.
+
+    Usage::
+
+        sim = Simulator(model, algorithm, data, settings, seed=0)
+        state = sim.init()
+        state = sim.run(state, 10)      # 10 rounds, one compiled program
+        metrics = sim.evaluate(state)
+
+    ``trace_count`` counts how often the round program was traced (a new trace means a new
+    compilation); tests assert it stays at one across blocks of different lengths.
+    """
+
+    def __init__(
+        self,
+        model,
+        algorithm: Algorithm,
+        data: FederatedData,
+        settings: Settings,
+        seed: int,
+    ):
+        self.model = model
+        self.algorithm = algorithm
+        self.data = data
+        self.settings = settings
+        self.seed = seed
+        self.client_axis = resolve_client_axis(settings.client_axis)
+        self.trace_count = 0
+        apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+        self.apply_fn = apply_fn
+        epochs = 1 if algorithm.full_batch else settings.local_epochs
+        batch = data.max_train if algorithm.full_batch else settings.batch_size
+        self.local_epochs, self.batch_size = epochs, batch
+        self.local_update = make_local_update(
+            apply_fn,
+            lr=settings.lr,
+            local_epochs=epochs,
+            batch_size=batch,
+            prox_mu=algorithm.prox_mu,
+            unroll=settings.unroll,
+        )
+        if algorithm.kind == "centralized":
+            pooled_x, pooled_y = data.pooled_train()
+            self.pooled_x, self.pooled_y = jnp.asarray(pooled_x), jnp.asarray(pooled_y)
+            # Same number of examples per round as clients_per_round average clients.
+            self.centralized_size = max(
+                1, round(len(pooled_y) * settings.clients_per_round / data.num_clients)
+            )
+            self.local_update = make_local_update(
+                apply_fn,
+                lr=settings.lr,
+                local_epochs=epochs,
+                batch_size=settings.batch_size,
+                unroll=settings.unroll,
+            )
+        self._run = jax.jit(self._run_rounds)
+        self._evaluate = jax.jit(self._evaluate_impl)
+
+    # -- state -------------------------------------------------------------------------------
+    def init(self) -> ServerState:
+        """Initial parameters from ``PRNGKey(seed)``; every local model starts from the same."""
+        key = jax.random.PRNGKey(self.seed)
+        init_key, run_key = jax.random.split(key)
+        params = self.model.init(init_key, self.data.train_x[0, :1])["params"]
+        if self.algorithm.kind == "local":
+            params = jax.tree.map(
+                lambda p: jnp.broadcast_to(p, (self.data.num_clients,) + p.shape), params
+            )
+        opt_state = self.algorithm.server_optimizer.init(params)
+        return ServerState(params, opt_state, jnp.zeros((), jnp.int32), run_key)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def sample_clients(self, key: jax.Array) -> jax.Array:
+        """``clients_per_round`` distinct client ids, uniformly at random."""
+        return jax.random.choice(
+            key, self.data.num_clients, (self.settings.clients_per_round,), replace=False
+        )
+
+    def round_keys(self, state: ServerState) -> tuple[jax.Array, jax.Array]:
+        """``(sample_key, clients_key)`` of the round about to run."""
+        key = jax.random.fold_in(state.key, state.round)
+        return tuple(jax.random.split(key))
+
+    def _federated_round(self, state: ServerState, data: FederatedData) -> ServerState:
+        sample_key, clients_key = self.round_keys(state)
+        ids = self.sample_clients(sample_key)
+        counts = data.train_counts[ids]
+        keys = jax.random.split(clients_key, ids.shape[0])
+        update = map_over_clients(self.local_update, self.client_axis, (None, 0, 0, 0, 0))
+        deltas, _ = update(state.params, data.train_x[ids], data.train_y[ids], counts, keys)
+        mean_delta = weighted_mean(deltas, counts)
+        pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+        updates, opt_state = self.algorithm.server_optimizer.update(
+            pseudo_grad, state.opt_state, state.params
+        )
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state, round=state.round + 1)
+
+    def _centralized_round(self, state: ServerState, pooled) -> ServerState:
+        sample_key, clients_key = self.round_keys(state)
+        pooled_x, pooled_y = pooled
+        idx = jax.random.permutation(sample_key, pooled_y.shape[0])[: self.centralized_size]
+        delta, _ = self.local_update(
+            state.params, pooled_x[idx], pooled_y[idx], jnp.int32(self.centralized_size), clients_key
+        )
+        params = jax.tree.map(jnp.add, state.params, delta)
+        return state.replace(params=params, round=state.round + 1)
+
+    def _local_round(self, state: ServerState, data: FederatedData) -> ServerState:
+        _, clients_key = self.round_keys(state)
+        keys = jax.random.split(clients_key, data.num_clients)
+        update = map_over_clients(self.local_update, self.client_axis, (0, 0, 0, 0, 0))
+        deltas, _ = update(state.params, data.train_x, data.train_y, data.train_counts, keys)
+        params = jax.tree.map(jnp.add, state.params, deltas)
+        return state.replace(params=params, round=state.round + 1)
+
+    def _run_rounds(self, state: ServerState, payload, num_rounds: jax.Array) -> ServerState:
+        self.trace_count += 1
+        kind = self.algorithm.kind
+        body = {
+            "federated": self._federated_round,
+            "centralized": self._centralized_round,
+            "local": self._local_round,
+        }[kind]
+        return jax.lax.fori_loop(0, num_rounds, lambda _, s: body(s, payload), state)
+
+    def _payload(self):
+        if self.algorithm.kind == "centralized":
+            return (self.pooled_x, self.pooled_y)
+        return self.data
+
+    def run(self, state: ServerState, num_rounds: int) -> ServerState:
+        """Runs ``num_rounds`` rounds in one call of the compiled round loop."""
+        return self._run(state, self._payload(), jnp.int32(num_rounds))
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _sums(self, params, x, y, count):
+        """Sum of losses and of correct predictions over the first ``count`` rows, chunked."""
+        chunk = min(self.settings.eval_chunk, x.shape[0])
+        pad = -x.shape[0] % chunk
+        xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        ys = jnp.pad(y, (0, pad))
+        valid = jnp.arange(xs.shape[0]) < count
+        shape = (-1, chunk)
+
+        def one(args):
+            xb, yb, vb = args
+            logits = self.apply_fn(params, xb)
+            loss = jnp.where(vb, cross_entropy(logits, yb), 0.0).sum()
+            correct = jnp.where(vb, jnp.argmax(logits, -1) == yb, False).sum()
+            return loss, correct
+
+        losses, corrects = jax.lax.map(
+            one,
+            (xs.reshape(shape + xs.shape[1:]), ys.reshape(shape), valid.reshape(shape)),
+        )
+        return losses.sum(), corrects.sum()
+
+    def _evaluate_impl(self, params, data: FederatedData):
+        per_client = self.algorithm.kind == "local"
+        p_axis = 0 if per_client else None
+
+        def client_sums(p, x, y, n):
+            return self._sums(p, x, y, n)
+
+        clients = map_over_clients(client_sums, "map", (p_axis, 0, 0, 0))
+        train_loss, train_correct = clients(params, data.train_x, data.train_y, data.train_counts)
+        test_loss, test_correct = clients(params, data.test_x, data.test_y, data.test_counts)
+        pooled_n = data.pooled_test_y.shape[0]
+        if per_client:
+            pooled = map_over_clients(
+                lambda p: self._sums(p, data.pooled_test_x, data.pooled_test_y, pooled_n),
+                "map",
+                (0,),
+            )
+            pooled_loss, pooled_correct = pooled(params)
+            pooled_loss, pooled_correct = pooled_loss.mean(), pooled_correct.mean()
+        else:
+            pooled_loss, pooled_correct = self._sums(
+                params, data.pooled_test_x, data.pooled_test_y, pooled_n
+            )
+        n_train = data.train_counts.sum()
+        return {
+            "train_loss": train_loss.sum() / n_train,
+            "train_accuracy": train_correct.sum() / n_train,
+            "test_loss": pooled_loss / pooled_n,
+            "test_accuracy": pooled_correct / pooled_n,
+            "client_test_correct": test_correct,
+        }
+
+    def evaluate(self, state: ServerState) -> dict[str, Any]:
+        """Metrics of the current model(s).
+
+        ``test_*`` are on the pooled test set (for ``local``: the mean over client models);
+        ``train_*`` over all clients' training data, weighted by example counts;
+        ``client_accuracy_mean`` / ``client_accuracy_p10``: mean and 10th percentile over clients
+        (with a non-empty test split) of the accuracy on their own test split.
+        """
+        raw = jax.device_get(self._evaluate(state.params, self.data))
+        counts = np.asarray(self.data.test_counts)
+        has_test = counts > 0
+        client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
+        return {
+            "round": int(state.round),
+            "train_loss": float(raw["train_loss"]),
+            "train_accuracy": float(raw["train_accuracy"]),
+            "test_loss": float(raw["test_loss"]),
+            "test_accuracy": float(raw["test_accuracy"]),
+            "client_accuracy_mean": float(client_acc.mean()) if client_acc.size else float("nan"),
+            "client_accuracy_p10": float(np.percentile(client_acc, 10))
+            if client_acc.size
+            else float("nan"),
+        }
