@@ -1,0 +1,43 @@
+"""Shared fixtures: small uneven federations and Hydra-composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedbench.dataset.federated import from_client_arrays
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0):
+    """Clients of very different sizes with a learnable linear labelling."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(features, classes))
+    xs, ys, txs, tys = [], [], [], []
+    for n in sizes:
+        x = rng.normal(size=(n, features)).astype(np.float32)
+        xs.append(x)
+        ys.append(np.argmax(x @ w, axis=1).astype(np.int32))
+        tx = rng.normal(size=(max(1, n // 3), features)).astype(np.float32)
+        txs.append(tx)
+        tys.append(np.argmax(tx @ w, axis=1).astype(np.int32))
+    return from_client_arrays(xs, ys, txs, tys, classes)
+
+
+@pytest.fixture
+def uneven_data():
+    return make_uneven_data()
+
+
+def compose(overrides: list[str]) -> dict:
+    """The CLI's config for ``overrides``, resolved to plain containers."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
