@@ -16,9 +16,9 @@ every block length: the host evaluates and logs between blocks, and neither ``ro
 
 Local schedule of a client with ``n`` examples: ``local_epochs`` epochs, each a fresh random
 order of its ``n`` real examples cut into ``ceil(n / batch_size)`` batches (the last one may be
-short; its loss is the mean over its real examples). The scan runs
-``local_epochs * ceil(N / batch_size)`` steps for the padded length ``N``; the steps beyond a
-client's own count leave its parameters untouched.
+short; its loss is the mean over its real examples). The step loop is a ``lax.while_loop`` over
+the client's own number of steps, so the padding costs no steps under ``lax.map``; under
+``jax.vmap`` finished clients are masked until the longest one is done.
 
 References:
   H. B. McMahan et al., AISTATS 2017, Algorithm 1 (FedAvg, FedSGD); T. Li et al., MLSys 2020
@@ -58,7 +58,7 @@ class Settings:
       client_axis: ``vmap`` (one batched program: the design for accelerators) or ``map``
         (``lax.map``: one client after another inside the compiled program); ``auto`` picks per
         backend (benchmarks/NOTES.md).
-      unroll: ``lax.scan`` unroll factor of the local-step loop.
+      unroll: local SGD steps per iteration of the local-step loop (each masked).
       eval_chunk: examples per forward pass in evaluation (bounds memory).
     """
 
@@ -132,11 +132,17 @@ def make_local_update(
     prox_mu: float = 0.0,
     unroll: int = 1,
 ) -> Callable[..., tuple[Params, ClientStats]]:
-    """Builds ``local_update(server_params, x, y, count, key) -> (delta, stats)`` for one client.
+    """Builds ``local_update(server_params, x, y, count, key[, epochs]) -> (delta, stats)``.
 
-    ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]``, ``count``: the client's real size. The
-    local objective is the mean cross-entropy of a minibatch plus, for FedProx,
-    ``prox_mu / 2 * ||w - server_params||^2`` (Li et al. 2020, Eq. 2).
+    ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]``, ``count``: the client's real size,
+    ``epochs``: optional per-client number of epochs (``<= local_epochs``; default
+    ``local_epochs``). The local objective is the mean cross-entropy of a minibatch plus, for
+    FedProx, ``prox_mu / 2 * ||w - server_params||^2`` (Li et al. 2020, Eq. 2).
+
+    The step loop is a ``lax.while_loop`` over the client's own ``epochs * ceil(count /
+    batch_size)`` steps: under ``lax.map`` a small client costs only its own steps; under
+    ``jax.vmap`` the batch runs until the longest client is done with finished clients masked.
+    ``unroll`` steps run per loop iteration (each masked), which cuts per-iteration overhead.
     """
 
     def batch_loss(params, xb, yb, valid):
@@ -145,35 +151,41 @@ def make_local_update(
 
     grad_fn = jax.value_and_grad(batch_loss)
 
-    def local_update(server_params, x, y, count, key):
+    def local_update(server_params, x, y, count, key, epochs=None):
         length = x.shape[0]
-        steps_per_epoch = math.ceil(length / batch_size)
-        padded = steps_per_epoch * batch_size
+        steps_per_epoch = (count + batch_size - 1) // batch_size  # this client's own
+        total = steps_per_epoch * (local_epochs if epochs is None else epochs)
+        # Orders of every epoch, padded so a slice past the end stays in bounds.
+        padded = math.ceil(length / batch_size) * batch_size
         orders = jax.vmap(lambda e: epoch_order(jax.random.fold_in(key, e), count, length))(
             jnp.arange(local_epochs)
         )
         orders = jnp.pad(orders, ((0, 0), (0, padded - length)))
 
-        def step(params, s):
-            epoch, batch = s // steps_per_epoch, s % steps_per_epoch
-            start = batch * batch_size
+        def step(carry):
+            params, s, loss_sum = carry
+            active = s < total
+            epoch = s // jnp.maximum(steps_per_epoch, 1)
+            start = (s % jnp.maximum(steps_per_epoch, 1)) * batch_size
             idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
             valid = start + jnp.arange(batch_size) < count
             loss, grads = grad_fn(params, x[idx], y[idx], valid)
             if prox_mu:
-                grads = jax.tree.map(lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params)
-            active = start < count
-            params = jax.tree.map(
-                lambda p, g: jnp.where(active, p - lr * g, p), params, grads
-            )
-            return params, (jnp.where(active, loss, 0.0), active)
+                grads = jax.tree.map(
+                    lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params
+                )
+            params = jax.tree.map(lambda p, g: jnp.where(active, p - lr * g, p), params, grads)
+            return params, s + active, loss_sum + jnp.where(active, loss, 0.0)
 
-        params, (losses, active) = jax.lax.scan(
-            step, server_params, jnp.arange(local_epochs * steps_per_epoch), unroll=unroll
-        )
+        def body(carry):
+            for _ in range(unroll):  # `unroll` masked steps per loop iteration
+                carry = step(carry)
+            return carry
+
+        carry = (server_params, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+        params, taken, loss_sum = jax.lax.while_loop(lambda c: c[1] < total, body, carry)
         delta = jax.tree.map(jnp.subtract, params, server_params)
-        taken = active.sum().astype(jnp.int32)
-        return delta, ClientStats(taken, losses.sum() / jnp.maximum(taken, 1))
+        return delta, ClientStats(taken, loss_sum / jnp.maximum(taken, 1))
 
     return local_update
 

@@ -71,6 +71,17 @@ def test_vectorised_equals_sequential_loop(uneven_data, algorithm_cfg, axis):
 
 
 @pytest.mark.parametrize("axis", ["vmap", "map"])
+def test_unrolled_step_loop_equals_sequential_loop(uneven_data, axis):
+    sim = make_sim(uneven_data, {"name": "fedprox", "mu": 0.1}, axis=axis, unroll=3)
+    state = sim.init()
+    expected, _ = run_reference(
+        sim.apply_fn, sim.algorithm, uneven_data, state.params, state.key, 2,
+        clients_per_round=3, lr=0.1, local_epochs=2, batch_size=4,
+    )
+    assert_trees_close(sim.run(state, 2).params, expected)
+
+
+@pytest.mark.parametrize("axis", ["vmap", "map"])
 def test_local_baseline_equals_sequential_loop(uneven_data, axis):
     sim = make_sim(uneven_data, {"name": "local"}, axis=axis)
     state = sim.init()
