@@ -41,6 +41,7 @@ import optax
 from fedbench.algorithm import Algorithm
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
+from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, poisson_cohort
 
 Params = Any
 CLIENT_AXES = ("auto", "vmap", "map")
@@ -83,6 +84,7 @@ class ServerState:
     opt_state: Any
     round: jax.Array
     key: jax.Array
+    overflow: jax.Array  # rounds whose Poisson cohort overflowed its buffer (must stay 0)
 
 
 @flax.struct.dataclass
@@ -217,6 +219,40 @@ def weighted_mean(tree: Params, weights: jax.Array) -> Params:
     return jax.tree.map(lambda d: jnp.tensordot(w, d, axes=1), tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientDP:
+    """Client-level DP-FedAvg settings (see :mod:`fedbench.privacy.mechanisms`).
+
+    Attributes:
+      clip: L2 bound on each client's model delta.
+      noise_multiplier: noise std / clip.
+      sampling: ``poisson`` (each client with probability ``rate``) or ``fixed``
+        (``clients_per_round`` without replacement).
+      rate: sampling probability ``q``.
+      expected_cohort: the fixed denominator (``q * num_clients``; ``clients_per_round``).
+      buffer: slots for a Poisson cohort (overflow is counted and reported as an error).
+    """
+
+    clip: float
+    noise_multiplier: float
+    sampling: str
+    rate: float
+    expected_cohort: float
+    buffer: int
+
+
+def dp_client_mean(deltas: Params, valid: jax.Array, dp: ClientDP, key: jax.Array) -> Params:
+    """Clip each client delta, sum the valid ones, add ``N(0, (z * clip)^2)``, divide by the
+    expected cohort size (McMahan et al. 2018, Algorithm 1, fixed-denominator estimator)."""
+    clipped, _ = jax.vmap(clip_to_norm, in_axes=(0, None))(deltas, dp.clip)
+    weights = valid.astype(jnp.float32)
+    total = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), clipped)
+    # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
+    stddev = dp.noise_multiplier * dp.clip if dp.noise_multiplier > 0 else 0.0
+    noisy = add_gaussian_noise(total, stddev, key)
+    return jax.tree.map(lambda t: t / dp.expected_cohort, noisy)
+
+
 class Simulator:
     """Runs an :class:`Algorithm` on :class:`FederatedData` with a flax model.
 
@@ -238,7 +274,9 @@ class Simulator:
         data: FederatedData,
         settings: Settings,
         seed: int,
+        privacy: ClientDP | None = None,
     ):
+        self.privacy = privacy
         self.model = model
         self.algorithm = algorithm
         self.data = data
@@ -287,7 +325,8 @@ class Simulator:
                 lambda p: jnp.broadcast_to(p, (self.data.num_clients,) + p.shape), params
             )
         opt_state = self.algorithm.server_optimizer.init(params)
-        return ServerState(params, opt_state, jnp.zeros((), jnp.int32), run_key)
+        zero = jnp.zeros((), jnp.int32)
+        return ServerState(params, opt_state, zero, run_key, zero)
 
     # -- rounds ------------------------------------------------------------------------------
     def sample_clients(self, key: jax.Array) -> jax.Array:
@@ -301,20 +340,36 @@ class Simulator:
         key = jax.random.fold_in(state.key, state.round)
         return tuple(jax.random.split(key))
 
+    def noise_key(self, state: ServerState) -> jax.Array:
+        """The key of the round's DP noise, independent of sampling and client keys."""
+        return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
+
     def _federated_round(self, state: ServerState, data: FederatedData) -> ServerState:
         sample_key, clients_key = self.round_keys(state)
-        ids = self.sample_clients(sample_key)
+        dp = self.privacy
+        overflow = state.overflow
+        if dp is not None and dp.sampling == "poisson":
+            ids, valid, count = poisson_cohort(sample_key, data.num_clients, dp.rate, dp.buffer)
+            overflow = overflow + (count > dp.buffer)
+        else:
+            ids = self.sample_clients(sample_key)
+            valid = jnp.ones(ids.shape, bool)
         counts = data.train_counts[ids]
         keys = jax.random.split(clients_key, ids.shape[0])
         update = map_over_clients(self.local_update, self.client_axis, (None, 0, 0, 0, 0))
         deltas, _ = update(state.params, data.train_x[ids], data.train_y[ids], counts, keys)
-        mean_delta = weighted_mean(deltas, counts)
+        if dp is None:
+            mean_delta = weighted_mean(deltas, counts)
+        else:
+            mean_delta = dp_client_mean(deltas, valid, dp, self.noise_key(state))
         pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
         updates, opt_state = self.algorithm.server_optimizer.update(
             pseudo_grad, state.opt_state, state.params
         )
         params = optax.apply_updates(state.params, updates)
-        return state.replace(params=params, opt_state=opt_state, round=state.round + 1)
+        return state.replace(
+            params=params, opt_state=opt_state, round=state.round + 1, overflow=overflow
+        )
 
     def _centralized_round(self, state: ServerState, pooled) -> ServerState:
         sample_key, clients_key = self.round_keys(state)

@@ -1,0 +1,87 @@
+"""Client-level DP-FedAvg as composable pieces: Poisson cohorts, per-client clipping, noise.
+
+The server-side pipeline of one DP round (McMahan et al. 2018, Algorithm 1 with the fixed
+denominator estimator ``f~_f``):
+
+1. sample the cohort: each client independently with probability ``q`` (Poisson), or a fixed
+   number without replacement;
+2. clip each sampled client's model delta to L2 norm ``clip`` (the norm over all parameters);
+3. sum the clipped deltas and add Gaussian noise of standard deviation ``noise_multiplier * clip``
+   to every coordinate of the sum;
+4. divide by the *expected* cohort size ``q * num_clients`` (fixed, so one client cannot change
+   the denominator), then hand the result to the server optimiser.
+
+The sensitivity of the sum to adding or removing one client is ``clip``, so the round is a
+sampled Gaussian mechanism with noise multiplier ``noise_multiplier``; accounting lives in
+:mod:`fedbench.privacy.accounting`.
+
+References:
+  H. B. McMahan, D. Ramage, K. Talwar, L. Zhang. "Learning Differentially Private Recurrent
+  Language Models", ICLR 2018, Algorithm 1 (DP-FedAvg) and Sec. 2 (estimators).
+  M. Abadi et al. "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1 (clipping
+  and Gaussian noise).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+
+
+def clip_to_norm(tree: Params, clip: float | jax.Array) -> tuple[Params, jax.Array]:
+    """Scales ``tree`` by ``min(1, clip / ||tree||_2)``; returns ``(clipped, norm_before)``.
+
+    The norm is the L2 norm over all leaves together. Trees already within ``clip`` are returned
+    unchanged (multiplied by exactly 1).
+    """
+    norm = optax.global_norm(tree)
+    scale = jnp.where(norm > clip, clip / jnp.where(norm > 0, norm, 1.0), 1.0)
+    return jax.tree.map(lambda x: x * scale.astype(x.dtype), tree), norm
+
+
+def add_gaussian_noise(tree: Params, stddev: float | jax.Array, key: jax.Array) -> Params:
+    """Adds i.i.d. ``N(0, stddev^2)`` to every coordinate of ``tree``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [x + stddev * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def poisson_buffer_size(num_clients: int, rate: float, rounds: int, failure: float = 1e-9) -> int:
+    """A fixed cohort buffer that a Poisson(q) cohort overflows with probability < ``failure``.
+
+    Uses the Chernoff bound for a Binomial(num_clients, q) count over ``rounds`` rounds (a union
+    bound), capped at ``num_clients`` (where overflow is impossible).
+    """
+    mean = num_clients * rate
+    per_round = failure / max(rounds, 1)
+    size = math.ceil(mean)
+    while size < num_clients:
+        # P[X >= size] <= exp(-mean * h(size/mean - 1)), h(u) = (1 + u) log(1 + u) - u.
+        u = size / mean - 1.0
+        if u > 0 and math.exp(-mean * ((1 + u) * math.log1p(u) - u)) < per_round:
+            return size
+        size += 1
+    return num_clients
+
+
+def poisson_cohort(
+    key: jax.Array, num_clients: int, rate: float, buffer: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Poisson sampling into a fixed-size buffer.
+
+    Returns ``(ids [buffer], valid [buffer], count)``: the sampled client ids in increasing order
+    padded with 0, which slots hold a sampled client, and how many were sampled. ``count >
+    buffer`` is an overflow that the caller must report (the excess clients are not in ``ids``).
+    """
+    chosen = jax.random.uniform(key, (num_clients,)) < rate
+    count = chosen.sum().astype(jnp.int32)
+    (ids,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
+    valid = jnp.arange(buffer) < count
+    return ids.astype(jnp.int32), valid, count

@@ -1,0 +1,99 @@
+"""Client-level DP-FedAvg mechanics against closed forms and statistics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_uneven_data
+from scipy import stats
+
+from fedbench.algorithm import build_algorithm
+from fedbench.model import MLP
+from fedbench.privacy.mechanisms import clip_to_norm, poisson_buffer_size, poisson_cohort
+from fedbench.simulator import ClientDP, Settings, Simulator, dp_client_mean
+
+
+def test_clipping_bounds_norm_and_leaves_small_deltas_untouched():
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 0.3, 5.0, 100.0):
+        tree = {"a": jnp.asarray(rng.normal(size=(4, 3)) * scale, jnp.float32),
+                "b": jnp.asarray(rng.normal(size=7) * scale, jnp.float32)}
+        norm = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in tree.values()))
+        clipped, reported = clip_to_norm(tree, 1.0)
+        assert float(reported) == pytest.approx(norm, rel=1e-5)
+        new_norm = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in clipped.values()))
+        assert new_norm <= 1.0 + 1e-5
+        if norm <= 1.0:
+            for k in tree:
+                np.testing.assert_array_equal(np.asarray(clipped[k]), np.asarray(tree[k]))
+        else:
+            assert new_norm == pytest.approx(1.0, rel=1e-5)
+            # Direction is kept.
+            np.testing.assert_allclose(np.asarray(clipped["a"]) * norm, np.asarray(tree["a"]),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_noise_std_matches_z_clip_over_denominator():
+    z, clip, cohort = 1.3, 0.7, 12.0
+    dp = ClientDP(clip=clip, noise_multiplier=z, sampling="fixed", rate=0.1,
+                  expected_cohort=cohort, buffer=4)
+    deltas = {"w": jnp.zeros((4, 200_000), jnp.float32)}
+    out = dp_client_mean(deltas, jnp.ones(4, bool), dp, jax.random.PRNGKey(3))["w"]
+    sample = np.asarray(out, np.float64)
+    expected = z * clip / cohort
+    # The sample variance of n normals: (n - 1) s^2 / sigma^2 ~ chi2(n - 1); 1e-6 two-sided.
+    n = sample.size
+    lo, hi = stats.chi2.ppf([5e-7, 1 - 5e-7], n - 1)
+    assert lo / (n - 1) < sample.var(ddof=1) / expected**2 < hi / (n - 1)
+    assert abs(sample.mean()) < 6 * expected / np.sqrt(n)
+
+
+def test_padded_cohort_slots_do_not_contribute():
+    dp = ClientDP(clip=10.0, noise_multiplier=0.0, sampling="poisson", rate=0.5,
+                  expected_cohort=2.0, buffer=3)
+    deltas = {"w": jnp.asarray([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]])}
+    out = dp_client_mean(deltas, jnp.asarray([True, True, False]), dp, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(out["w"]), [2.0, 3.0], rtol=1e-6)
+
+
+def test_dp_fedavg_without_noise_or_clipping_equals_fedavg():
+    data = make_uneven_data(sizes=(12, 12, 12, 12, 12), seed=5)  # equal sizes: equal weights
+    settings = Settings(clients_per_round=3, local_epochs=2, batch_size=4, lr=0.1,
+                        client_axis="vmap")
+    dp = ClientDP(clip=float("inf"), noise_multiplier=0.0, sampling="fixed", rate=3 / 5,
+                  expected_cohort=3.0, buffer=3)
+    plain = Simulator(MLP(3, (8,)), build_algorithm({"name": "fedavg"}), data, settings, 0)
+    private = Simulator(MLP(3, (8,)), build_algorithm({"name": "fedavg"}), data, settings, 0,
+                        privacy=dp)
+    a, b = plain.run(plain.init(), 4).params, private.run(private.init(), 4).params
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_poisson_cohort_rate_and_overflow_flag():
+    counts = []
+    for r in range(400):
+        ids, valid, count = poisson_cohort(jax.random.PRNGKey(r), 50, 0.2, 50)
+        chosen = np.asarray(ids)[np.asarray(valid)]
+        assert len(set(chosen.tolist())) == int(count) == len(chosen)
+        counts.append(int(count))
+    # Binomial(50, 0.2): mean 10, sd 2.83; the mean of 400 draws is within 5 standard errors.
+    assert abs(np.mean(counts) - 10) < 5 * 2.83 / np.sqrt(400)
+    data = make_uneven_data(sizes=(6,) * 8, seed=1)
+    dp = ClientDP(clip=1.0, noise_multiplier=0.0, sampling="poisson", rate=0.9,
+                  expected_cohort=7.2, buffer=2)
+    settings = Settings(clients_per_round=2, local_epochs=1, batch_size=4, lr=0.1)
+    sim = Simulator(MLP(3, (4,)), build_algorithm({"name": "fedavg"}), data, settings, 0,
+                    privacy=dp)
+    assert int(sim.run(sim.init(), 3).overflow) == 3
+
+
+@pytest.mark.parametrize("num_clients,rate,rounds", [(100, 0.1, 1000), (1000, 0.01, 500), (30, 0.5, 10)])
+def test_poisson_buffer_overflow_probability_is_small(num_clients, rate, rounds):
+    size = poisson_buffer_size(num_clients, rate, rounds, failure=1e-9)
+    assert size <= num_clients
+    tail = stats.binom.sf(size, num_clients, rate)  # P[count > size]
+    assert tail * rounds < 1e-9
+    assert size < num_clients or tail == 0
