@@ -40,7 +40,7 @@ def clip_to_norm(tree: Params, clip: float | jax.Array) -> tuple[Params, jax.Arr
     The norm is the L2 norm over all leaves together. Trees already within ``clip`` are returned
     unchanged (multiplied by exactly 1).
     """
-    norm = optax.global_norm(tree)
+    norm = optax.tree.norm(tree)
     scale = jnp.where(norm > clip, clip / jnp.where(norm > 0, norm, 1.0), 1.0)
     return jax.tree.map(lambda x: x * scale.astype(x.dtype), tree), norm
 
