@@ -41,6 +41,7 @@ import optax
 from fedbench.algorithm import Algorithm
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
+from fedbench.privacy.dp_sgd import make_dp_sgd_local_update
 from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, poisson_cohort
 
 Params = Any
@@ -84,7 +85,8 @@ class ServerState:
     opt_state: Any
     round: jax.Array
     key: jax.Array
-    overflow: jax.Array  # rounds whose Poisson cohort overflowed its buffer (must stay 0)
+    overflow: jax.Array  # Poisson cohorts / batches that overflowed their buffer (must stay 0)
+    participation: jax.Array  # [num_clients] int32: rounds each client took part in
 
 
 @flax.struct.dataclass
@@ -93,6 +95,7 @@ class ClientStats:
 
     num_steps: jax.Array  # int32: SGD steps actually taken
     loss: jax.Array  # mean minibatch loss over the steps taken
+    overflow: jax.Array  # int32: DP-SGD steps whose Poisson batch overflowed its buffer
 
 
 def resolve_client_axis(axis: str) -> str:
@@ -187,7 +190,7 @@ def make_local_update(
         carry = (server_params, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
         params, taken, loss_sum = jax.lax.while_loop(lambda c: c[1] < total, body, carry)
         delta = jax.tree.map(jnp.subtract, params, server_params)
-        return delta, ClientStats(taken, loss_sum / jnp.maximum(taken, 1))
+        return delta, ClientStats(taken, loss_sum / jnp.maximum(taken, 1), jnp.zeros((), jnp.int32))
 
     return local_update
 
@@ -241,6 +244,21 @@ class ClientDP:
     buffer: int
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleDP:
+    """Record-level DP-SGD inside every client (see :mod:`fedbench.privacy.dp_sgd`).
+
+    Attributes:
+      clip: L2 bound on each example's gradient.
+      noise_multiplier: noise std / clip, per local step.
+      buffer: slots for a Poisson batch (overflow is counted and reported as an error).
+    """
+
+    clip: float
+    noise_multiplier: float
+    buffer: int
+
+
 def dp_client_mean(deltas: Params, valid: jax.Array, dp: ClientDP, key: jax.Array) -> Params:
     """Clip each client delta, sum the valid ones, add ``N(0, (z * clip)^2)``, divide by the
     expected cohort size (McMahan et al. 2018, Algorithm 1, fixed-denominator estimator)."""
@@ -274,7 +292,7 @@ class Simulator:
         data: FederatedData,
         settings: Settings,
         seed: int,
-        privacy: ClientDP | None = None,
+        privacy: ClientDP | SampleDP | None = None,
     ):
         self.privacy = privacy
         self.model = model
@@ -297,6 +315,16 @@ class Simulator:
             prox_mu=algorithm.prox_mu,
             unroll=settings.unroll,
         )
+        if isinstance(privacy, SampleDP):
+            self.local_update = make_dp_sgd_local_update(
+                apply_fn,
+                lr=settings.lr,
+                local_epochs=epochs,
+                batch_size=batch,
+                clip=privacy.clip,
+                noise_multiplier=privacy.noise_multiplier,
+                buffer=privacy.buffer,
+            )
         if algorithm.kind == "centralized":
             pooled_x, pooled_y = data.pooled_train()
             self.pooled_x, self.pooled_y = jnp.asarray(pooled_x), jnp.asarray(pooled_y)
@@ -326,7 +354,8 @@ class Simulator:
             )
         opt_state = self.algorithm.server_optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
-        return ServerState(params, opt_state, zero, run_key, zero)
+        participation = jnp.zeros((self.data.num_clients,), jnp.int32)
+        return ServerState(params, opt_state, zero, run_key, zero, participation)
 
     # -- rounds ------------------------------------------------------------------------------
     def sample_clients(self, key: jax.Array) -> jax.Array:
@@ -346,7 +375,7 @@ class Simulator:
 
     def _federated_round(self, state: ServerState, data: FederatedData) -> ServerState:
         sample_key, clients_key = self.round_keys(state)
-        dp = self.privacy
+        dp = self.privacy if isinstance(self.privacy, ClientDP) else None
         overflow = state.overflow
         if dp is not None and dp.sampling == "poisson":
             ids, valid, count = poisson_cohort(sample_key, data.num_clients, dp.rate, dp.buffer)
@@ -357,7 +386,9 @@ class Simulator:
         counts = data.train_counts[ids]
         keys = jax.random.split(clients_key, ids.shape[0])
         update = map_over_clients(self.local_update, self.client_axis, (None, 0, 0, 0, 0))
-        deltas, _ = update(state.params, data.train_x[ids], data.train_y[ids], counts, keys)
+        deltas, stats = update(state.params, data.train_x[ids], data.train_y[ids], counts, keys)
+        overflow = overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
+        participation = state.participation.at[ids].add(valid.astype(jnp.int32))
         if dp is None:
             mean_delta = weighted_mean(deltas, counts)
         else:
@@ -368,7 +399,11 @@ class Simulator:
         )
         params = optax.apply_updates(state.params, updates)
         return state.replace(
-            params=params, opt_state=opt_state, round=state.round + 1, overflow=overflow
+            params=params,
+            opt_state=opt_state,
+            round=state.round + 1,
+            overflow=overflow,
+            participation=participation,
         )
 
     def _centralized_round(self, state: ServerState, pooled) -> ServerState:

@@ -97,3 +97,57 @@ def test_poisson_buffer_overflow_probability_is_small(num_clients, rate, rounds)
     tail = stats.binom.sf(size, num_clients, rate)  # P[count > size]
     assert tail * rounds < 1e-9
     assert size < num_clients or tail == 0
+
+
+def test_per_example_clipping_equals_loop_over_examples():
+    from fedbench.privacy.dp_sgd import per_example_clipped_sum
+
+    model = MLP(3, (5,))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(9, 4)) * 3, jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 9), jnp.int32)
+    valid = jnp.asarray([True] * 7 + [False] * 2)
+    params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+    clip = 0.5
+    got, _ = per_example_clipped_sum(apply_fn, params, x, y, valid, clip)
+    expected = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+    norms = []
+    for i in range(7):
+        def loss(p):
+            logits = apply_fn(p, x[i : i + 1])
+            return -jax.nn.log_softmax(logits)[0, y[i]]
+        g = jax.grad(loss)(params)
+        norm = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(g)))
+        norms.append(norm)
+        factor = min(1.0, clip / norm)
+        expected = jax.tree.map(lambda e, v: e + factor * np.asarray(v, np.float64), expected, g)
+    assert max(norms) > clip > min(norms) or max(norms) > clip  # clipping is exercised
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6)
+
+
+def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent():
+    import optax
+
+    from fedbench.model import LogReg
+    from fedbench.privacy.dp_sgd import make_dp_sgd_local_update
+
+    data = make_uneven_data(sizes=(7, 20), seed=6)
+    model = LogReg(3)
+    params = model.init(jax.random.PRNGKey(0), data.train_x[0, :1])["params"]
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+    # batch_size >= n: sampling rate 1, every example in every step, 3 epochs = 3 steps.
+    update = jax.jit(make_dp_sgd_local_update(apply_fn, lr=0.5, local_epochs=3, batch_size=20,
+                                              clip=float("inf"), noise_multiplier=0.0, buffer=20))
+    delta, stats = update(params, data.train_x[0], data.train_y[0], data.train_counts[0],
+                          jax.random.PRNGKey(1))
+    assert int(stats.num_steps) == 3 and int(stats.overflow) == 0
+    x, y = data.client_train(0)
+    expected = params
+    for _ in range(3):
+        g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            apply_fn(p, jnp.asarray(x)), jnp.asarray(y)).mean())(expected)
+        expected = jax.tree.map(lambda p, gi: p - 0.5 * gi, expected, g)
+    for a, b in zip(jax.tree.leaves(jax.tree.map(jnp.add, params, delta)), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
