@@ -1,7 +1,8 @@
 """The ``fedbench`` command: a Hydra app over ``conf/``.
 
 Bad input ends the run before any training with one line on stderr naming the key, the value and
-what is allowed, and exit status 2.
+what is allowed, and exit status 2. An unknown group option (``dataset=nope``) is reported by
+Hydra itself, with the available options, and exit status 1.
 """
 
 from __future__ import annotations

@@ -61,12 +61,16 @@ class FederatedData:
     def client_train(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """The unpadded training arrays of one client (host NumPy), for reference loops."""
         n = int(self.train_counts[client])
-        return np.asarray(self.train_x[client, :n]), np.asarray(self.train_y[client, :n])
+        # Slice on the host: a device slice per distinct size would compile each time.
+        return np.asarray(self.train_x[client])[:n], np.asarray(self.train_y[client])[:n]
 
     def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
         """All clients' training examples concatenated in client order (host NumPy)."""
-        xs, ys = zip(*(self.client_train(c) for c in range(self.num_clients)))
-        return np.concatenate(xs), np.concatenate(ys)
+        x, y, counts = (np.asarray(a) for a in (self.train_x, self.train_y, self.train_counts))
+        return (
+            np.concatenate([x[c, :n] for c, n in enumerate(counts)]),
+            np.concatenate([y[c, :n] for c, n in enumerate(counts)]),
+        )
 
 
 def _pad_stack(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:

@@ -161,7 +161,8 @@ def heterogeneity_stats(
     """Client sizes, label histograms and the mean total-variation distance to the global mix.
 
     ``tv_i = 0.5 * sum_k |p_ik - p_k|`` where ``p_i`` is client ``i``'s label distribution and
-    ``p`` the distribution of all examples pooled; 0 for identical mixes, 1 for disjoint ones.
+    ``p`` the distribution of all examples pooled; 0 when a client's mix equals the global one, and
+    close to 1 when a client holds only classes that are rare overall.
     """
     hist = np.stack([np.bincount(y, minlength=num_classes) for y in client_labels])
     sizes = hist.sum(axis=1)

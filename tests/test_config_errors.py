@@ -1,0 +1,176 @@
+"""Bad input is rejected with a ConfigError naming the key and the value, before any training.
+
+Configs are composed from conf/ by Hydra's compose API exactly as the CLI composes them; a few
+end-to-end checks run the real ``python -m fedbench`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fedbench.errors import ConfigError
+from fedbench.run import run_experiment, validate
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+
+def composed(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _no_progress(*args):
+    raise AssertionError("training started despite a bad setting")
+
+
+def assert_names(err: ConfigError, key: str, value) -> None:
+    assert err.key == key
+    assert err.value == value and type(err.value) is type(value)
+    assert str(err).startswith(f"{key}={value!r} is not allowed: ")
+
+
+def test_default_config_is_valid():
+    cfg = composed()
+    settings = validate(cfg)
+    assert cfg["num_clients"] == 20  # interpolated from dataset.num_clients
+    assert settings.clients_per_round == cfg["clients_per_round"] == 10
+    assert settings.batch_size == 10 and settings.lr == pytest.approx(0.1)
+    assert settings.local_epochs == 1
+
+
+# ------------------------------------------------------------------- top-level keys
+
+
+@pytest.mark.parametrize(
+    "override,key,value",
+    [
+        ("clients_per_round=21", "clients_per_round", 21),
+        ("clients_per_round=0", "clients_per_round", 0),
+        ("batch_size=0", "batch_size", 0),
+        ("batch_size=-3", "batch_size", -3),
+        ("lr=0", "lr", 0),
+        ("lr=0.0", "lr", 0.0),
+        ("lr=-0.1", "lr", -0.1),
+        ("rounds=0", "rounds", 0),
+        ("num_clients=0", "num_clients", 0),
+        ("local_epochs=0", "local_epochs", 0),
+        ("eval_every=0", "eval_every", 0),
+        ("seed=-1", "seed", -1),
+        ("client_axis=pmap", "client_axis", "pmap"),
+    ],
+)
+def test_validate_rejects(override, key, value):
+    cfg = composed(override)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert_names(err.value, key, value)
+
+
+def test_clients_per_round_message_names_num_clients():
+    with pytest.raises(ConfigError) as err:
+        validate(composed("clients_per_round=21"))
+    assert "num_clients=20" in str(err.value)
+    # equal is fine: every client takes part in every round
+    assert validate(composed("clients_per_round=20")).clients_per_round == 20
+
+
+@pytest.mark.parametrize("override,value", [("lr=nan", float("nan")), ("lr=inf", float("inf"))])
+def test_lr_must_be_finite(override, value):
+    with pytest.raises(ConfigError) as err:
+        validate(composed(override))
+    assert err.value.key == "lr" and f"lr={value!r}" in str(err.value)
+
+
+# ---------------------------------------------- group settings, through run_experiment
+
+
+@pytest.mark.parametrize(
+    "overrides,key,value",
+    [
+        (["partition.alpha=0"], "partition.alpha", 0),
+        (["partition.alpha=-1"], "partition.alpha", -1),
+        (["partition=quantity", "partition.alpha=0"], "partition.alpha", 0),
+        (["partition=shards", "partition.shards_per_client=0"], "partition.shards_per_client", 0),
+        (["dataset.name=nope"], "dataset.name", "nope"),
+        (["model.name=nope"], "model.name", "nope"),
+        (["algorithm.name=nope"], "algorithm.name", "nope"),
+        (["dataset=breast_cancer", "model=cnn", "clients_per_round=5"], "model.name", "cnn"),
+        (["dataset=synthetic", "partition=natural", "num_clients=10"], "num_clients", 10),
+        (["algorithm=fedprox", "algorithm.mu=-1"], "algorithm.mu", -1),
+        (["dataset=synthetic", "dataset.beta=-1.0"], "dataset.beta", -1.0),
+    ],
+)
+def test_run_experiment_rejects_before_training(overrides, key, value, tmp_path):
+    cfg = composed(*overrides)
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, tmp_path, progress=_no_progress)
+    assert_names(err.value, key, value)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_cnn_on_breast_cancer_message_gives_the_shape(tmp_path):
+    cfg = composed("dataset=breast_cancer", "model=cnn", "clients_per_round=5")
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, tmp_path, progress=None)
+    assert "[30]" in str(err.value)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic", "breast_cancer"])
+def test_each_dataset_default_is_valid_out_of_the_box(dataset):
+    cfg = composed(f"dataset={dataset}")
+    settings = validate(cfg)
+    assert settings.clients_per_round <= cfg["num_clients"]
+
+
+# ------------------------------------------------------------------------ the real CLI
+
+
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # Hydra's default
+    return subprocess.run(
+        [sys.executable, "-m", "fedbench", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["clients_per_round=50"], "clients_per_round=50"),
+        (["dataset=breast_cancer", "model=cnn", "clients_per_round=5"], "model.name='cnn'"),
+    ],
+)
+def test_cli_bad_setting_exits_2_with_one_line(overrides, expected, tmp_path):
+    proc = _cli(tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedbench: error: ")
+    assert expected in last
+    assert not list(tmp_path.rglob("metrics.jsonl"))
+    assert not list(tmp_path.rglob("summary.json"))
+
+
+@pytest.mark.slow
+def test_cli_unknown_group_option(tmp_path):
+    proc = _cli(tmp_path, "dataset=nope")
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("metrics.jsonl"))
