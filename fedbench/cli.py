@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedbench.errors import ConfigError
+from fedbench.errors import BufferOverflowError, ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -35,6 +35,9 @@ def _app(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except BufferOverflowError as err:
+        print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 def main() -> None:

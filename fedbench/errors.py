@@ -24,3 +24,12 @@ class ConfigError(ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class BufferOverflowError(RuntimeError):
+    """A Poisson-sampled cohort or batch was larger than its fixed buffer.
+
+    The buffer is sized so this happens with probability below 1e-9 per run; if it does, the run
+    stops rather than silently dropping sampled clients or examples (which would break the
+    sampling the privacy accountant assumed).
+    """

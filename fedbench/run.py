@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from fedbench.algorithm import build_algorithm
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
-from fedbench.errors import ConfigError
+from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.model import build_model
 from fedbench.results import (
     CompileCounter,
@@ -102,16 +103,17 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
 
 def _print_progress(metrics: dict[str, Any], rounds: int, rate: float | None) -> None:
     speed = f"{rate:8.1f} rounds/s" if rate else "   (compiling)"
+    eps = f" | epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else ""
     print(
         f"round {metrics['round']:>5}/{rounds} | test acc {metrics['test_accuracy']:.4f} | "
         f"train loss {metrics['train_loss']:.4f} | client acc p10 "
-        f"{metrics['client_accuracy_p10']:.4f} | {speed}",
+        f"{metrics['client_accuracy_p10']:.4f}{eps} | {speed}",
         flush=True,
     )
 
 
 def _print_table(final: dict[str, Any], timing: dict[str, Any]) -> None:
-    rows = [(k, final[k]) for k in METRIC_KEYS] + [
+    rows = [(k, final[k]) for k in METRIC_KEYS + ("epsilon",) if k in final] + [
         ("compile_seconds", timing["compile_seconds"]),
         ("run_seconds", timing["run_seconds"]),
         ("rounds_per_second", timing["rounds_per_second"]),
@@ -156,12 +158,41 @@ def run_experiment(
         normalization=cfg["dataset"].get("normalize"),
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes)
-    sim = Simulator(model, algorithm, data, settings, seed=cfg["seed"])
+    from fedbench.privacy.plan import build_privacy  # imports dp-accounting only when needed
+
+    if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
+        print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
+    privacy = build_privacy(
+        cfg.get("privacy"),
+        algorithm_kind=algorithm.kind,
+        num_clients=cfg["num_clients"],
+        clients_per_round=settings.clients_per_round,
+        rounds=cfg["rounds"],
+        local_epochs=1 if algorithm.full_batch else settings.local_epochs,
+        batch_size=data.max_train if algorithm.full_batch else settings.batch_size,
+        client_sizes=np.asarray(data.train_counts),
+    )
+    sim = Simulator(
+        model, algorithm, data, settings, seed=cfg["seed"],
+        privacy=privacy.mechanism if privacy else None,
+    )
+
+    def evaluate(state) -> dict[str, Any]:
+        metrics = sim.evaluate(state)
+        if privacy is not None:
+            if int(state.overflow):
+                raise BufferOverflowError(
+                    f"{int(state.overflow)} Poisson-sampled cohorts/batches exceeded their "
+                    "buffer; the run is stopped instead of dropping sampled units"
+                )
+            spent = privacy.report(int(state.round), np.asarray(state.participation))
+            metrics["epsilon"] = spent["epsilon"]
+        return metrics
 
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     compile_before, _ = CompileCounter.snapshot()
     state = sim.init()
-    history = [sim.evaluate(state)]
+    history = [evaluate(state)]
     if progress:
         progress(history[-1], rounds, None)
     run_wall = 0.0  # wall time inside the round loop, compilation excluded
@@ -172,7 +203,7 @@ def run_experiment(
         state = jax.block_until_ready(sim.run(state, block))
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
-        history.append(sim.evaluate(state))
+        history.append(evaluate(state))
         write_jsonl(out_dir / "metrics.jsonl", history)
         if progress:
             progress(history[-1], rounds, int(state.round) / run_wall if run_wall > 0 else None)
@@ -191,6 +222,11 @@ def run_experiment(
         "config": dict(cfg),
         "timing": timing,
         "partition_stats": partition_stats,
+        "privacy": (
+            privacy.report(int(state.round), np.asarray(state.participation))
+            if privacy is not None
+            else None
+        ),
         "client_axis": sim.client_axis,
         "versions": package_versions(),
         "device": device_info(),
