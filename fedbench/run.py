@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedbench.algorithm import build_algorithm
@@ -196,6 +197,7 @@ def run_experiment(
     if progress:
         progress(history[-1], rounds, None)
     run_wall = 0.0  # wall time inside the round loop, compilation excluded
+    status = "completed"
     while int(state.round) < rounds:
         block = min(eval_every, rounds - int(state.round))
         compiled_before, _ = CompileCounter.snapshot()
@@ -207,6 +209,17 @@ def run_experiment(
         write_jsonl(out_dir / "metrics.jsonl", history)
         if progress:
             progress(history[-1], rounds, int(state.round) / run_wall if run_wall > 0 else None)
+        finite_params = all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
+        if not (finite_params and math.isfinite(history[-1]["train_loss"])):
+            status = "diverged"
+            print(
+                f"fedbench: training diverged by round {int(state.round)} (parameters or training "
+                "loss not finite); stopping. Lower lr (or algorithm.server_lr), or for DP raise "
+                "the number of clients per round or privacy.target_epsilon.",
+                file=sys.stderr,
+                flush=True,
+            )
+            break
     write_jsonl(out_dir / "metrics.jsonl", history)
     # Tracing, lowering and XLA compilation of the round loop and of evaluation.
     compile_seconds = CompileCounter.snapshot()[0] - compile_before
@@ -214,10 +227,11 @@ def run_experiment(
     timing = {
         "compile_seconds": compile_seconds,
         "run_seconds": run_seconds,
-        "rounds_per_second": rounds / run_seconds,
+        "rounds_per_second": int(state.round) / run_seconds,
         "round_program_traces": sim.trace_count,
     }
     summary = {
+        "status": status,
         "final": history[-1],
         "config": dict(cfg),
         "timing": timing,

@@ -268,3 +268,15 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert runs[0]["final"]["test_accuracy"] != runs[2]["final"]["test_accuracy"] or (
         runs[0]["final"]["train_loss"] != runs[2]["final"]["train_loss"]
     )
+
+
+def test_divergence_stops_the_run_and_is_recorded(tmp_path):
+    import json
+
+    cfg = compose(["model=logreg", "rounds=20", "eval_every=5", "num_clients=8",
+                   "clients_per_round=4", "lr=1e37"])
+    summary = run_experiment(cfg, tmp_path, progress=None)
+    assert summary["status"] == "diverged"
+    assert summary["final"]["round"] == 5  # stopped at the first evaluation that saw it
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text and json.loads(text)["final"]["train_loss"] is None
