@@ -24,8 +24,10 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def _app(cfg: DictConfig) -> None:
     from fedbench.run import run_experiment
 
-    # JAX logs at INFO that it found no TPU; that is not news to a CPU user.
+    # JAX logs at INFO that it found no TPU; that is not news to a CPU user. dp-accounting's
+    # RDP accountant warns for every fractional order it drops (it then uses the others).
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
