@@ -45,8 +45,12 @@ def client_sgd(
     local_epochs: int,
     batch_size: int,
     prox_mu: float = 0.0,
+    correction=None,
 ) -> tuple[Any, int]:
-    """Local SGD of one client, one minibatch at a time. Returns ``(params, steps_taken)``."""
+    """Local SGD of one client, one minibatch at a time. Returns ``(params, steps_taken)``.
+
+    ``correction`` (SCAFFOLD's ``c - c_i``) is added to every minibatch gradient.
+    """
     anchor = params
     grad_fn = _grad_fn(apply_fn)
     n = len(y)
@@ -58,6 +62,8 @@ def client_sgd(
             grads = grad_fn(params, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
             if prox_mu:
                 grads = jax.tree.map(lambda g, p, a: g + prox_mu * (p - a), grads, params, anchor)
+            if correction is not None:
+                grads = jax.tree.map(lambda g, c: g + c, grads, correction)
             params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
             steps += 1
     return params, steps
@@ -76,22 +82,34 @@ def run_reference(
     local_epochs: int,
     batch_size: int,
     start_round: int = 0,
+    stragglers=None,
 ):
     """Runs ``rounds`` rounds of a federated algorithm (``kind == "federated"``) or ``local``.
+
+    Covers FedSGD, FedAvg, FedProx, the FedOpt family, FedNova, SCAFFOLD and stragglers, each
+    written out directly: example-weighted mean of the kept clients' deltas (FedNova: scaled by
+    ``tau_eff / tau_i``), SCAFFOLD's option II control variates in a dict per client.
 
     Args:
       params: initial server parameters (for ``local``: a list of per-client parameters).
       run_key: the base key (``ServerState.key`` of the simulator).
+      stragglers: a :class:`fedbench.simulator.Stragglers` or ``None``.
 
     Returns:
-      ``(params, history)``; history lists, per round, the sampled ids and per-client steps.
+      ``(params, history)``; history lists, per round, the sampled ids, kept ids, per-client
+      steps, and for SCAFFOLD the final ``controls`` as ``(server_c, {client: c_i})``.
     """
+    from fedbench.simulator import straggler_plan
+
     if algorithm.full_batch:
         local_epochs, batch_size = 1, data.max_train
     opt_state = algorithm.server_optimizer.init(params) if algorithm.kind == "federated" else None
+    zeros = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+    server_c, client_c = zeros, {}
     history = []
     for r in range(start_round, start_round + rounds):
-        sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, r))
+        round_key = jax.random.fold_in(run_key, r)
+        sample_key, clients_key = jax.random.split(round_key)
         if algorithm.kind == "local":
             keys = jax.random.split(clients_key, data.num_clients)
             new, steps = [], []
@@ -110,25 +128,55 @@ def run_reference(
             sample_key, data.num_clients, (clients_per_round,), replace=False
         )]
         keys = jax.random.split(clients_key, len(ids))
-        total = 0
-        weighted_sum = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
-        steps = []
-        for key, c in zip(keys, ids):
+        epochs, keep = straggler_plan(
+            jax.random.fold_in(round_key, 0x57A6), len(ids), local_epochs, stragglers
+        )
+        kept, deltas, sizes, steps = [], [], [], []
+        for j, (key, c) in enumerate(zip(keys, ids)):
+            if not bool(keep[j]):
+                continue  # a dropped straggler's update never arrives
             x, y = data.client_train(c)
+            correction = None
+            if algorithm.scaffold:
+                ci = client_c.get(c, zeros)
+                correction = jax.tree.map(
+                    lambda a, b: jnp.asarray(a - b, jnp.float32), server_c, ci
+                )
             local, s = client_sgd(
-                apply_fn, params, x, y, key, lr=lr, local_epochs=local_epochs,
-                batch_size=batch_size, prox_mu=algorithm.prox_mu,
+                apply_fn, params, x, y, key, lr=lr, local_epochs=int(epochs[j]),
+                batch_size=batch_size, prox_mu=algorithm.prox_mu, correction=correction,
             )
+            kept.append(c)
+            deltas.append(jax.tree.map(
+                lambda new, old: np.asarray(new, np.float64) - np.asarray(old, np.float64),
+                local, params,
+            ))
+            sizes.append(len(y))
             steps.append(s)
-            weighted_sum = jax.tree.map(
-                lambda acc, new, old: acc + len(y) * (np.asarray(new, np.float64) - np.asarray(old)),
-                weighted_sum, local, params,
-            )
-            total += len(y)
-        mean_delta = jax.tree.map(lambda s: jnp.asarray(s / total, jnp.float32), weighted_sum)
+        total = sum(sizes)
+        mean_delta = zeros
+        if total:
+            p = [n / total for n in sizes]
+            if algorithm.normalized:
+                tau_eff = sum(pi * t for pi, t in zip(p, steps))
+                coef = [tau_eff * pi / t for pi, t in zip(p, steps)]
+            else:
+                coef = p
+            for a, d in zip(coef, deltas):
+                mean_delta = jax.tree.map(lambda m, di, a=a: m + a * di, mean_delta, d)
+        if algorithm.scaffold:
+            dcs = []
+            for c, d, k in zip(kept, deltas, steps):
+                dc = jax.tree.map(lambda sc, di, k=k: -sc - di / (k * lr), server_c, d)
+                client_c[c] = jax.tree.map(np.add, client_c.get(c, zeros), dc)
+                dcs.append(dc)
+            for dc in dcs:
+                server_c = jax.tree.map(lambda sc, d: sc + d / data.num_clients, server_c, dc)
+        mean_delta = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mean_delta)
         updates, opt_state = algorithm.server_optimizer.update(
             jax.tree.map(jnp.negative, mean_delta), opt_state, params
         )
         params = optax.apply_updates(params, updates)
-        history.append({"ids": ids, "steps": steps})
+        history.append({"ids": ids, "kept": kept, "steps": steps,
+                        "controls": (server_c, dict(client_c))})
     return params, history

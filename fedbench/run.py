@@ -31,7 +31,7 @@ from fedbench.results import (
     write_json,
     write_jsonl,
 )
-from fedbench.simulator import CLIENT_AXES, Settings, Simulator
+from fedbench.simulator import CLIENT_AXES, Settings, Simulator, Stragglers
 
 METRIC_KEYS = (
     "round",
@@ -100,6 +100,35 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
         client_axis=axis,
         unroll=cfg["unroll"],
     )
+
+
+def build_stragglers(
+    cfg: Mapping[str, Any] | None, settings: Settings, kind: str
+) -> Stragglers | None:
+    """Validates the ``stragglers`` settings (Li et al. 2020, Sec. 5.2).
+
+    Raises:
+      ConfigError: fraction outside [0, 1], unknown policy, ``partial`` with one local epoch,
+        stragglers on the centralized/local baselines.
+    """
+    if not cfg:
+        return None
+    fraction = cfg.get("fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError("stragglers.fraction", fraction, "a number in [0, 1]")
+    policy = cfg.get("policy", "drop")
+    if policy not in ("drop", "partial"):
+        raise ConfigError("stragglers.policy", policy, "one of: drop, partial")
+    if fraction == 0:
+        return None
+    if kind != "federated":
+        raise ConfigError("stragglers.fraction", fraction, "0 for the centralized and local baselines")
+    if policy == "partial" and settings.local_epochs < 2:
+        raise ConfigError(
+            "stragglers.policy", policy,
+            f"drop when local_epochs={settings.local_epochs} (partial stragglers run 1..E-1 epochs)",
+        )
+    return Stragglers(float(fraction), policy)
 
 
 def _print_progress(metrics: dict[str, Any], rounds: int, rate: float | None) -> None:
@@ -176,6 +205,7 @@ def run_experiment(
     sim = Simulator(
         model, algorithm, data, settings, seed=cfg["seed"],
         privacy=privacy.mechanism if privacy else None,
+        stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
     )
 
     def evaluate(state) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class ServerState:
     key: jax.Array
     overflow: jax.Array  # Poisson cohorts / batches that overflowed their buffer (must stay 0)
     participation: jax.Array  # [num_clients] int32: rounds each client took part in
+    controls: Any = None  # SCAFFOLD: (server control c, [num_clients, ...] client controls c_i)
 
 
 @flax.struct.dataclass
@@ -141,7 +142,8 @@ def make_local_update(
 
     ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]``, ``count``: the client's real size,
     ``epochs``: optional per-client number of epochs (``<= local_epochs``; default
-    ``local_epochs``). The local objective is the mean cross-entropy of a minibatch plus, for
+    ``local_epochs``), ``correction``: optional pytree added to every gradient (SCAFFOLD's
+    ``c - c_i``, Karimireddy et al. 2020, Algorithm 1 line 10). The local objective is the mean cross-entropy of a minibatch plus, for
     FedProx, ``prox_mu / 2 * ||w - server_params||^2`` (Li et al. 2020, Eq. 2).
 
     The step loop is a ``lax.while_loop`` over the client's own ``epochs * ceil(count /
@@ -156,7 +158,7 @@ def make_local_update(
 
     grad_fn = jax.value_and_grad(batch_loss)
 
-    def local_update(server_params, x, y, count, key, epochs=None):
+    def local_update(server_params, x, y, count, key, epochs=None, correction=None):
         length = x.shape[0]
         steps_per_epoch = (count + batch_size - 1) // batch_size  # this client's own
         total = steps_per_epoch * (local_epochs if epochs is None else epochs)
@@ -179,6 +181,8 @@ def make_local_update(
                 grads = jax.tree.map(
                     lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params
                 )
+            if correction is not None:  # SCAFFOLD: g - c_i + c
+                grads = jax.tree.map(jnp.add, grads, correction)
             params = jax.tree.map(lambda p, g: jnp.where(active, p - lr * g, p), params, grads)
             return params, s + active, loss_sum + jnp.where(active, loss, 0.0)
 
@@ -218,8 +222,81 @@ def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple) -> Callable
 
 def weighted_mean(tree: Params, weights: jax.Array) -> Params:
     """``sum_i w_i * tree_i / sum_i w_i`` over the leading axis."""
-    w = weights.astype(jnp.float32) / jnp.sum(weights)
+    total = jnp.sum(weights)
+    w = weights.astype(jnp.float32) / jnp.where(total > 0, total, 1)  # no update if all dropped
     return jax.tree.map(lambda d: jnp.tensordot(w, d, axes=1), tree)
+
+
+def fednova_mean(deltas: Params, weights: jax.Array, steps: jax.Array) -> Params:
+    """FedNova's normalised average (Wang et al. 2020, Eq. 6-7, local SGD).
+
+    With ``p_i = n_i / sum n`` and ``tau_i`` local steps: ``tau_eff * sum_i p_i delta_i / tau_i``,
+    ``tau_eff = sum_i p_i tau_i``. Equal ``tau_i`` give FedAvg's weighted mean.
+    """
+    total = jnp.sum(weights)
+    p = weights.astype(jnp.float32) / jnp.where(total > 0, total, 1)
+    tau = steps.astype(jnp.float32)
+    tau_eff = jnp.sum(p * tau)
+    scale = p / jnp.maximum(tau, 1.0)
+    return jax.tree.map(lambda d: tau_eff * jnp.tensordot(scale, d, axes=1), deltas)
+
+
+def scaffold_controls(controls, ids, valid, deltas, steps, lr: float, num_clients: int):
+    """SCAFFOLD's option II control-variate update (Karimireddy et al. 2020, Alg. 1 l. 12-17).
+
+    ``c_i+ = c_i - c + (x - y_i) / (K_i * lr)``, so ``dc_i = -c - delta_i / (K_i * lr)``; the
+    store gets ``c_i += dc_i`` for the clients that reported, and the server
+    ``c += sum_i dc_i / num_clients``.
+    """
+    server_c, client_c = controls
+    factor = jnp.where(valid & (steps > 0), 1.0 / (jnp.maximum(steps, 1) * lr), 0.0)
+    use = valid & (steps > 0)
+
+    def dc(c, d):
+        shape = (-1,) + (1,) * (d.ndim - 1)
+        return jnp.where(use.reshape(shape), -c[None] - d * factor.reshape(shape), 0.0)
+
+    dcs = jax.tree.map(dc, server_c, deltas)
+    client_c = jax.tree.map(lambda store, d: store.at[ids].add(d), client_c, dcs)
+    server_c = jax.tree.map(lambda c, d: c + d.sum(0) / num_clients, server_c, dcs)
+    return server_c, client_c
+
+
+@dataclasses.dataclass(frozen=True)
+class Stragglers:
+    """Systems heterogeneity of Li et al. 2020 (FedProx), Sec. 5.2.
+
+    Attributes:
+      fraction: share of each round's sampled clients that are stragglers
+        (``round(fraction * clients_per_round)`` of them).
+      policy: ``drop``: their updates are discarded (FedAvg's behaviour in the paper);
+        ``partial``: each runs a uniformly random number of epochs in ``1 .. E-1`` and its
+        update is kept (FedProx's).
+    """
+
+    fraction: float = 0.0
+    policy: str = "drop"
+
+
+def straggler_plan(
+    key: jax.Array, cohort: int, local_epochs: int, stragglers: Stragglers | None
+) -> tuple[jax.Array, jax.Array]:
+    """Per-slot ``(epochs [cohort] int32, keep [cohort] bool)`` of one round.
+
+    The key depends only on the run key and the round, so every algorithm run with the same seed
+    sees the same stragglers.
+    """
+    full = jnp.full((cohort,), local_epochs, jnp.int32)
+    if stragglers is None or stragglers.fraction == 0:
+        return full, jnp.ones((cohort,), bool)
+    choose_key, epochs_key = jax.random.split(key)
+    count = int(round(stragglers.fraction * cohort))
+    chosen = jax.random.permutation(choose_key, cohort)[:count]
+    is_straggler = jnp.zeros((cohort,), bool).at[chosen].set(True)
+    if stragglers.policy == "drop":
+        return full, ~is_straggler
+    partial = jax.random.randint(epochs_key, (cohort,), 1, max(local_epochs, 2))
+    return jnp.where(is_straggler, partial, full).astype(jnp.int32), jnp.ones((cohort,), bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +370,10 @@ class Simulator:
         settings: Settings,
         seed: int,
         privacy: ClientDP | SampleDP | None = None,
+        stragglers: Stragglers | None = None,
     ):
         self.privacy = privacy
+        self.stragglers = stragglers
         self.model = model
         self.algorithm = algorithm
         self.data = data
@@ -355,7 +434,15 @@ class Simulator:
         opt_state = self.algorithm.server_optimizer.init(params)
         zero = jnp.zeros((), jnp.int32)
         participation = jnp.zeros((self.data.num_clients,), jnp.int32)
-        return ServerState(params, opt_state, zero, run_key, zero, participation)
+        controls = None
+        if self.algorithm.scaffold:
+            controls = (
+                jax.tree.map(jnp.zeros_like, params),
+                jax.tree.map(
+                    lambda p: jnp.zeros((self.data.num_clients,) + p.shape, p.dtype), params
+                ),
+            )
+        return ServerState(params, opt_state, zero, run_key, zero, participation, controls)
 
     # -- rounds ------------------------------------------------------------------------------
     def sample_clients(self, key: jax.Array) -> jax.Array:
@@ -373,6 +460,10 @@ class Simulator:
         """The key of the round's DP noise, independent of sampling and client keys."""
         return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
 
+    def straggler_key(self, state: ServerState) -> jax.Array:
+        """The key of the round's straggler draw (independent of sampling and training)."""
+        return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x57A6)
+
     def _federated_round(self, state: ServerState, data: FederatedData) -> ServerState:
         sample_key, clients_key = self.round_keys(state)
         dp = self.privacy if isinstance(self.privacy, ClientDP) else None
@@ -385,14 +476,35 @@ class Simulator:
             valid = jnp.ones(ids.shape, bool)
         counts = data.train_counts[ids]
         keys = jax.random.split(clients_key, ids.shape[0])
-        update = map_over_clients(self.local_update, self.client_axis, (None, 0, 0, 0, 0))
-        deltas, stats = update(state.params, data.train_x[ids], data.train_y[ids], counts, keys)
+        epochs, keep = straggler_plan(
+            self.straggler_key(state), ids.shape[0], self.local_epochs, self.stragglers
+        )
+        valid = valid & keep
+        controls = state.controls
+        correction = None
+        if controls is not None:  # SCAFFOLD: each client corrects its gradients by c - c_i
+            server_c, client_c = controls
+            correction = jax.tree.map(lambda c, ci: c[None] - ci[ids], server_c, client_c)
+        update = map_over_clients(
+            self.local_update, self.client_axis, (None, 0, 0, 0, 0, 0, None if correction is None else 0)
+        )
+        deltas, stats = update(
+            state.params, data.train_x[ids], data.train_y[ids], counts, keys, epochs, correction
+        )
         overflow = overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
         participation = state.participation.at[ids].add(valid.astype(jnp.int32))
-        if dp is None:
-            mean_delta = weighted_mean(deltas, counts)
-        else:
+        weights = jnp.where(valid, counts, 0)
+        if dp is not None:
             mean_delta = dp_client_mean(deltas, valid, dp, self.noise_key(state))
+        elif self.algorithm.normalized:
+            mean_delta = fednova_mean(deltas, weights, stats.num_steps)
+        else:
+            mean_delta = weighted_mean(deltas, weights)
+        if controls is not None:
+            controls = scaffold_controls(
+                controls, ids, valid, deltas, stats.num_steps, self.settings.lr,
+                data.num_clients,
+            )
         pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
         updates, opt_state = self.algorithm.server_optimizer.update(
             pseudo_grad, state.opt_state, state.params
@@ -404,6 +516,7 @@ class Simulator:
             round=state.round + 1,
             overflow=overflow,
             participation=participation,
+            controls=controls,
         )
 
     def _centralized_round(self, state: ServerState, pooled) -> ServerState:

@@ -17,6 +17,11 @@ References:
   FedProx: T. Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, Eq. (2).
   FedAdagrad, FedAdam, FedYogi: S. J. Reddi et al., "Adaptive Federated Optimization", ICLR
   2021, Algorithm 2.
+  SCAFFOLD: S. P. Karimireddy, S. Kale, M. Mohri, S. J. Reddi, S. U. Stich, A. T. Suresh,
+  "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020, Algorithm 1
+  (option II control variates).
+  FedNova: J. Wang, Q. Liu, H. Liang, G. Joshi, H. V. Poor, "Tackling the Objective
+  Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS 2020, Eq. 6-7.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ ALGORITHMS = (
     "fedadam",
     "fedyogi",
     "fedadagrad",
+    "scaffold",
+    "fednova",
     "centralized",
     "local",
 )
@@ -101,6 +108,8 @@ class Algorithm:
       server_optimizer: applied to the negated weighted mean delta.
       prox_mu: FedProx proximal coefficient (0 = plain local SGD).
       full_batch: one full-batch gradient step per client per round (FedSGD).
+      scaffold: SCAFFOLD control variates (a per-client store kept across rounds).
+      normalized: FedNova's normalised averaging of deltas by local step counts.
     """
 
     name: str
@@ -108,6 +117,8 @@ class Algorithm:
     server_optimizer: optax.GradientTransformation
     prox_mu: float = 0.0
     full_batch: bool = False
+    scaffold: bool = False
+    normalized: bool = False
 
 
 def _positive(cfg: Mapping[str, Any], key: str, default: float) -> float:
@@ -138,6 +149,12 @@ def build_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
         return Algorithm(name, name if name != "fedavg" else "federated", fedavg_server)
     if name == "fedsgd":
         return Algorithm(name, "federated", fedavg_server, full_batch=True)
+    if name in ("scaffold", "fednova"):
+        server_lr = _positive(cfg, "server_lr", 1.0)
+        return Algorithm(
+            name, "federated", optax.sgd(server_lr),
+            scaffold=name == "scaffold", normalized=name == "fednova",
+        )
     if name == "fedprox":
         mu = cfg.get("mu", 0.0)
         if mu is None or not float(mu) >= 0:
