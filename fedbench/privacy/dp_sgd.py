@@ -58,7 +58,8 @@ def make_dp_sgd_local_update(
 ):
     """Builds a DP-SGD ``local_update(server_params, x, y, count, key[, epochs])``.
 
-    Same signature and step count as :func:`fedbench.simulator.make_local_update`; returns
+    Same signature and step count as :func:`fedbench.simulator.make_local_update` (including
+    SCAFFOLD's optional gradient ``correction``); returns
     ``(delta, stats)`` with ``stats.overflow`` the number of steps whose Poisson batch exceeded
     ``buffer``.
     """
@@ -66,7 +67,7 @@ def make_dp_sgd_local_update(
 
     stddev = noise_multiplier * clip if noise_multiplier > 0 else 0.0
 
-    def local_update(server_params, x, y, count, key, epochs=None):
+    def local_update(server_params, x, y, count, key, epochs=None, correction=None):
         length = x.shape[0]
         steps = (count + batch_size - 1) // batch_size * (local_epochs if epochs is None else epochs)
         rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
@@ -83,7 +84,10 @@ def make_dp_sgd_local_update(
             valid = jnp.arange(buffer) < n_chosen
             total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, clip)
             noisy = add_gaussian_noise(total, stddev, noise_key)
-            params = jax.tree.map(lambda p, g: p - lr * g / expected, params, noisy)
+            grads = jax.tree.map(lambda g: g / expected, noisy)
+            if correction is not None:  # SCAFFOLD's c - c_i (post-processing of DP outputs)
+                grads = jax.tree.map(jnp.add, grads, correction)
+            params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
             loss = jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(valid.sum(), 1)
             return params, s + 1, loss_sum + loss, overflow + (n_chosen > buffer)
 
