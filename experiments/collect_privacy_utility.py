@@ -68,6 +68,7 @@ def plot(stats: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     titles = {
@@ -86,6 +87,7 @@ def plot(stats: dict, path: Path) -> None:
             ax.axhline(m, color="k", ls="--", label=f"non-private ({m:.3f})")
             ax.axhspan(m - s, m + s, color="k", alpha=0.1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(finite)
         ax.set_xticklabels([f"{e:g}" for e in finite])
         ax.set_xlabel("epsilon (delta = 1e-5, PLD accountant)")
