@@ -403,6 +403,7 @@ class Simulator:
                 clip=privacy.clip,
                 noise_multiplier=privacy.noise_multiplier,
                 buffer=privacy.buffer,
+                prox_mu=algorithm.prox_mu,
             )
         if algorithm.kind == "centralized":
             pooled_x, pooled_y = data.pooled_train()

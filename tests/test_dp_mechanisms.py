@@ -127,7 +127,8 @@ def test_per_example_clipping_equals_loop_over_examples():
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6)
 
 
-def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent():
+@pytest.mark.parametrize("mu", [0.0, 0.5])
+def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent(mu):
     import optax
 
     from fedbench.model import LogReg
@@ -139,7 +140,8 @@ def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent(
     apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
     # batch_size >= n: sampling rate 1, every example in every step, 3 epochs = 3 steps.
     update = jax.jit(make_dp_sgd_local_update(apply_fn, lr=0.5, local_epochs=3, batch_size=20,
-                                              clip=float("inf"), noise_multiplier=0.0, buffer=20))
+                                              clip=float("inf"), noise_multiplier=0.0, buffer=20,
+                                              prox_mu=mu))
     delta, stats = update(params, data.train_x[0], data.train_y[0], data.train_counts[0],
                           jax.random.PRNGKey(1))
     assert int(stats.num_steps) == 3 and int(stats.overflow) == 0
@@ -148,6 +150,6 @@ def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent(
     for _ in range(3):
         g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
             apply_fn(p, jnp.asarray(x)), jnp.asarray(y)).mean())(expected)
-        expected = jax.tree.map(lambda p, gi: p - 0.5 * gi, expected, g)
+        expected = jax.tree.map(lambda p, gi, p0: p - 0.5 * (gi + mu * (p - p0)), expected, g, params)
     for a, b in zip(jax.tree.leaves(jax.tree.map(jnp.add, params, delta)), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

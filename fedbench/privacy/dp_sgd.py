@@ -55,11 +55,12 @@ def make_dp_sgd_local_update(
     clip: float,
     noise_multiplier: float,
     buffer: int,
+    prox_mu: float = 0.0,
 ):
     """Builds a DP-SGD ``local_update(server_params, x, y, count, key[, epochs])``.
 
     Same signature and step count as :func:`fedbench.simulator.make_local_update` (including
-    SCAFFOLD's optional gradient ``correction``); returns
+    SCAFFOLD's optional gradient ``correction`` and FedProx's ``prox_mu``); returns
     ``(delta, stats)`` with ``stats.overflow`` the number of steps whose Poisson batch exceeded
     ``buffer``.
     """
@@ -85,6 +86,10 @@ def make_dp_sgd_local_update(
             total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, clip)
             noisy = add_gaussian_noise(total, stddev, noise_key)
             grads = jax.tree.map(lambda g: g / expected, noisy)
+            if prox_mu:  # FedProx's term does not touch the data: no privacy cost
+                grads = jax.tree.map(
+                    lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params
+                )
             if correction is not None:  # SCAFFOLD's c - c_i (post-processing of DP outputs)
                 grads = jax.tree.map(jnp.add, grads, correction)
             params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
