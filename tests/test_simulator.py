@@ -280,3 +280,13 @@ def test_divergence_stops_the_run_and_is_recorded(tmp_path):
     assert summary["final"]["round"] == 5  # stopped at the first evaluation that saw it
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and json.loads(text)["final"]["train_loss"] is None
+
+
+def test_default_experiment_reaches_ninety_percent(tmp_path):
+    """The README's promise for `fedbench` with no arguments (accuracy only; speed is a
+    benchmark, not a test)."""
+    summary = run_experiment(compose([]), tmp_path, progress=None)
+    assert summary["status"] == "completed"
+    assert summary["final"]["round"] == 100
+    assert summary["final"]["test_accuracy"] >= 0.90
+    assert summary["timing"]["round_program_traces"] == 1
