@@ -180,3 +180,77 @@ def run_reference(
         history.append({"ids": ids, "kept": kept, "steps": steps,
                         "controls": (server_c, dict(client_c))})
     return params, history
+
+
+def run_fedbuff_reference(
+    apply_fn,
+    algorithm: Algorithm,
+    data: FederatedData,
+    params,
+    run_key: jax.Array,
+    updates: int,
+    *,
+    lr: float,
+    local_epochs: int,
+    batch_size: int,
+    speeds: np.ndarray,
+):
+    """Event-driven FedBuff (Nguyen et al. 2022, Algorithm 1), one job object per client in flight.
+
+    Jobs finish at ``start + local steps * seconds per step of their site``; the server takes
+    the ``buffer_size`` earliest, weights each delta by ``n_i / sum n * 1 / sqrt(1 + staleness)``
+    and starts as many new jobs from the new model, drawn uniformly among idle clients (with the
+    simulator's key schedule). Returns ``(params, log)``, ``log`` one dict per server update.
+    """
+    k, m = algorithm.buffer_size, algorithm.concurrency
+    speeds = np.asarray(speeds, np.float32)
+
+    def duration(c: int) -> np.float32:
+        n = int(data.train_counts[c])
+        return np.float32(math.ceil(n / batch_size) * local_epochs) * speeds[c]
+
+    sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, 0))
+    first = [int(i) for i in jax.random.choice(sample_key, data.num_clients, (m,), replace=False)]
+    keys = jax.random.split(clients_key, m)
+    jobs = [{"client": c, "key": keys[j], "params": params, "version": 0, "finish": duration(c)}
+            for j, c in enumerate(first)]
+    opt_state = algorithm.server_optimizer.init(params)
+    clock, version, log = np.float32(0), 0, []
+    for _ in range(updates):
+        done = sorted(range(m), key=lambda j: (jobs[j]["finish"], j))[:k]
+        total = sum(int(data.train_counts[jobs[j]["client"]]) for j in done)
+        mean_delta = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+        stale = []
+        for j in done:
+            job = jobs[j]
+            x, y = data.client_train(job["client"])
+            local, _ = client_sgd(apply_fn, job["params"], x, y, job["key"], lr=lr,
+                                  local_epochs=local_epochs, batch_size=batch_size)
+            tau = version - job["version"]
+            stale.append(tau)
+            weight = len(y) / total / math.sqrt(1 + tau)
+            mean_delta = jax.tree.map(
+                lambda acc, a, b, w=weight: acc + w * (np.asarray(a, np.float64) - np.asarray(b)),
+                mean_delta, local, job["params"],
+            )
+        mean_delta = jax.tree.map(lambda d: jnp.asarray(d, jnp.float32), mean_delta)
+        upd, opt_state = algorithm.server_optimizer.update(
+            jax.tree.map(jnp.negative, mean_delta), opt_state, params
+        )
+        params = optax.apply_updates(params, upd)
+        clock = max(jobs[j]["finish"] for j in done)
+        version += 1
+        sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, version))
+        if k == m:
+            new = [int(i) for i in jax.random.choice(sample_key, data.num_clients, (k,), replace=False)]
+        else:
+            busy = {jobs[j]["client"] for j in range(m) if j not in done}
+            scores = np.asarray(jax.random.gumbel(sample_key, (data.num_clients,)))
+            new = [int(c) for c in np.argsort(-scores) if int(c) not in busy][:k]
+        keys = jax.random.split(clients_key, k)
+        for idx, j in enumerate(done):
+            c = new[idx]
+            jobs[j] = {"client": c, "key": keys[idx], "params": params, "version": version,
+                       "finish": np.float32(clock + duration(c))}
+        log.append({"clock": float(clock), "staleness": stale})
+    return params, log

@@ -122,7 +122,11 @@ def build_stragglers(
     if fraction == 0:
         return None
     if kind != "federated":
-        raise ConfigError("stragglers.fraction", fraction, "0 for the centralized and local baselines")
+        raise ConfigError(
+            "stragglers.fraction", fraction,
+            "0 for centralized, local and fedbuff (stragglers apply to synchronous rounds; "
+            "fedbuff models slow sites with site_speed)",
+        )
     if policy == "partial" and settings.local_epochs < 2:
         raise ConfigError(
             "stragglers.policy", policy,
@@ -177,7 +181,13 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     settings = validate(cfg)
-    algorithm = build_algorithm(cfg["algorithm"])
+    algorithm = build_algorithm(
+        {**cfg["algorithm"], "site_speed": cfg.get("site_speed", 0.0)}, cfg["clients_per_round"]
+    )
+    if algorithm.kind == "async" and algorithm.concurrency > cfg["num_clients"]:
+        raise ConfigError(
+            "algorithm.concurrency", algorithm.concurrency, f"<= num_clients={cfg['num_clients']}"
+        )
     raw = load_dataset(cfg["dataset"])
     data, partition_stats = build_federated(
         raw,

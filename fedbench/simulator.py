@@ -88,6 +88,8 @@ class ServerState:
     overflow: jax.Array  # Poisson cohorts / batches that overflowed their buffer (must stay 0)
     participation: jax.Array  # [num_clients] int32: rounds each client took part in
     controls: Any = None  # SCAFFOLD: (server control c, [num_clients, ...] client controls c_i)
+    clock: Any = None  # simulated wall-clock time (units: one local step of a speed-1 site)
+    inflight: Any = None  # FedBuff: the clients training right now (see Simulator._fedbuff_round)
 
 
 @flax.struct.dataclass
@@ -419,6 +421,10 @@ class Simulator:
                 batch_size=settings.batch_size,
                 unroll=settings.unroll,
             )
+        # Per-site speed (seconds per local step), fixed for the run: lognormal(0, site_speed).
+        sigma = getattr(algorithm, "site_speed", 0.0)
+        rng = np.random.default_rng([seed, 0x5BEED])
+        self.speeds = jnp.asarray(rng.lognormal(0.0, sigma, data.num_clients), jnp.float32)
         self._run = jax.jit(self._run_rounds)
         self._evaluate = jax.jit(self._evaluate_impl)
 
@@ -443,7 +449,14 @@ class Simulator:
                     lambda p: jnp.zeros((self.data.num_clients,) + p.shape, p.dtype), params
                 ),
             )
-        return ServerState(params, opt_state, zero, run_key, zero, participation, controls)
+        timed = self.algorithm.kind in ("federated", "async")
+        state = ServerState(
+            params, opt_state, zero, run_key, zero, participation, controls,
+            clock=jnp.zeros((), jnp.float32) if timed else None,
+        )
+        if self.algorithm.kind == "async":
+            state = state.replace(inflight=self._start_inflight(state))
+        return state
 
     # -- rounds ------------------------------------------------------------------------------
     def sample_clients(self, key: jax.Array) -> jax.Array:
@@ -460,6 +473,89 @@ class Simulator:
     def noise_key(self, state: ServerState) -> jax.Array:
         """The key of the round's DP noise, independent of sampling and client keys."""
         return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
+
+    def durations(self, ids: jax.Array, counts: jax.Array, epochs) -> jax.Array:
+        """Simulated time a client needs: its local steps times its site's seconds per step."""
+        steps = (counts + self.batch_size - 1) // self.batch_size * epochs
+        return steps.astype(jnp.float32) * self.speeds[ids]
+
+    # -- asynchronous FedBuff -----------------------------------------------------------------
+    def _start_inflight(self, state: ServerState):
+        """At time 0, ``concurrency`` clients start from the initial model (version 0)."""
+        m = self.algorithm.concurrency
+        sample_key, clients_key = self.round_keys(state)
+        ids = jax.random.choice(sample_key, self.data.num_clients, (m,), replace=False)
+        counts = self.data.train_counts[ids]
+        full = jnp.full((m,), self.local_epochs, jnp.int32)
+        return {
+            "ids": ids.astype(jnp.int32),
+            "keys": jax.random.split(clients_key, m),
+            "params": jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), state.params),
+            "version": jnp.zeros((m,), jnp.int32),
+            "finish": self.durations(ids, counts, full),
+            "staleness_sum": jnp.zeros((), jnp.float32),
+            "staleness_max": jnp.zeros((), jnp.int32),
+        }
+
+    def _fedbuff_round(self, state: ServerState, data: FederatedData) -> ServerState:
+        """One FedBuff server update (Nguyen et al. 2022, Algorithm 1).
+
+        The ``buffer_size`` in-flight clients that finish first (in simulated time) deliver
+        deltas computed from the model version each started with; the server applies
+        ``sum_i n_i s(tau_i) delta_i / sum_i n_i`` with staleness weight
+        ``s(tau) = 1 / sqrt(1 + tau)`` through its optimiser, the clock moves to the last of
+        those finish times, and as many new clients (not already in flight) start from the new
+        model. ``round`` counts server updates.
+        """
+        flight = state.inflight
+        k, m = self.algorithm.buffer_size, self.algorithm.concurrency
+        done = jnp.argsort(flight["finish"])[:k]
+        ids = flight["ids"][done]
+        counts = data.train_counts[ids]
+        start = jax.tree.map(lambda p: p[done], flight["params"])
+        update = map_over_clients(self.local_update, self.client_axis, (0, 0, 0, 0, 0))
+        deltas, _ = update(start, data.train_x[ids], data.train_y[ids], counts,
+                           flight["keys"][done])
+        staleness = state.round - flight["version"][done]
+        weights = counts.astype(jnp.float32) / jnp.sum(counts)
+        weights = weights / jnp.sqrt(1.0 + staleness.astype(jnp.float32))
+        mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+        updates, opt_state = self.algorithm.server_optimizer.update(
+            jax.tree.map(jnp.negative, mean_delta), state.opt_state, state.params
+        )
+        params = optax.apply_updates(state.params, updates)
+        clock = flight["finish"][done].max()
+        version = state.round + 1
+        # New clients for the freed slots, keyed like a synchronous round with this version.
+        sample_key, clients_key = jax.random.split(jax.random.fold_in(state.key, version))
+        if k == m:  # every slot is free: the same draw as a synchronous round
+            new_ids = jax.random.choice(sample_key, data.num_clients, (k,), replace=False)
+        else:  # uniformly among clients not still in flight (Gumbel top-k)
+            busy = jnp.zeros((data.num_clients,), bool).at[flight["ids"]].set(True)
+            busy = busy.at[ids].set(False)
+            scores = jnp.where(busy, -jnp.inf, jax.random.gumbel(sample_key, (data.num_clients,)))
+            new_ids = jax.lax.top_k(scores, k)[1]
+        new_ids = new_ids.astype(jnp.int32)
+        full = jnp.full((k,), self.local_epochs, jnp.int32)
+        flight = {
+            "ids": flight["ids"].at[done].set(new_ids),
+            "keys": flight["keys"].at[done].set(jax.random.split(clients_key, k)),
+            "params": jax.tree.map(
+                lambda store, p: store.at[done].set(jnp.broadcast_to(p, (k,) + p.shape)),
+                flight["params"], params,
+            ),
+            "version": flight["version"].at[done].set(version),
+            "finish": flight["finish"].at[done].set(
+                clock + self.durations(new_ids, data.train_counts[new_ids], full)
+            ),
+            "staleness_sum": flight["staleness_sum"] + staleness.sum(),
+            "staleness_max": jnp.maximum(flight["staleness_max"], staleness.max()),
+        }
+        participation = state.participation.at[ids].add(1)
+        return state.replace(
+            params=params, opt_state=opt_state, round=version, clock=clock,
+            inflight=flight, participation=participation,
+        )
 
     def straggler_key(self, state: ServerState) -> jax.Array:
         """The key of the round's straggler draw (independent of sampling and training)."""
@@ -501,6 +597,8 @@ class Simulator:
             mean_delta = fednova_mean(deltas, weights, stats.num_steps)
         else:
             mean_delta = weighted_mean(deltas, weights)
+        durations = self.durations(ids, counts, epochs)
+        clock = state.clock + jnp.max(jnp.where(valid, durations, 0.0))
         if controls is not None:
             controls = scaffold_controls(
                 controls, ids, valid, deltas, stats.num_steps, self.settings.lr,
@@ -518,6 +616,7 @@ class Simulator:
             overflow=overflow,
             participation=participation,
             controls=controls,
+            clock=clock,
         )
 
     def _centralized_round(self, state: ServerState, pooled) -> ServerState:
@@ -545,6 +644,7 @@ class Simulator:
             "federated": self._federated_round,
             "centralized": self._centralized_round,
             "local": self._local_round,
+            "async": self._fedbuff_round,
         }[kind]
         return jax.lax.fori_loop(0, num_rounds, lambda _, s: body(s, payload), state)
 
@@ -624,8 +724,17 @@ class Simulator:
         counts = np.asarray(self.data.test_counts)
         has_test = counts > 0
         client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
+        extra = {}
+        if state.clock is not None:
+            extra["simulated_time"] = float(state.clock)
+        if state.inflight is not None:
+            updates = max(int(state.round), 1)
+            k = self.algorithm.buffer_size
+            extra["staleness_mean"] = float(state.inflight["staleness_sum"]) / (updates * k)
+            extra["staleness_max"] = int(state.inflight["staleness_max"])
         return {
             "round": int(state.round),
+            **extra,
             "train_loss": float(raw["train_loss"]),
             "train_accuracy": float(raw["train_accuracy"]),
             "test_loss": float(raw["test_loss"]),

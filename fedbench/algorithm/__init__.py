@@ -20,6 +20,8 @@ References:
   SCAFFOLD: S. P. Karimireddy, S. Kale, M. Mohri, S. J. Reddi, S. U. Stich, A. T. Suresh,
   "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020, Algorithm 1
   (option II control variates).
+  FedBuff: J. Nguyen, K. Malik, H. Zhan, A. Yousefpour, M. Rabbat, M. Malek, D. Huba,
+  "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022, Algorithm 1.
   FedNova: J. Wang, Q. Liu, H. Liang, G. Joshi, H. V. Poor, "Tackling the Objective
   Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS 2020, Eq. 6-7.
 """
@@ -45,6 +47,7 @@ ALGORITHMS = (
     "fedadagrad",
     "scaffold",
     "fednova",
+    "fedbuff",
     "centralized",
     "local",
 )
@@ -110,6 +113,10 @@ class Algorithm:
       full_batch: one full-batch gradient step per client per round (FedSGD).
       scaffold: SCAFFOLD control variates (a per-client store kept across rounds).
       normalized: FedNova's normalised averaging of deltas by local step counts.
+      buffer_size, concurrency: FedBuff's K (deltas per server update) and the number of
+        clients training at any time (``kind == "async"``).
+      site_speed: sigma of the lognormal seconds-per-step of each site (0: all equal), used for
+        the simulated clock of every federated algorithm.
     """
 
     name: str
@@ -119,6 +126,9 @@ class Algorithm:
     full_batch: bool = False
     scaffold: bool = False
     normalized: bool = False
+    buffer_size: int = 0
+    concurrency: int = 0
+    site_speed: float = 0.0
 
 
 def _positive(cfg: Mapping[str, Any], key: str, default: float) -> float:
@@ -135,7 +145,7 @@ def _unit(cfg: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def build_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
+def build_algorithm(cfg: Mapping[str, Any], clients_per_round: int | None = None) -> Algorithm:
     """Builds the algorithm named by ``cfg["name"]``, validating its settings.
 
     Raises:
@@ -144,11 +154,29 @@ def build_algorithm(cfg: Mapping[str, Any]) -> Algorithm:
     name = cfg.get("name")
     if name not in ALGORITHMS:
         raise ConfigError("algorithm.name", name, "one of: " + ", ".join(ALGORITHMS))
+    speed = cfg.get("site_speed", 0.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed >= 0:
+        raise ConfigError("site_speed", speed, "a number >= 0 (lognormal sigma)")
+    algorithm = _build(name, cfg, clients_per_round)
+    return dataclasses.replace(algorithm, site_speed=float(speed))
+
+
+def _build(name: str, cfg: Mapping[str, Any], clients_per_round: int | None) -> Algorithm:
     fedavg_server = optax.sgd(1.0)
     if name in ("centralized", "local", "fedavg"):
         return Algorithm(name, name if name != "fedavg" else "federated", fedavg_server)
     if name == "fedsgd":
         return Algorithm(name, "federated", fedavg_server, full_batch=True)
+    if name == "fedbuff":
+        k = cfg.get("buffer_size") or clients_per_round
+        m = cfg.get("concurrency") or clients_per_round
+        for key, value in (("buffer_size", k), ("concurrency", m)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"algorithm.{key}", value, "an integer >= 1 (null: clients_per_round)")
+        if k > m:
+            raise ConfigError("algorithm.buffer_size", k, f"<= algorithm.concurrency={m}")
+        return Algorithm(name, "async", optax.sgd(_positive(cfg, "server_lr", 1.0)),
+                         buffer_size=k, concurrency=m)
     if name in ("scaffold", "fednova"):
         server_lr = _positive(cfg, "server_lr", 1.0)
         return Algorithm(

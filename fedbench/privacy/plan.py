@@ -155,8 +155,8 @@ def build_privacy(
         return None
     if algorithm_kind != "federated":
         raise ConfigError(
-            "privacy.name", name, "none for the centralized and local baselines (DP is "
-            "implemented for federated algorithms)"
+            "privacy.name", name, "none for centralized, local and fedbuff (DP is "
+            "implemented for synchronous federated algorithms)"
         )
     clip = _number(cfg, "clip")
     if clip is None or not clip > 0 or math.isnan(clip):
