@@ -126,11 +126,6 @@ def epoch_order(key: jax.Array, count: jax.Array, length: int) -> jax.Array:
     return jnp.argsort(u).astype(jnp.int32)
 
 
-def num_local_steps(count: int, batch_size: int, local_epochs: int) -> int:
-    """Steps a client with ``count`` examples takes: ``local_epochs * ceil(count / batch_size)``."""
-    return local_epochs * math.ceil(count / batch_size)
-
-
 def make_local_update(
     apply_fn: Callable[[Params, jax.Array], jax.Array],
     *,
