@@ -90,6 +90,7 @@ class ServerState:
     controls: Any = None  # SCAFFOLD: (server control c, [num_clients, ...] client controls c_i)
     clock: Any = None  # simulated wall-clock time (units: one local step of a speed-1 site)
     inflight: Any = None  # FedBuff: the clients training right now (see Simulator._fedbuff_round)
+    clip: Any = None  # DP-FedAvg's current clipping bound under adaptive clipping
 
 
 @flax.struct.dataclass
@@ -308,6 +309,11 @@ class ClientDP:
       rate: sampling probability ``q``.
       expected_cohort: the fixed denominator (``q * num_clients``; ``clients_per_round``).
       buffer: slots for a Poisson cohort (overflow is counted and reported as an error).
+      adaptive: adaptive clipping (Andrew et al. 2021): ``clip`` is only the initial value.
+      target_quantile, clip_lr: the quantile gamma the clip tracks and its learning rate eta_C.
+      count_stddev: std sigma_b of the noise on the count of unclipped clients.
+      delta_noise_multiplier: noise multiplier on the deltas' sum when adaptive; together with
+        the count query it composes to ``noise_multiplier`` (Andrew et al. 2021, Thm. 1).
     """
 
     clip: float
@@ -316,6 +322,11 @@ class ClientDP:
     rate: float
     expected_cohort: float
     buffer: int
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_stddev: float = 0.0
+    delta_noise_multiplier: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,16 +344,37 @@ class SampleDP:
     buffer: int
 
 
-def dp_client_mean(deltas: Params, valid: jax.Array, dp: ClientDP, key: jax.Array) -> Params:
-    """Clip each client delta, sum the valid ones, add ``N(0, (z * clip)^2)``, divide by the
-    expected cohort size (McMahan et al. 2018, Algorithm 1, fixed-denominator estimator)."""
-    clipped, _ = jax.vmap(clip_to_norm, in_axes=(0, None))(deltas, dp.clip)
+def dp_client_mean(
+    deltas: Params, valid: jax.Array, dp: ClientDP, key: jax.Array, clip: jax.Array | None = None
+) -> tuple[Params, jax.Array | None]:
+    """Clip each client delta, sum the valid ones, add Gaussian noise, divide by the expected
+    cohort size (McMahan et al. 2018, Algorithm 1, fixed-denominator estimator).
+
+    Fixed clipping: noise std ``noise_multiplier * clip``; returns ``(mean, None)``.
+    Adaptive clipping (Andrew et al. 2021, Algorithm 1): ``clip`` is the current bound; the sum
+    gets noise std ``delta_noise_multiplier * clip``; the share of clients whose delta was within
+    the bound, ``(sum_i (1[||delta_i|| <= clip] - 1/2) + N(0, count_stddev^2)) / expected_cohort
+    + 1/2`` (centred bits: sensitivity 1/2), moves
+    the bound geometrically towards the ``target_quantile`` of the norms:
+    ``clip * exp(-clip_lr * (share - target_quantile))``. Returns ``(mean, new_clip)``.
+    """
+    bound = dp.clip if clip is None else clip
+    clipped, norms = jax.vmap(clip_to_norm, in_axes=(0, None))(deltas, bound)
     weights = valid.astype(jnp.float32)
     total = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), clipped)
+    delta_key, count_key = jax.random.split(key)
+    z = dp.delta_noise_multiplier if dp.adaptive else dp.noise_multiplier
     # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
-    stddev = dp.noise_multiplier * dp.clip if dp.noise_multiplier > 0 else 0.0
-    noisy = add_gaussian_noise(total, stddev, key)
-    return jax.tree.map(lambda t: t / dp.expected_cohort, noisy)
+    stddev = z * bound if z > 0 else 0.0
+    noisy = add_gaussian_noise(total, stddev, delta_key if dp.adaptive else key)
+    mean = jax.tree.map(lambda t: t / dp.expected_cohort, noisy)
+    if not dp.adaptive:
+        return mean, None
+    # Centred bits (b_i - 1/2): one client moves the sum by at most 1/2 (sensitivity 1/2).
+    centred = jnp.sum(jnp.where(valid, jnp.where(norms <= bound, 0.5, -0.5), 0.0))
+    centred = centred + dp.count_stddev * jax.random.normal(count_key, ())
+    share = centred / dp.expected_cohort + 0.5
+    return mean, bound * jnp.exp(-dp.clip_lr * (share - dp.target_quantile))
 
 
 class Simulator:
@@ -451,6 +483,8 @@ class Simulator:
         )
         if self.algorithm.kind == "async":
             state = state.replace(inflight=self._start_inflight(state))
+        if isinstance(self.privacy, ClientDP) and self.privacy.adaptive:
+            state = state.replace(clip=jnp.asarray(self.privacy.clip, jnp.float32))
         return state
 
     # -- rounds ------------------------------------------------------------------------------
@@ -560,6 +594,7 @@ class Simulator:
         sample_key, clients_key = self.round_keys(state)
         dp = self.privacy if isinstance(self.privacy, ClientDP) else None
         overflow = state.overflow
+        new_clip = state.clip
         if dp is not None and dp.sampling == "poisson":
             ids, valid, count = poisson_cohort(sample_key, data.num_clients, dp.rate, dp.buffer)
             overflow = overflow + (count > dp.buffer)
@@ -587,7 +622,9 @@ class Simulator:
         participation = state.participation.at[ids].add(valid.astype(jnp.int32))
         weights = jnp.where(valid, counts, 0)
         if dp is not None:
-            mean_delta = dp_client_mean(deltas, valid, dp, self.noise_key(state))
+            mean_delta, new_clip = dp_client_mean(
+                deltas, valid, dp, self.noise_key(state), state.clip
+            )
         elif self.algorithm.normalized:
             mean_delta = fednova_mean(deltas, weights, stats.num_steps)
         else:
@@ -612,6 +649,7 @@ class Simulator:
             participation=participation,
             controls=controls,
             clock=clock,
+            clip=new_clip,
         )
 
     def _centralized_round(self, state: ServerState, pooled) -> ServerState:
@@ -720,6 +758,8 @@ class Simulator:
         has_test = counts > 0
         client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
         extra = {}
+        if state.clip is not None:
+            extra["clip"] = float(state.clip)
         if state.clock is not None:
             extra["simulated_time"] = float(state.clock)
         if state.inflight is not None:

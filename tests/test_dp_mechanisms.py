@@ -40,7 +40,7 @@ def test_noise_std_matches_z_clip_over_denominator():
     dp = ClientDP(clip=clip, noise_multiplier=z, sampling="fixed", rate=0.1,
                   expected_cohort=cohort, buffer=4)
     deltas = {"w": jnp.zeros((4, 200_000), jnp.float32)}
-    out = dp_client_mean(deltas, jnp.ones(4, bool), dp, jax.random.PRNGKey(3))["w"]
+    out = dp_client_mean(deltas, jnp.ones(4, bool), dp, jax.random.PRNGKey(3))[0]["w"]
     sample = np.asarray(out, np.float64)
     expected = z * clip / cohort
     # The sample variance of n normals: (n - 1) s^2 / sigma^2 ~ chi2(n - 1); 1e-6 two-sided.
@@ -54,7 +54,7 @@ def test_padded_cohort_slots_do_not_contribute():
     dp = ClientDP(clip=10.0, noise_multiplier=0.0, sampling="poisson", rate=0.5,
                   expected_cohort=2.0, buffer=3)
     deltas = {"w": jnp.asarray([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]])}
-    out = dp_client_mean(deltas, jnp.asarray([True, True, False]), dp, jax.random.PRNGKey(0))
+    out, _ = dp_client_mean(deltas, jnp.asarray([True, True, False]), dp, jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(out["w"]), [2.0, 3.0], rtol=1e-6)
 
 
@@ -153,3 +153,61 @@ def test_dp_sgd_without_noise_or_clipping_and_full_sampling_is_gradient_descent(
         expected = jax.tree.map(lambda p, gi, p0: p - 0.5 * (gi + mu * (p - p0)), expected, g, params)
     for a, b in zip(jax.tree.leaves(jax.tree.map(jnp.add, params, delta)), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_clip_update_rule_and_quantile_tracking():
+    """Andrew et al. 2021, Alg. 1 without noise: C <- C exp(-eta (share - gamma)), and the
+    bound settles at the gamma-quantile of the delta norms."""
+    norms = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    deltas = {"w": jnp.asarray(np.stack([[n, 0.0] for n in norms]), jnp.float32)}
+    dp = ClientDP(clip=10.0, noise_multiplier=0.0, sampling="fixed", rate=1.0,
+                  expected_cohort=5.0, buffer=5, adaptive=True, target_quantile=0.5,
+                  clip_lr=0.2, count_stddev=0.0, delta_noise_multiplier=0.0)
+    valid = jnp.ones(5, bool)
+    clip = jnp.float32(10.0)
+    mean, new = dp_client_mean(deltas, valid, dp, jax.random.PRNGKey(0), clip)
+    np.testing.assert_allclose(float(new), 10.0 * np.exp(-0.2 * (1.0 - 0.5)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(mean["w"]), [norms.mean(), 0.0], rtol=1e-6)
+    for _ in range(200):
+        _, clip = dp_client_mean(deltas, valid, dp, jax.random.PRNGKey(0), clip)
+    # The share of norms within the bound alternates 0.4 / 0.6 around the median 3.
+    assert 2.5 < float(clip) < 3.5
+
+
+def test_adaptive_clip_keeps_the_accounted_noise_multiplier(tmp_path):
+    from conftest import compose
+
+    from fedbench.run import run_experiment
+
+    base = ["model=logreg", "num_clients=20", "clients_per_round=10", "rounds=6",
+            "eval_every=3", "privacy=dp_client", "privacy.target_epsilon=8"]
+    fixed = run_experiment(compose(base), tmp_path / "fixed", progress=None)
+    adaptive = run_experiment(
+        compose(base + ["privacy.adaptive_clip.enabled=true",
+                        "privacy.adaptive_clip.count_stddev=5"]),
+        tmp_path / "adaptive", progress=None)
+    assert adaptive["privacy"]["epsilon"] == fixed["privacy"]["epsilon"]
+    z = adaptive["privacy"]["noise_multiplier"]
+    assert z == fixed["privacy"]["noise_multiplier"]
+    # Theorem 1 of Andrew et al.: the two queries compose back to z.
+    from fedbench.privacy.plan import _adaptive
+
+    mech = _adaptive(ClientDP(1.0, z, "poisson", 0.5, 10.0, 20), {"count_stddev": 5.0})
+    assert (mech.delta_noise_multiplier**-2 + (2 * 5.0) ** -2) ** -0.5 == pytest.approx(z)
+    assert adaptive["final"]["clip"] != 1.0  # the bound moved
+    assert "clip" not in fixed["final"]
+
+
+def test_adaptive_clip_rejects_a_count_noise_that_would_exceed_the_budget(tmp_path):
+    from conftest import compose
+
+    from fedbench.errors import ConfigError
+    from fedbench.run import run_experiment
+
+    cfg = compose(["model=logreg", "num_clients=20", "clients_per_round=10", "rounds=6",
+                   "privacy=dp_client", "privacy.noise_multiplier=3",
+                   "privacy.target_epsilon=null", "privacy.adaptive_clip.enabled=true",
+                   "privacy.adaptive_clip.count_stddev=1"])
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, tmp_path, progress=None)
+    assert err.value.key == "privacy.adaptive_clip.count_stddev"

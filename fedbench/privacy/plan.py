@@ -128,6 +128,43 @@ class PrivacyPlan:
         return out
 
 
+def _adaptive(mech: ClientDP, cfg: Mapping[str, Any]) -> ClientDP:
+    """Adaptive clipping (Andrew et al. 2021) within the same privacy budget.
+
+    The round releases two Gaussian queries: the clipped sum (sensitivity ``clip``, noise
+    multiplier ``z_delta``) and the count of unclipped clients (sensitivity 1 per client under
+    add/remove, std ``sigma_b``; centred bits have sensitivity 1/2, so multiplier ``2 sigma_b``).
+    Their composition is one Gaussian mechanism with ``z^-2 = z_delta^-2 + (2 sigma_b)^-2``
+    (Andrew et al. 2021, Theorem 1), so ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` keeps the
+    accounted ``z`` (and the epsilon) unchanged.
+    """
+    gamma = cfg.get("target_quantile", 0.5)
+    if not isinstance(gamma, (int, float)) or not 0 < gamma < 1:
+        raise ConfigError("privacy.adaptive_clip.target_quantile", gamma, "in (0, 1)")
+    lr = cfg.get("learning_rate", 0.2)
+    if not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError("privacy.adaptive_clip.learning_rate", lr, "> 0")
+    sigma_b = cfg.get("count_stddev")
+    sigma_b = mech.expected_cohort / 20 if sigma_b is None else sigma_b
+    z = mech.noise_multiplier
+    if not isinstance(sigma_b, (int, float)) or sigma_b < 0:
+        raise ConfigError("privacy.adaptive_clip.count_stddev", sigma_b, ">= 0")
+    if z == 0:
+        z_delta = 0.0
+    elif 2 * sigma_b <= z:
+        raise ConfigError(
+            "privacy.adaptive_clip.count_stddev", sigma_b,
+            f"> noise_multiplier / 2 = {z / 2:.4g} (the count query would use more than the "
+            "whole privacy budget)",
+        )
+    else:
+        z_delta = (z**-2 - (2 * sigma_b) ** -2) ** -0.5
+    return dataclasses.replace(
+        mech, adaptive=True, target_quantile=float(gamma), clip_lr=float(lr),
+        count_stddev=float(sigma_b), delta_noise_multiplier=float(z_delta),
+    )
+
+
 def build_privacy(
     cfg: Mapping[str, Any] | None,
     *,
@@ -202,6 +239,9 @@ def build_privacy(
             else clients_per_round
         )
         mech = ClientDP(clip, noise, sampling, rate, float(clients_per_round), buffer)
+        adaptive = cfg.get("adaptive_clip") or {}
+        if adaptive.get("enabled"):
+            mech = _adaptive(mech, adaptive)
         return PrivacyPlan(name, mech, delta, accountant, sampling, target, num_clients,
                            clients_per_round)
 
