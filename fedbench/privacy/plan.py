@@ -109,6 +109,13 @@ class PrivacyPlan:
             "delta": self.delta,
             "accountant": self.accountant,
         }
+        if isinstance(self.mechanism, ClientDP) and self.mechanism.adaptive:
+            base["adaptive_clip"] = {
+                "target_quantile": self.mechanism.target_quantile,
+                "learning_rate": self.mechanism.clip_lr,
+                "count_stddev": self.mechanism.count_stddev,
+                "delta_noise_multiplier": self.mechanism.delta_noise_multiplier,
+            }
         if rounds == 0:
             return {**base, "epsilon": 0.0}
         rep = (
