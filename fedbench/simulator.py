@@ -423,7 +423,7 @@ class Simulator:
             prox_mu=algorithm.prox_mu,
             unroll=settings.unroll,
         )
-        if isinstance(privacy, SampleDP):
+        if isinstance(privacy, SampleDP):  # same schedule, DP-SGD steps
             self.local_update = make_dp_sgd_local_update(
                 apply_fn,
                 lr=settings.lr,
@@ -440,13 +440,6 @@ class Simulator:
             # Same number of examples per round as clients_per_round average clients.
             self.centralized_size = max(
                 1, round(len(pooled_y) * settings.clients_per_round / data.num_clients)
-            )
-            self.local_update = make_local_update(
-                apply_fn,
-                lr=settings.lr,
-                local_epochs=epochs,
-                batch_size=settings.batch_size,
-                unroll=settings.unroll,
             )
         # Per-site speed (seconds per local step), fixed for the run: lognormal(0, site_speed).
         sigma = getattr(algorithm, "site_speed", 0.0)

@@ -371,3 +371,15 @@ def test_normalize_rejects_unknown_method(digits_raw):
     with pytest.raises(ConfigError) as err:
         build_federated(digits_raw, DIRICHLET, 20, seed=0, normalization="minmax")
     assert err.value.key == "dataset.normalize" and "minmax" in str(err.value)
+
+
+def test_client_without_training_examples_is_a_clear_error():
+    from fedbench.dataset import load_dataset
+    from fedbench.dataset.pipeline import build_federated
+    from fedbench.errors import ConfigError
+
+    raw = load_dataset({"name": "synthetic", "samples_per_client": 1})  # int(0.9 * 1) = 0 train
+    with pytest.raises(ConfigError) as err:
+        build_federated(raw, {"name": "natural"}, 30, seed=0)
+    assert err.value.key == "dataset.samples_per_client"
+    assert "at least one training example" in str(err.value)

@@ -65,6 +65,14 @@ def build_federated(
             tr, te = split_client(part, test_fraction, rng)
             train_idx.append(tr)
             test_idx.append(te)
+    empty = [c for c, idx in enumerate(train_idx) if len(idx) == 0]
+    if empty:
+        raise ConfigError(
+            "dataset.samples_per_client" if raw.name == "synthetic" else "num_clients",
+            "too few" if raw.name == "synthetic" else num_clients,
+            f"every client needs at least one training example; clients {empty[:5]} have none "
+            "after the train/test split",
+        )
     train_x = [raw.x[i] for i in train_idx]
     train_x, (test_x,) = normalize(
         train_x, [[raw.x[i] for i in test_idx]], normalization or raw.normalize
