@@ -23,13 +23,26 @@ from fedbench.algorithm import Algorithm
 from fedbench.dataset.federated import FederatedData
 
 
+def _cox_nll_loop(scores, target):
+    """Negative Breslow partial log-likelihood averaged over the batch, one term at a time."""
+    s = scores.reshape(-1)
+    total = 0.0
+    for i in range(s.shape[0]):
+        at_risk = target[:, 1] >= target[i, 1]
+        term = jnp.log(jnp.sum(jnp.where(at_risk, jnp.exp(s), 0.0))) - s[i]
+        total = total + target[i, 0] * term
+    return total / s.shape[0]
+
+
 @functools.lru_cache(maxsize=64)
-def _grad_fn(apply_fn):
-    """Jitted gradient of the mean minibatch cross-entropy (cached per model)."""
+def _grad_fn(apply_fn, task: str = "classification"):
+    """Jitted gradient of the mean minibatch loss (cached per model and task)."""
 
     def loss_fn(p, xb, yb):
-        logits = apply_fn(p, xb)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
+        out = apply_fn(p, xb)
+        if task == "survival":
+            return _cox_nll_loop(out, yb)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, yb))
 
     return jax.jit(jax.grad(loss_fn))
 
@@ -46,18 +59,24 @@ def client_sgd(
     batch_size: int,
     prox_mu: float = 0.0,
     correction=None,
+    task: str = "classification",
+    local_steps: int | None = None,
 ) -> tuple[Any, int]:
     """Local SGD of one client, one minibatch at a time. Returns ``(params, steps_taken)``.
 
-    ``correction`` (SCAFFOLD's ``c - c_i``) is added to every minibatch gradient.
+    ``correction`` (SCAFFOLD's ``c - c_i``) is added to every minibatch gradient. With
+    ``local_steps`` the client runs epochs until it has taken exactly that many steps.
     """
     anchor = params
-    grad_fn = _grad_fn(apply_fn)
+    grad_fn = _grad_fn(apply_fn, task)
     n = len(y)
     steps = 0
-    for epoch in range(local_epochs):
+    epochs = local_epochs if local_steps is None else math.ceil(local_steps / math.ceil(n / batch_size))
+    for epoch in range(epochs):
         order = np.argsort(np.asarray(jax.random.uniform(jax.random.fold_in(key, epoch), (n,))))
         for b in range(math.ceil(n / batch_size)):
+            if local_steps is not None and steps == local_steps:
+                break
             idx = order[b * batch_size : (b + 1) * batch_size]
             grads = grad_fn(params, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
             if prox_mu:
@@ -83,6 +102,7 @@ def run_reference(
     batch_size: int,
     start_round: int = 0,
     stragglers=None,
+    local_steps: int | None = None,
 ):
     """Runs ``rounds`` rounds of a federated algorithm (``kind == "federated"``) or ``local``.
 
@@ -118,6 +138,7 @@ def run_reference(
                 p, s = client_sgd(
                     apply_fn, params[c], x, y, keys[c], lr=lr,
                     local_epochs=local_epochs, batch_size=batch_size,
+                    task=data.task, local_steps=local_steps,
                 )
                 new.append(p)
                 steps.append(s)
@@ -145,6 +166,7 @@ def run_reference(
             local, s = client_sgd(
                 apply_fn, params, x, y, key, lr=lr, local_epochs=int(epochs[j]),
                 batch_size=batch_size, prox_mu=algorithm.prox_mu, correction=correction,
+                task=data.task, local_steps=local_steps,
             )
             kept.append(c)
             deltas.append(jax.tree.map(

@@ -43,6 +43,7 @@ from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.privacy.dp_sgd import make_dp_sgd_local_update
 from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, poisson_cohort
+from fedbench.task import batch_loss_fn, concordance_index, cox_terms, masked_cross_entropy
 
 Params = Any
 CLIENT_AXES = ("auto", "vmap", "map")
@@ -62,6 +63,9 @@ class Settings:
         backend (benchmarks/NOTES.md).
       unroll: local SGD steps per iteration of the local-step loop (each masked).
       eval_chunk: examples per forward pass in evaluation (bounds memory).
+      local_steps: if set, every client takes exactly this many minibatch steps per round
+        (cycling through fresh epochs of its data), whatever its size, instead of
+        ``local_epochs`` epochs (FLamby's ``num_updates``; Ogier du Terrail et al. 2022).
     """
 
     clients_per_round: int
@@ -71,6 +75,7 @@ class Settings:
     client_axis: str = "auto"
     unroll: int = 1
     eval_chunk: int = 1024
+    local_steps: int | None = None
 
 
 @flax.struct.dataclass
@@ -111,6 +116,11 @@ def resolve_client_axis(axis: str) -> str:
     return axis
 
 
+def epochs_for_steps(local_steps: int, min_count: int, batch_size: int) -> int:
+    """Epochs of shuffled order needed so the smallest client can take ``local_steps`` steps."""
+    return math.ceil(local_steps / math.ceil(max(min_count, 1) / batch_size))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy, ``[B, K], [B] -> [B]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -135,6 +145,8 @@ def make_local_update(
     batch_size: int,
     prox_mu: float = 0.0,
     unroll: int = 1,
+    loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
+    local_steps: int | None = None,
 ) -> Callable[..., tuple[Params, ClientStats]]:
     """Builds ``local_update(server_params, x, y, count, key[, epochs]) -> (delta, stats)``.
 
@@ -148,18 +160,25 @@ def make_local_update(
     batch_size)`` steps: under ``lax.map`` a small client costs only its own steps; under
     ``jax.vmap`` the batch runs until the longest client is done with finished clients masked.
     ``unroll`` steps run per loop iteration (each masked), which cuts per-iteration overhead.
+
+    ``loss_fn(outputs, targets, valid)`` is the task's minibatch loss (:mod:`fedbench.task`).
+    With ``local_steps`` every client takes exactly that many steps (``epochs`` is then
+    ignored), cycling through fresh epochs; ``local_epochs`` must then be at least
+    :func:`epochs_for_steps` of the smallest client.
     """
 
     def batch_loss(params, xb, yb, valid):
-        per_example = cross_entropy(apply_fn(params, xb), yb)
-        return jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(valid.sum(), 1)
+        return loss_fn(apply_fn(params, xb), yb, valid)
 
     grad_fn = jax.value_and_grad(batch_loss)
 
     def local_update(server_params, x, y, count, key, epochs=None, correction=None):
         length = x.shape[0]
         steps_per_epoch = (count + batch_size - 1) // batch_size  # this client's own
-        total = steps_per_epoch * (local_epochs if epochs is None else epochs)
+        if local_steps is not None:
+            total = jnp.asarray(local_steps, jnp.int32)
+        else:
+            total = steps_per_epoch * (local_epochs if epochs is None else epochs)
         # Orders of every epoch, padded so a slice past the end stays in bounds.
         padded = math.ceil(length / batch_size) * batch_size
         orders = jax.vmap(lambda e: epoch_order(jax.random.fold_in(key, e), count, length))(
@@ -415,13 +434,22 @@ class Simulator:
         epochs = 1 if algorithm.full_batch else settings.local_epochs
         batch = data.max_train if algorithm.full_batch else settings.batch_size
         self.local_epochs, self.batch_size = epochs, batch
+        order_epochs = epochs
+        if settings.local_steps is not None:
+            smallest = int(np.min(np.asarray(data.train_counts)))
+            if algorithm.kind == "centralized":
+                smallest = max(1, round(int(np.sum(np.asarray(data.train_counts)))
+                                        * settings.clients_per_round / data.num_clients))
+            order_epochs = epochs_for_steps(settings.local_steps, smallest, batch)
         self.local_update = make_local_update(
             apply_fn,
             lr=settings.lr,
-            local_epochs=epochs,
+            local_epochs=order_epochs,
             batch_size=batch,
             prox_mu=algorithm.prox_mu,
             unroll=settings.unroll,
+            loss_fn=batch_loss_fn(data.task),
+            local_steps=settings.local_steps,
         )
         if isinstance(privacy, SampleDP):  # same schedule, DP-SGD steps
             self.local_update = make_dp_sgd_local_update(
@@ -449,9 +477,30 @@ class Simulator:
         self._evaluate = jax.jit(self._evaluate_impl)
 
     # -- state -------------------------------------------------------------------------------
-    def init(self) -> ServerState:
-        """Initial parameters from ``PRNGKey(seed)``; every local model starts from the same."""
-        key = jax.random.PRNGKey(self.seed)
+    def init(self, seed: int | None = None) -> ServerState:
+        """Initial parameters from ``PRNGKey(seed)`` (default: the simulator's seed); every
+        local model starts from the same."""
+        return self._init_from_key(jax.random.PRNGKey(self.seed if seed is None else seed))
+
+    def init_replicas(self, seeds) -> ServerState:
+        """States of several independent runs stacked on a leading replica axis: replica ``i``
+        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings)."""
+        keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+        return jax.vmap(self._init_from_key)(keys)
+
+    def run_replicas(self, states: ServerState, num_rounds: int) -> ServerState:
+        """:meth:`run` for every replica of :meth:`init_replicas` at once, in one compiled
+        program (``jax.vmap`` over the replica axis, e.g. seeds)."""
+        if not hasattr(self, "_run_many"):
+            self._run_many = jax.jit(jax.vmap(self._run_rounds, in_axes=(0, None, None)))
+        return self._run_many(states, self._payload(), jnp.int32(num_rounds))
+
+    @staticmethod
+    def replica(states: ServerState, i: int) -> ServerState:
+        """Replica ``i`` of stacked states, as a state of a single run."""
+        return jax.tree.map(lambda leaf: leaf[i], states)
+
+    def _init_from_key(self, key: jax.Array) -> ServerState:
         init_key, run_key = jax.random.split(key)
         params = self.model.init(init_key, self.data.train_x[0, :1])["params"]
         if self.algorithm.kind == "local":
@@ -498,7 +547,10 @@ class Simulator:
 
     def durations(self, ids: jax.Array, counts: jax.Array, epochs) -> jax.Array:
         """Simulated time a client needs: its local steps times its site's seconds per step."""
-        steps = (counts + self.batch_size - 1) // self.batch_size * epochs
+        if self.settings.local_steps is not None:
+            steps = jnp.full(counts.shape, self.settings.local_steps)
+        else:
+            steps = (counts + self.batch_size - 1) // self.batch_size * epochs
         return steps.astype(jnp.float32) * self.speeds[ids]
 
     # -- asynchronous FedBuff -----------------------------------------------------------------
@@ -706,7 +758,41 @@ class Simulator:
         )
         return losses.sum(), corrects.sum()
 
+    def _outputs(self, params, x):
+        """Model outputs on ``x`` in chunks of ``eval_chunk`` rows (bounds memory)."""
+        chunk = min(self.settings.eval_chunk, x.shape[0])
+        pad = -x.shape[0] % chunk
+        xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        out = jax.lax.map(lambda xb: self.apply_fn(params, xb), xs.reshape((-1, chunk) + x.shape[1:]))
+        return out.reshape((-1,) + out.shape[2:])[: x.shape[0]]
+
+    def _survival_impl(self, params, data: FederatedData):
+        """Cox partial-likelihood sums (risk set = each client's own training set) and the
+        log-risk scores of every test split and of the pooled test set."""
+        per_client = self.algorithm.kind == "local"
+        p_axis = 0 if per_client else None
+        n = data.train_x.shape[1]
+
+        def client_loss(p, x, y, count):
+            scores = self._outputs(p, x)[:, 0]
+            return cox_terms(scores, y, jnp.arange(n) < count).sum()
+
+        losses = map_over_clients(client_loss, "map", (p_axis, 0, 0, 0))(
+            params, data.train_x, data.train_y, data.train_counts
+        )
+        test_scores = map_over_clients(lambda p, x: self._outputs(p, x)[:, 0], "map", (p_axis, 0))(
+            params, data.test_x
+        )
+        pooled = map_over_clients(
+            lambda p: self._outputs(p, data.pooled_test_x)[:, 0], "map", (p_axis,)
+        )
+        pooled_scores = pooled(params) if per_client else self._outputs(params, data.pooled_test_x)[:, 0]
+        return {"train_loss": losses.sum() / data.train_counts.sum(), "test_scores": test_scores,
+                "pooled_scores": pooled_scores}
+
     def _evaluate_impl(self, params, data: FederatedData):
+        if data.task == "survival":
+            return self._survival_impl(params, data)
         per_client = self.algorithm.kind == "local"
         p_axis = 0 if per_client else None
 
@@ -738,18 +824,115 @@ class Simulator:
             "client_test_correct": test_correct,
         }
 
+    def _survival_metrics(self, raw) -> dict[str, float]:
+        """Host-side C-indices (Harrell) from the scores of :meth:`_survival_impl`."""
+        data = self.data
+        per_client = self.algorithm.kind == "local"
+        pooled_y = np.asarray(data.pooled_test_y)
+        pooled_scores = np.asarray(raw["pooled_scores"])
+        if per_client:  # mean over the client models, as for accuracy
+            pooled_c = float(np.nanmean([concordance_index(pooled_y[:, 1], s, pooled_y[:, 0])
+                                          for s in pooled_scores]))
+        else:
+            pooled_c = concordance_index(pooled_y[:, 1], pooled_scores, pooled_y[:, 0])
+        test_y, counts = np.asarray(data.test_y), np.asarray(data.test_counts)
+        scores = np.asarray(raw["test_scores"])
+        own = np.array([
+            concordance_index(test_y[c, :m, 1], scores[c, :m], test_y[c, :m, 0]) if m else np.nan
+            for c, m in enumerate(counts)
+        ])
+        own = own[np.isfinite(own)]
+        # Test loss: the Cox loss of the pooled test set as one risk set (for local: model mean).
+        rows = pooled_scores if per_client else pooled_scores[None]
+        valid = jnp.ones(pooled_y.shape[0], bool)
+        test_loss = float(np.mean([cox_terms(jnp.asarray(r), jnp.asarray(pooled_y), valid).mean()
+                                   for r in rows]))
+        return {
+            "train_loss": float(raw["train_loss"]),
+            "test_loss": test_loss,
+            "test_cindex": pooled_c,
+            "client_cindex_mean": float(own.mean()) if own.size else float("nan"),
+            "client_cindex_p10": float(np.percentile(own, 10)) if own.size else float("nan"),
+        }
+
+    def _site_outputs_impl(self, params, data: FederatedData):
+        """Outputs of the model(s) on every site's test split and on the pooled test set; for
+        ``local`` a leading axis over the site models."""
+        def one(p):
+            per_site = jax.lax.map(lambda x: self._outputs(p, x), data.test_x)
+            return per_site, self._outputs(p, data.pooled_test_x)
+
+        if self.algorithm.kind == "local":
+            return jax.lax.map(one, params)
+        return one(params)
+
+    def _metric(self, outputs: np.ndarray, y: np.ndarray, metric: str | None = None) -> float:
+        """Accuracy, ROC AUC (``metric="auc"``, binary tasks: area under the ROC curve of the
+        class-1 logit margin) or for survival Harrell's C-index; NaN where undefined (no
+        examples, or a test split holding one class only)."""
+        if len(y) == 0:
+            return float("nan")
+        if self.data.task == "survival":
+            return concordance_index(y[:, 1], outputs[:, 0], y[:, 0])
+        if metric == "auc":
+            if len(np.unique(y)) < 2:
+                return float("nan")
+            from sklearn.metrics import roc_auc_score
+
+            return float(roc_auc_score(y, outputs[:, 1] - outputs[:, 0]))
+        return float(np.mean(np.argmax(outputs, -1) == y))
+
+    def site_results(self, state: ServerState) -> dict[str, Any]:
+        """Per-site results: the question of Pati et al. 2022 (FeTS) -- is the federated model
+        at least as good on each institution's data as that institution's own model?
+
+        Returns ``metric`` (``accuracy`` or ``cindex``), ``test_sizes``, ``own`` (for each site,
+        the metric on its own test split of the model that site uses: the global model, or for
+        ``local`` its own model) and ``pooled`` (the pooled test set; for ``local`` the mean over
+        site models). For ``local`` also ``matrix[k][j]``: site ``k``'s model on site ``j``'s
+        test split, and ``pooled_by_model``. Binary classification adds ``auc``: the same
+        entries with ROC AUC in place of accuracy.
+        """
+        if not hasattr(self, "_site_outputs"):
+            self._site_outputs = jax.jit(self._site_outputs_impl)
+        per_site, pooled = jax.device_get(self._site_outputs(state.params, self.data))
+        per_site, pooled = np.asarray(per_site), np.asarray(pooled)
+        counts = np.asarray(self.data.test_counts)
+        test_y, pooled_y = np.asarray(self.data.test_y), np.asarray(self.data.pooled_test_y)
+
+        def table(metric):
+            def row(site_out):
+                return [self._metric(site_out[j, :m], test_y[j, :m], metric)
+                        for j, m in enumerate(counts)]
+
+            if self.algorithm.kind != "local":
+                return {"own": row(per_site), "pooled": self._metric(pooled, pooled_y, metric)}
+            matrix = [row(per_site[k]) for k in range(per_site.shape[0])]
+            by_model = [self._metric(pooled[k], pooled_y, metric) for k in range(pooled.shape[0])]
+            return {"own": [matrix[k][k] for k in range(len(matrix))],
+                    "pooled": float(np.nanmean(by_model)), "matrix": matrix,
+                    "pooled_by_model": by_model}
+
+        result = {
+            "metric": "cindex" if self.data.task == "survival" else "accuracy",
+            "test_sizes": counts.tolist(),
+            "train_sizes": np.asarray(self.data.train_counts).tolist(),
+            **table(None),
+        }
+        if self.data.task == "classification" and self.data.num_classes == 2:
+            result["auc"] = table("auc")  # same layout, ROC AUC
+        return result
+
     def evaluate(self, state: ServerState) -> dict[str, Any]:
         """Metrics of the current model(s).
 
         ``test_*`` are on the pooled test set (for ``local``: the mean over client models);
         ``train_*`` over all clients' training data, weighted by example counts;
         ``client_accuracy_mean`` / ``client_accuracy_p10``: mean and 10th percentile over clients
-        (with a non-empty test split) of the accuracy on their own test split.
+        (with a non-empty test split) of the accuracy on their own test split. Survival data
+        report ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
         """
         raw = jax.device_get(self._evaluate(state.params, self.data))
-        counts = np.asarray(self.data.test_counts)
-        has_test = counts > 0
-        client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
         extra = {}
         if state.clip is not None:
             extra["clip"] = float(state.clip)
@@ -760,6 +943,11 @@ class Simulator:
             k = self.algorithm.buffer_size
             extra["staleness_mean"] = float(state.inflight["staleness_sum"]) / (updates * k)
             extra["staleness_max"] = int(state.inflight["staleness_max"])
+        if self.data.task == "survival":
+            return {"round": int(state.round), **extra, **self._survival_metrics(raw)}
+        counts = np.asarray(self.data.test_counts)
+        has_test = counts > 0
+        client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
         return {
             "round": int(state.round),
             **extra,

@@ -10,6 +10,7 @@ only, and :func:`fedbench.dataset.federated.from_client_arrays` pads them.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "load_dataset",
     "from_client_arrays",
     "generate_synthetic",
+    "impute_median",
     "normalize",
 ]
 
@@ -41,6 +43,11 @@ class RawDataset:
       natural_client: ``[n]`` client id of each example, for datasets with their own clients.
       natural_is_test: ``[n]`` whether the example is in its client's own test split.
       normalize: default normalisation (``standardize``, ``none``).
+      task: ``classification`` or ``survival`` (see :mod:`fedbench.task`).
+      target: what the model is trained on when it is not ``y``: for ``survival``, ``[n, 2]``
+        float32 ``(event, time)``; ``y`` then holds the event indicator, used by partitioners
+        and statistics.
+      client_names: names of the natural clients (e.g. hospitals or regions), by client id.
     """
 
     name: str
@@ -50,6 +57,9 @@ class RawDataset:
     natural_client: np.ndarray | None = None
     natural_is_test: np.ndarray | None = None
     normalize: str = "standardize"
+    task: str = "classification"
+    target: np.ndarray | None = None
+    client_names: list[str] | None = None
 
 
 def _digits(cfg: Mapping[str, Any]) -> RawDataset:
@@ -112,11 +122,56 @@ def _synthetic(cfg: Mapping[str, Any]) -> RawDataset:
     )
 
 
+def _tcga_brca(cfg: Mapping[str, Any]) -> RawDataset:
+    """Fed-TCGA-BRCA survival data (FLamby); see :mod:`fedbench.dataset.tcga`."""
+    from fedbench.dataset.tcga import load_tcga_brca
+
+    return load_tcga_brca(cfg)
+
+
+def _opt(cfg: Mapping[str, Any]) -> RawDataset:
+    """OPT trial, preterm birth at 4 clinics; see :mod:`fedbench.dataset.clinical`."""
+    from fedbench.dataset.clinical import load_opt
+
+    return load_opt(cfg)
+
+
+def _indo_rct(cfg: Mapping[str, Any]) -> RawDataset:
+    """Indomethacin trial, post-ERCP pancreatitis at 4 hospitals; see :mod:`.clinical`."""
+    from fedbench.dataset.clinical import load_indo_rct
+
+    return load_indo_rct(cfg)
+
+
+def _real_images(loader: str) -> Callable[[Mapping[str, Any]], RawDataset]:
+    """``fedbench.dataset.tfds.<loader>``, imported on first use (that module imports this one)."""
+
+    def load(cfg: Mapping[str, Any]) -> RawDataset:
+        from fedbench.dataset import tfds
+
+        return getattr(tfds, loader)(cfg)
+
+    load.__doc__ = f"See :func:`fedbench.dataset.tfds.{loader}`."
+    return load
+
+
 DATASETS: dict[str, Callable[[Mapping[str, Any]], RawDataset]] = {
     "digits": _digits,
     "breast_cancer": _breast_cancer,
     "synthetic": _synthetic,
+    # Real images (fedbench/dataset/tfds.py): the offline MNIST subset, and TFDS datasets, all
+    # read by one loader from ``dataset.tfds_name``; ``tfds`` takes any TFDS name.
+    "mnist5k": _real_images("load_mnist5k"),
+    "mnist": _real_images("load_tfds"),
+    "fashion_mnist": _real_images("load_tfds"),
+    "emnist": _real_images("load_tfds"),
+    "cifar10": _real_images("load_tfds"),
+    "tfds": _real_images("load_tfds"),
+    "tcga_brca": _tcga_brca,
+    "opt": _opt,
+    "indo_rct": _indo_rct,
 }
+
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RawDataset:
@@ -153,5 +208,31 @@ def normalize(
 
     def f(a: np.ndarray) -> np.ndarray:
         return ((a - mean) / std).astype(np.float32)
+
+    return [f(a) for a in train_x], [[f(a) for a in group] for group in other_x]
+
+
+def impute_median(
+    train_x: list[np.ndarray], other_x: list[list[np.ndarray]]
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """Fills NaNs with each feature's median over the pooled training examples only.
+
+    The statistic sees the training splits alone, so a test example's values never reach a
+    training feature (for a 0/1 column the median is its majority value). A feature with no
+    observed training value is filled with 0. Arrays without NaNs are returned unchanged.
+
+    Args:
+      train_x: per-client training inputs; the medians come from these alone.
+      other_x: further lists of per-client arrays (the test splits) filled with the same medians.
+    """
+    if not any(np.isnan(a).any() for a in train_x + [a for group in other_x for a in group]):
+        return train_x, other_x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": filled with 0 below
+        median = np.nanmedian(np.concatenate(train_x).astype(np.float64), axis=0)
+    median = np.nan_to_num(median, nan=0.0)
+
+    def f(a: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(a), median, a).astype(np.float32)
 
     return [f(a) for a in train_x], [[f(a) for a in group] for group in other_x]

@@ -11,7 +11,8 @@ test size, ``T`` = pooled test size, ``F...`` = the feature shape, e.g. ``(8, 8,
 field              shape / dtype       meaning
 =================  ==================  =======================================================
 ``train_x``        ``[C, N, F...]`` f32 client training inputs, zero-padded past ``train_counts``
-``train_y``        ``[C, N]`` i32       labels, padded with 0
+``train_y``        ``[C, N]`` i32       labels, padded with 0 (survival: ``[C, N, 2]`` f32
+                                       ``(event, time)`` rows, see :mod:`fedbench.task`)
 ``train_counts``   ``[C]`` i32          true number of training examples of each client
 ``test_x``         ``[C, M, F...]`` f32 each client's own test split, zero-padded
 ``test_y``         ``[C, M]`` i32
@@ -44,6 +45,7 @@ class FederatedData:
     pooled_test_x: jax.Array
     pooled_test_y: jax.Array
     num_classes: int = flax.struct.field(pytree_node=False)
+    task: str = flax.struct.field(pytree_node=False, default="classification")
 
     @property
     def num_clients(self) -> int:
@@ -87,6 +89,7 @@ def from_client_arrays(
     test_x: Sequence[np.ndarray],
     test_y: Sequence[np.ndarray],
     num_classes: int,
+    task: str = "classification",
 ) -> FederatedData:
     """Pads per-client arrays to common lengths and moves them to the default device.
 
@@ -96,6 +99,7 @@ def from_client_arrays(
       test_x: one ``[m_i, F...]`` array per client (``m_i`` may be 0).
       test_y: one ``[m_i]`` array per client.
       num_classes: number of label classes.
+      task: ``classification`` (integer labels) or ``survival`` (``[n_i, 2]`` float targets).
 
     Returns:
       The padded :class:`FederatedData`; the pooled test set is the concatenation of the
@@ -105,14 +109,16 @@ def from_client_arrays(
     test_counts = np.array([len(a) for a in test_x], dtype=np.int32)
     n_max = max(1, int(train_counts.max()))
     m_max = max(1, int(test_counts.max()))
+    y_dtype = np.float32 if task == "survival" else np.int32
     return FederatedData(
         train_x=jnp.asarray(_pad_stack(train_x, n_max, np.float32)),
-        train_y=jnp.asarray(_pad_stack(train_y, n_max, np.int32)),
+        train_y=jnp.asarray(_pad_stack(train_y, n_max, y_dtype)),
         train_counts=jnp.asarray(train_counts),
         test_x=jnp.asarray(_pad_stack(test_x, m_max, np.float32)),
-        test_y=jnp.asarray(_pad_stack(test_y, m_max, np.int32)),
+        test_y=jnp.asarray(_pad_stack(test_y, m_max, y_dtype)),
         test_counts=jnp.asarray(test_counts),
         pooled_test_x=jnp.asarray(np.concatenate(test_x).astype(np.float32)),
-        pooled_test_y=jnp.asarray(np.concatenate(test_y).astype(np.int32)),
+        pooled_test_y=jnp.asarray(np.concatenate(test_y).astype(y_dtype)),
         num_classes=int(num_classes),
+        task=task,
     )

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from fedbench.dataset import RawDataset, normalize
+from fedbench.dataset import RawDataset, impute_median, normalize
 from fedbench.dataset.federated import FederatedData, from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.partition import heterogeneity_stats, partition
+from fedbench.partition.feature_shift import shift_clients, shift_plan
 
 
 def split_client(
@@ -33,7 +34,13 @@ def build_federated(
     test_fraction: float = 0.2,
     normalization: str | None = None,
 ) -> tuple[FederatedData, dict[str, Any]]:
-    """Partitions, splits, normalises (train statistics only) and pads a dataset.
+    """Partitions, splits, shifts, imputes and normalises (train statistics only), and pads.
+
+    Each client's raw inputs (train and test split alike) first get its feature shift
+    (``partition.feature_shift``, :mod:`fedbench.partition.feature_shift`); missing values
+    (NaN) are then filled with medians of the pooled training splits
+    (:func:`fedbench.dataset.impute_median`), and inputs are normalised with training
+    statistics (:func:`fedbench.dataset.normalize`).
 
     Args:
       raw: the loaded dataset.
@@ -46,7 +53,8 @@ def build_federated(
 
     Returns:
       ``(data, stats)``: the padded federated data and heterogeneity statistics of the training
-      splits (see :func:`fedbench.partition.heterogeneity_stats`) plus test split sizes.
+      splits (see :func:`fedbench.partition.heterogeneity_stats`) plus test split sizes and,
+      when any client is shifted, ``feature_shift``: each client's ``{"kind", "value"}``.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError("dataset.test_fraction", test_fraction, "in [0, 1)")
@@ -73,13 +81,25 @@ def build_federated(
             f"every client needs at least one training example; clients {empty[:5]} have none "
             "after the train/test split",
         )
-    train_x = [raw.x[i] for i in train_idx]
-    train_x, (test_x,) = normalize(
-        train_x, [[raw.x[i] for i in test_idx]], normalization or raw.normalize
+    # Per-site feature shift of the raw inputs, then NaN imputation and normalisation, both
+    # with statistics of the training splits only.
+    shifts = shift_plan(partition_cfg, num_clients, seed)
+    train_x, test_x = shift_clients(
+        raw.x, [raw.x[i] for i in train_idx], [raw.x[i] for i in test_idx], shifts, seed
+    )
+    train_x, (test_x,) = impute_median(train_x, [test_x])
+    train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
+    targets = raw.y if raw.target is None else raw.target  # survival: (event, time) rows
+    data = from_client_arrays(
+        train_x, [targets[i] for i in train_idx], test_x, [targets[i] for i in test_idx],
+        raw.num_classes, task=raw.task,
     )
     train_y = [raw.y[i] for i in train_idx]
     test_y = [raw.y[i] for i in test_idx]
-    data = from_client_arrays(train_x, train_y, test_x, test_y, raw.num_classes)
     stats = heterogeneity_stats(train_y, raw.num_classes)
+    if any(s["kind"] != "none" for s in shifts):
+        stats["feature_shift"] = shifts  # per client: {"kind", "value"}
+    if partition_cfg.get("name") == "natural" and raw.client_names is not None:
+        stats["client_names"] = list(raw.client_names)
     stats["test_sizes"] = [int(len(t)) for t in test_y]
     return data, stats

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
 
-MODELS = ("logreg", "mlp", "cnn")
+MODELS = ("logreg", "mlp", "cnn", "cox")
 CONV_IMPLS = ("auto", "lax", "im2col")
 
 
@@ -29,6 +29,20 @@ class LogReg(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, F...] -> [B, classes]
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class Cox(nn.Module):
+    """Linear Cox proportional-hazards model: log-risk ``x @ beta`` (Cox 1972), ``[B, 1]``.
+
+    No intercept: the partial likelihood does not depend on one (FLamby's Fed-TCGA-BRCA
+    baseline is the same linear model; its bias receives zero gradient).
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros)(
+            x.reshape(x.shape[0], -1)
+        )
 
 
 class MLP(nn.Module):
@@ -117,16 +131,30 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 def build_model(
-    cfg: Mapping[str, Any], feature_shape: tuple[int, ...], num_classes: int
+    cfg: Mapping[str, Any],
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    task: str = "classification",
 ) -> nn.Module:
-    """Builds the model named by ``cfg["name"]`` after checking it fits the data.
+    """Builds the model named by ``cfg["name"]`` after checking it fits the data and task.
+
+    For ``survival`` data the model outputs one log-risk per example: ``cox`` (linear) or
+    ``mlp`` (a nonlinear risk score, as in DeepSurv, Katzman et al. 2018).
 
     Raises:
-      ConfigError: unknown name, or a model that cannot take the dataset's input shape.
+      ConfigError: unknown name, or a model that cannot take the dataset's input shape or task.
     """
     name = cfg.get("name")
     if name not in MODELS:
         raise ConfigError("model.name", name, "one of: " + ", ".join(MODELS))
+    if task == "survival":
+        if name not in ("cox", "mlp"):
+            raise ConfigError("model.name", name, "cox or mlp for a survival dataset (one log-risk score per patient)")
+        num_classes = 1
+    elif name == "cox":
+        raise ConfigError("model.name", name, "a classification model (logreg, mlp, cnn): cox needs a survival dataset such as tcga_brca")
+    if name == "cox":
+        return Cox()
     if name == "logreg":
         return LogReg(num_classes)
     if name == "mlp":

@@ -1,7 +1,8 @@
 """Seeded partitioners that assign every example to exactly one client, and heterogeneity stats.
 
 Every partitioner returns a list of ``num_clients`` index arrays that together hold each example
-index exactly once (tested). They see only the labels, so they apply to any dataset.
+index exactly once (tested), except ``prevalence``, which draws the sites it is asked for and
+leaves the other examples out. They see only the labels, so they apply to any dataset.
 
 References:
   H. B. McMahan, E. Moore, D. Ramage, S. Hampson, B. Aguera y Arcas. "Communication-Efficient
@@ -15,14 +16,15 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fedbench.errors import ConfigError
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural", "prevalence")
+_SITE_KEYS = ("size", "classes", "shift")
 _MAX_RESAMPLES = 1000
 
 
@@ -106,6 +108,133 @@ def natural(natural_client: np.ndarray | None, num_clients: int) -> list[np.ndar
     return [np.flatnonzero(natural_client == c) for c in range(num_clients)]
 
 
+def _largest_remainder(targets: np.ndarray, total: int) -> np.ndarray:
+    """Integers within one of ``targets`` (which sum to ``total``) that sum to ``total`` exactly.
+
+    Floors every target and gives the remaining units to the largest fractional parts (ties:
+    the lower index), the Hamilton apportionment method.
+    """
+    counts = np.floor(targets + 1e-9).astype(np.int64)
+    order = np.argsort(-(targets - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    return counts
+
+
+def _class_id(key: Any) -> int | None:
+    """A class id written as an int or an integer string (Hydra may give either); else None."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    return None
+
+
+def _proportion(value: Any) -> bool:
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+    )
+
+
+def prevalence_counts(sites: Any, labels: np.ndarray, num_clients: int) -> np.ndarray:
+    """Validates ``partition.sites`` and returns the ``[sites, classes]`` example counts.
+
+    Site ``i`` asks for ``size`` examples with class ``k`` making up ``classes[k]`` of them;
+    classes it does not name share the remaining mass ``1 - sum(classes)`` in proportion to
+    their overall frequency in ``labels``. Each site's row is rounded to integers that sum to
+    ``size`` exactly, each within one of ``size`` times its share (largest remainder).
+
+    Raises:
+      ConfigError: a site count other than ``num_clients``, a size below 1, a class id not in
+        ``labels``, a proportion outside [0, 1], proportions summing above 1 (or below 1 with
+        every class named), an unknown site key, or more examples of a class than exist.
+    """
+    form = "a list of sites, each {size: N, classes: {class id: proportion}, shift: optional}"
+    if isinstance(sites, (str, bytes, Mapping)) or not isinstance(sites, Sequence) or not sites:
+        raise ConfigError("partition.sites", sites, form)
+    if len(sites) != num_clients:
+        raise ConfigError(
+            "num_clients", num_clients,
+            f"{len(sites)}, the number of partition.sites: set num_clients={len(sites)} and "
+            f"clients_per_round<={len(sites)}",
+        )
+    available = np.bincount(labels)
+    present = np.flatnonzero(available)
+    overall = available / available.sum()
+    rows = []
+    for i, site in enumerate(sites):
+        key = f"partition.sites[{i}]"
+        if not isinstance(site, Mapping):
+            raise ConfigError(key, site, form)
+        unknown = sorted(str(k) for k in site if k not in _SITE_KEYS)
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}", site[unknown[0]],
+                              "no such key (keys: " + ", ".join(_SITE_KEYS) + ")")
+        size = site.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"{key}.size", size, "an integer >= 1 (examples at this site)")
+        classes = site.get("classes") or {}
+        if not isinstance(classes, Mapping):
+            raise ConfigError(f"{key}.classes", classes, "a mapping {class id: proportion}")
+        mass = np.zeros(len(available))
+        for name, share in classes.items():
+            k = _class_id(name)
+            if k is None or k not in present:
+                raise ConfigError(
+                    f"{key}.classes", dict(classes),
+                    f"class ids that exist in the dataset ({present.min()}..{present.max()}); "
+                    f"there is no class {name!r}",
+                )
+            if not _proportion(share):
+                raise ConfigError(f"{key}.classes", dict(classes),
+                                  f"proportions in [0, 1]; class {k} has {share!r}")
+            mass[k] = float(share)
+        named = float(mass.sum())
+        if named > 1 + 1e-9:
+            raise ConfigError(f"{key}.classes", dict(classes),
+                              f"proportions summing to at most 1 (they sum to {named:g})")
+        rest = np.setdiff1d(present, [_class_id(n) for n in classes])
+        if len(rest):
+            mass[rest] = max(0.0, 1 - named) * overall[rest] / overall[rest].sum()
+        elif named < 1 - 1e-9:
+            raise ConfigError(
+                f"{key}.classes", dict(classes),
+                f"proportions summing to 1 when every class is named (they sum to {named:g})",
+            )
+        rows.append(_largest_remainder(mass / mass.sum() * size, size))
+    counts = np.stack(rows)
+    asked = counts.sum(axis=0)
+    short = np.flatnonzero(asked > available)
+    if len(short):
+        k = short[0]
+        raise ConfigError(
+            "partition.sites",
+            f"{asked[k]} examples of class {k} in total (per site: {counts[:, k].tolist()})",
+            f"at most {available[k]}, the examples of class {k} in the dataset (drawn without "
+            f"replacement); lower the sizes or class {k}'s proportions",
+        )
+    return counts
+
+
+def prevalence(
+    labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Hospital scenarios: site ``i`` gets ``counts[i, k]`` examples of class ``k``.
+
+    Each class's examples are shuffled once and dealt out in site order, so the draw is without
+    replacement; examples no site asks for are left out. ``counts`` comes from
+    :func:`prevalence_counts`.
+    """
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(counts))]
+    for k in range(counts.shape[1]):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        cuts = np.cumsum(counts[:, k])
+        for site, chunk in enumerate(np.split(idx[: cuts[-1]], cuts[:-1])):
+            parts[site].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
 def partition(
     cfg: Mapping[str, Any],
     labels: np.ndarray,
@@ -116,7 +245,8 @@ def partition(
     """Dispatches on ``cfg["name"]``; validates its settings first.
 
     Raises:
-      ConfigError: unknown name, ``alpha <= 0``, a partition that cannot give every client data.
+      ConfigError: unknown name, ``alpha <= 0``, a partition that cannot give every client data,
+        a ``prevalence`` site spec that cannot be met (see :func:`prevalence_counts`).
     """
     name = cfg.get("name")
     if name not in PARTITIONS:
@@ -134,6 +264,8 @@ def partition(
                 "num_clients", num_clients, f"{available}: the dataset's own number of clients"
             )
         return natural(natural_client, num_clients)
+    if name == "prevalence":
+        return prevalence(labels, prevalence_counts(cfg.get("sites"), labels, num_clients), rng)
     if num_clients > n:
         raise ConfigError("num_clients", num_clients, f"<= {n}, the number of examples")
     if name == "iid":
