@@ -3,16 +3,22 @@
 Bad input ends the run before any training with one line on stderr naming the key, the value and
 what is allowed, and exit status 2. An unknown group option (``dataset=nope``) is reported by
 Hydra itself, with the available options, and exit status 1.
+
+In a sweep (``fedbench -m``) a job never ends the sweep: a finished job is skipped, a failing one
+(bad input included) leaves ``error.json`` in its directory, and after the last job the command
+lists the failures and exits with status 1 (:mod:`fedbench.sweep`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedbench.errors import BufferOverflowError, ConfigError
@@ -21,30 +27,104 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def _app(cfg: DictConfig) -> None:
-    from fedbench.run import run_experiment
-
+def _app(cfg: DictConfig) -> str | None:
     # JAX logs at INFO that it found no TPU; that is not news to a CPU user. dp-accounting's
     # RDP accountant warns for every fractional order it drops (it then uses the others).
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.ERROR)
 
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg)
+
+    from fedbench.run import run_experiment
+    from fedbench.tracking import build_tracker
+
+    tracker, finished = None, False
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         out_dir = HydraConfig.get().runtime.output_dir
+        tracker = build_tracker(container.get("tracking"), out_dir)
         print(f"fedbench: writing to {out_dir}", flush=True)
-        run_experiment(container, out_dir)
+        run_experiment(container, out_dir, tracker=tracker)
+        finished = True
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except BufferOverflowError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(3)
+    finally:
+        if tracker is not None and not finished:
+            tracker.finish(None, exit_code=1)  # the tracked run is marked failed
+
+
+def _sweep_job(cfg: DictConfig) -> str:
+    """One job of a sweep; returns ``skipped``, ``failed`` or the run's status.
+
+    The job's directory depends only on its overrides, so a finished run there is this job
+    done before: it is skipped. Any exception is written to ``error.json`` and the sweep goes on.
+    """
+    from fedbench import sweep
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    done = sweep.finished_summary(out_dir)
+    if done is not None:
+        note = ""
+        with contextlib.suppress(Exception):
+            changed = sweep.config_differences(
+                done.get("config", {}), OmegaConf.to_container(cfg, resolve=True)
+            )
+            if changed:
+                note = (
+                    f"; its config differs from this job's in {', '.join(changed[:3])}: "
+                    "set a new sweep_name to run it"
+                )
+        print(f"fedbench: skipped {out_dir} (summary.json: {done.get('status')}){note}", flush=True)
+        return "skipped"
+    sweep.clear_error(out_dir)
+    sweep.limit_threads_for_parallel_jobs(OmegaConf.to_container(hydra_cfg.launcher))
+
+    from fedbench.run import run_experiment  # JAX starts only after the thread settings
+    from fedbench.tracking import build_tracker
+
+    container, tracker, finished = None, None, False
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        tracker = build_tracker(
+            container.get("tracking"),
+            out_dir,
+            group=Path(str(hydra_cfg.sweep.dir)).name,
+            run_name=hydra_cfg.job.override_dirname or None,
+        )
+        print(f"fedbench: writing to {out_dir}", flush=True)
+        status = run_experiment(container, out_dir, tracker=tracker)["status"]
+        finished = True
+        return status
+    except Exception as err:  # noqa: BLE001 - one job's failure must not end the sweep
+        if container is None:
+            container = OmegaConf.to_container(cfg, resolve=False)
+        sweep.write_error(out_dir, err, container)
+        print(
+            f"fedbench: job failed: {out_dir}: {type(err).__name__}: {err} "
+            "(error.json written; the sweep goes on)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return "failed"
+    finally:
+        if tracker is not None and not finished:
+            with contextlib.suppress(Exception):
+                tracker.finish(None, exit_code=1)  # the tracked run is marked failed
 
 
 def main() -> None:
     """Console entry point (``fedbench`` and ``python -m fedbench``)."""
+    from fedbench import sweep
+
     _app()
+    if sweep.failed_jobs:  # set by the SweepReport callback at the end of a sweep
+        sys.exit(1)
 
 
 if __name__ == "__main__":

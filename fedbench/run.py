@@ -8,6 +8,7 @@ block, and finally writes ``summary.json``. Both files are replaced atomically.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -32,6 +33,7 @@ from fedbench.results import (
     write_jsonl,
 )
 from fedbench.simulator import CLIENT_AXES, Settings, Simulator, Stragglers
+from fedbench.tracking import Tracker, build_tracker
 
 METRIC_KEYS = (
     "round",
@@ -39,8 +41,13 @@ METRIC_KEYS = (
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "test_cindex",
     "client_accuracy_mean",
     "client_accuracy_p10",
+    "client_cindex_mean",
+    "client_cindex_p10",
+    "bytes_up",
+    "bytes_down",
 )
 
 
@@ -89,6 +96,9 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     _integer(cfg, "seed", 0, "a non-negative integer")
     _integer(cfg, "unroll", 1)
     lr = _positive_float(cfg, "lr")
+    local_steps = cfg.get("local_steps")
+    if local_steps is not None:
+        local_steps = _integer(cfg, "local_steps", 1, "null (local_epochs epochs) or an integer >= 1")
     axis = cfg.get("client_axis", "auto")
     if axis not in CLIENT_AXES:
         raise ConfigError("client_axis", axis, "one of: " + ", ".join(CLIENT_AXES))
@@ -99,6 +109,7 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
         lr=lr,
         client_axis=axis,
         unroll=cfg["unroll"],
+        local_steps=local_steps,
     )
 
 
@@ -138,10 +149,11 @@ def build_stragglers(
 def _print_progress(metrics: dict[str, Any], rounds: int, rate: float | None) -> None:
     speed = f"{rate:8.1f} rounds/s" if rate else "   (compiling)"
     eps = f" | epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else ""
+    name, short = ("cindex", "C-index") if "test_cindex" in metrics else ("accuracy", "acc")
     print(
-        f"round {metrics['round']:>5}/{rounds} | test acc {metrics['test_accuracy']:.4f} | "
-        f"train loss {metrics['train_loss']:.4f} | client acc p10 "
-        f"{metrics['client_accuracy_p10']:.4f}{eps} | {speed}",
+        f"round {metrics['round']:>5}/{rounds} | test {short} {metrics['test_' + name]:.4f} | "
+        f"train loss {metrics['train_loss']:.4f} | client {short} p10 "
+        f"{metrics['client_' + name + '_p10']:.4f}{eps} | {speed}",
         flush=True,
     )
 
@@ -164,6 +176,7 @@ def run_experiment(
     cfg: Mapping[str, Any],
     out_dir: str | Path,
     progress: Callable[[dict[str, Any], int, float | None], None] | None = _print_progress,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Runs one experiment and writes ``metrics.jsonl`` and ``summary.json`` into ``out_dir``.
 
@@ -172,6 +185,8 @@ def run_experiment(
       out_dir: the run directory.
       progress: called after every evaluation with ``(metrics, rounds, rounds_per_second)``;
         ``None`` for silence.
+      tracker: experiment tracker (:mod:`fedbench.tracking`); ``None``: built from
+        ``cfg["tracking"]`` (absent: no tracking).
 
     Returns:
       The summary written to ``summary.json``.
@@ -197,7 +212,8 @@ def run_experiment(
         test_fraction=float(cfg["dataset"].get("test_fraction", 0.2)),
         normalization=cfg["dataset"].get("normalize"),
     )
-    model = build_model(cfg["model"], data.feature_shape, data.num_classes)
+    model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
+    _check_task_and_schedule(cfg, settings, algorithm, data.task)
     from fedbench.privacy.plan import build_privacy  # imports dp-accounting only when needed
 
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
@@ -218,8 +234,19 @@ def run_experiment(
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
     )
 
+    model_bytes = sum(
+        int(np.prod(p.shape)) * p.dtype.itemsize
+        for p in jax.tree.leaves(model.init(jax.random.PRNGKey(0), data.train_x[0, :1]))
+    ) * (2 if algorithm.scaffold else 1)  # SCAFFOLD also exchanges control variates
+
     def evaluate(state) -> dict[str, Any]:
         metrics = sim.evaluate(state)
+        if algorithm.kind in ("federated", "async"):
+            # Exact model traffic so far: every participation downloads the server model and
+            # uploads one update (uncompressed float32).
+            exchanged = int(np.asarray(state.participation).sum()) * model_bytes
+            metrics["bytes_up"] = exchanged
+            metrics["bytes_down"] = exchanged
         if privacy is not None:
             if int(state.overflow):
                 raise BufferOverflowError(
@@ -230,10 +257,21 @@ def run_experiment(
             metrics["epsilon"] = spent["epsilon"]
         return metrics
 
+    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
+    if num_seeds > 1:
+        if cfg.get("site_speed", 0.0):
+            raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
+        return _run_replicas(cfg, out_dir, sim, evaluate, partition_stats, privacy, progress,
+                             tracker, num_seeds)
+
+    tracker = tracker if tracker is not None else build_tracker(cfg.get("tracking"), out_dir)
+    tracker.start(cfg, partition_stats)
+
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     compile_before, _ = CompileCounter.snapshot()
     state = sim.init()
     history = [evaluate(state)]
+    tracker.log(history[-1], int(state.round))
     if progress:
         progress(history[-1], rounds, None)
     run_wall = 0.0  # wall time inside the round loop, compilation excluded
@@ -246,6 +284,7 @@ def run_experiment(
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
         history.append(evaluate(state))
+        tracker.log(history[-1], int(state.round))
         write_jsonl(out_dir / "metrics.jsonl", history)
         if progress:
             progress(history[-1], rounds, int(state.round) / run_wall if run_wall > 0 else None)
@@ -276,6 +315,7 @@ def run_experiment(
         "config": dict(cfg),
         "timing": timing,
         "partition_stats": partition_stats,
+        "sites": sim.site_results(state) if status == "completed" else None,
         "privacy": (
             privacy.report(int(state.round), np.asarray(state.participation))
             if privacy is not None
@@ -287,6 +327,140 @@ def run_experiment(
         "python": sys.version.split()[0],
     }
     write_json(out_dir / "summary.json", summary)
+    tracker.finish(summary)
     if progress:
         _print_table(history[-1], timing)
     return summary
+
+
+def _replica_tracker(tracker: Tracker | None, cfg: Mapping[str, Any], out_dir: Path, seed: int) -> Tracker:
+    """A tracked run per seed: the sweep job's tracker settings with ``/seed=<s>`` appended."""
+    if tracker is None or type(tracker) is Tracker:
+        return build_tracker(cfg.get("tracking"), out_dir)
+    replica = copy.copy(tracker)
+    replica.run = None
+    replica.run_name = f"{tracker.run_name or out_dir.parent.name}/seed={seed}"
+    return replica
+
+
+def _finite(state) -> bool:
+    return all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
+
+
+def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats, privacy,
+                  progress, tracker, num_seeds: int) -> dict[str, Any]:
+    """``seeds`` independent runs (seeds ``seed .. seed + seeds - 1``) as one compiled program.
+
+    The replicas share the data, partition and sites (partition seed: ``partition.seed``, else
+    ``seed``) and differ in initialisation, client sampling, SGD order, stragglers and DP noise;
+    replica ``s`` is bit-for-bit the single run with ``seed=s`` and that ``partition.seed``
+    (tested). Each writes its own run directory ``<out_dir>/seed=<s>/`` (metrics.jsonl,
+    summary.json with its own config); ``<out_dir>/summary.json`` lists them (``replicas``).
+    """
+    base = cfg["seed"]
+    seeds = [base + i for i in range(num_seeds)]
+    part_seed = cfg["partition"].get("seed")
+    part_seed = base if part_seed is None else part_seed
+    configs = [{**cfg, "seed": s, "seeds": 1, "partition": {**cfg["partition"], "seed": part_seed}}
+               for s in seeds]
+    dirs = [out_dir / f"seed={s}" for s in seeds]
+    trackers = [_replica_tracker(tracker, c, d, s) for c, d, s in zip(configs, dirs, seeds)]
+    for t, c in zip(trackers, configs):
+        t.start(c, partition_stats)
+    rounds, eval_every = cfg["rounds"], cfg["eval_every"]
+    compile_before, _ = CompileCounter.snapshot()
+    states = sim.init_replicas(seeds)
+    histories = [[evaluate(sim.replica(states, i))] for i in range(num_seeds)]
+    statuses = ["completed"] * num_seeds
+    for t, h in zip(trackers, histories):
+        t.log(h[-1], 0)
+    run_wall, done = 0.0, 0
+    while done < rounds and "completed" in statuses:
+        block = min(eval_every, rounds - done)
+        compiled_before, _ = CompileCounter.snapshot()
+        start = time.perf_counter()
+        states = jax.block_until_ready(sim.run_replicas(states, block))
+        run_wall += time.perf_counter() - start
+        run_wall -= CompileCounter.snapshot()[0] - compiled_before
+        done += block
+        for i in range(num_seeds):
+            if statuses[i] != "completed":
+                continue  # a diverged replica keeps its last finite record
+            state = sim.replica(states, i)
+            histories[i].append(evaluate(state))
+            trackers[i].log(histories[i][-1], done)
+            write_jsonl(dirs[i] / "metrics.jsonl", histories[i])
+            if not (_finite(state) and math.isfinite(histories[i][-1]["train_loss"])):
+                statuses[i] = "diverged"
+                print(f"fedbench: seed {seeds[i]} diverged by round {done}", file=sys.stderr, flush=True)
+        if progress:
+            key = "test_cindex" if "test_cindex" in histories[0][-1] else "test_accuracy"
+            values = [h[-1][key] for h in histories]
+            print(f"round {done:>5}/{rounds} | {key} over {num_seeds} seeds: mean "
+                  f"{np.mean(values):.4f}, min {np.min(values):.4f}, max {np.max(values):.4f} | "
+                  f"{done * num_seeds / run_wall if run_wall > 0 else float('nan'):8.1f} "
+                  "rounds/s (all seeds)", flush=True)
+    compile_seconds = CompileCounter.snapshot()[0] - compile_before
+    run_seconds = max(run_wall, 1e-9)
+    timing = {
+        "compile_seconds": compile_seconds,
+        "run_seconds": run_seconds,
+        "rounds_per_second": done / run_seconds,
+        "replicas_in_program": num_seeds,
+        "round_program_traces": sim.trace_count,
+    }
+    for i in range(num_seeds):
+        state = sim.replica(states, i)
+        summary = {
+            "status": statuses[i],
+            "final": histories[i][-1],
+            "config": configs[i],
+            "timing": timing,
+            "partition_stats": partition_stats,
+            "sites": sim.site_results(state) if statuses[i] == "completed" else None,
+            "privacy": (privacy.report(int(state.round), np.asarray(state.participation))
+                        if privacy is not None else None),
+            "client_axis": sim.client_axis,
+            "versions": package_versions(),
+            "device": device_info(),
+            "python": sys.version.split()[0],
+        }
+        write_json(dirs[i] / "summary.json", summary)
+        trackers[i].finish(summary)
+    overall = {
+        "status": "completed" if all(s == "completed" for s in statuses) else "diverged",
+        "replicas": [d.name for d in dirs],
+        "seeds": seeds,
+        "statuses": statuses,
+        "config": dict(cfg),
+        "timing": timing,
+    }
+    write_json(out_dir / "summary.json", overall)
+    if progress:
+        print(f"fedbench: {num_seeds} seeds in one program; per-seed runs in {out_dir}/seed=*", flush=True)
+    return overall
+
+
+def _check_task_and_schedule(cfg: Mapping[str, Any], settings: Settings, algorithm, task: str) -> None:
+    """Combinations the simulator would otherwise get silently wrong.
+
+    Raises:
+      ConfigError: DP-SGD on a survival task (the Cox partial likelihood couples the examples
+        of a batch, so per-example clipping bounds nothing); ``local_steps`` with FedSGD's full
+        batch, partial stragglers (which set epochs) or DP-SGD (accounted per epoch).
+    """
+    privacy = (cfg.get("privacy") or {}).get("name", "none")
+    if task == "survival" and privacy == "dp_sample":
+        raise ConfigError(
+            "privacy.name", privacy,
+            "none or dp_client for survival data (the Cox partial likelihood is not a sum of "
+            "per-example losses, so DP-SGD's per-example clipping would not bound sensitivity)",
+        )
+    if settings.local_steps is None:
+        return
+    if algorithm.full_batch:
+        raise ConfigError("local_steps", settings.local_steps, "null for fedsgd (one full-batch step)")
+    if privacy == "dp_sample":
+        raise ConfigError("local_steps", settings.local_steps, "null with privacy=dp_sample (accounted per epoch)")
+    if (cfg.get("stragglers") or {}).get("policy") == "partial" and (cfg.get("stragglers") or {}).get("fraction", 0):
+        raise ConfigError("local_steps", settings.local_steps, "null with partial stragglers (they run fewer epochs)")
