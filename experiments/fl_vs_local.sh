@@ -17,8 +17,8 @@ for ds in opt indo_rct; do
     model=logreg clients_per_round=4 batch_size=10 local_epochs=1 rounds=50 eval_every=50 lr=0.05
 done
 
-# Digits hospital scenario: one large site; a site with 30% zeros and a contrast-shifted scanner;
+# Digits hospital scenario: one large site; a site with 25% zeros and a contrast-shifted scanner;
 # a small site with additive scanner noise; a small site with almost no zeros.
 fedbench-compare --seeds $SEEDS --out $OUT/digits_scenario partition=prevalence num_clients=4 \
   clients_per_round=4 rounds=50 eval_every=50 \
-  'partition.sites=[{size:900},{size:250,classes:{0:0.3},shift:{kind:contrast,value:1.6}},{size:150,shift:{kind:noise,value:0.8}},{size:80,classes:{0:0.02}}]'
+  'partition.sites=[{size:900},{size:250,classes:{0:0.25},shift:{kind:contrast,value:1.6}},{size:150,shift:{kind:noise,value:0.8}},{size:80,classes:{0:0.02}}]'
