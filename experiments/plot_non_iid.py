@@ -19,6 +19,7 @@ ALGORITHMS = ["fedavg", "fedprox", "scaffold", "fedadam"]
 
 
 def final_table(table: pd.DataFrame) -> pd.DataFrame:
+    table = table[table["status"] == "completed"]
     last = table[table["round"] == table.groupby("run_dir")["round"].transform("max")].copy()
     last["heterogeneity"] = last.apply(
         lambda r: "shards2" if r["partition.name"] == "shards" else f"alpha={r['partition.alpha']:g}",
