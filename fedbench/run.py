@@ -234,9 +234,9 @@ def run_experiment(
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
     )
 
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
     model_bytes = sum(
-        int(np.prod(p.shape)) * p.dtype.itemsize
-        for p in jax.tree.leaves(model.init(jax.random.PRNGKey(0), data.train_x[0, :1]))
+        int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(shapes)
     ) * (2 if algorithm.scaffold else 1)  # SCAFFOLD also exchanges control variates
 
     def evaluate(state) -> dict[str, Any]:
@@ -288,8 +288,7 @@ def run_experiment(
         write_jsonl(out_dir / "metrics.jsonl", history)
         if progress:
             progress(history[-1], rounds, int(state.round) / run_wall if run_wall > 0 else None)
-        finite_params = all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
-        if not (finite_params and math.isfinite(history[-1]["train_loss"])):
+        if not (_finite(state) and math.isfinite(history[-1]["train_loss"])):
             status = "diverged"
             print(
                 f"fedbench: training diverged by round {int(state.round)} (parameters or training "
@@ -309,23 +308,8 @@ def run_experiment(
         "rounds_per_second": int(state.round) / run_seconds,
         "round_program_traces": sim.trace_count,
     }
-    summary = {
-        "status": status,
-        "final": history[-1],
-        "config": dict(cfg),
-        "timing": timing,
-        "partition_stats": partition_stats,
-        "sites": sim.site_results(state) if status == "completed" else None,
-        "privacy": (
-            privacy.report(int(state.round), np.asarray(state.participation))
-            if privacy is not None
-            else None
-        ),
-        "client_axis": sim.client_axis,
-        "versions": package_versions(),
-        "device": device_info(),
-        "python": sys.version.split()[0],
-    }
+    summary = _run_summary(status, history[-1], dict(cfg), timing, partition_stats, sim, state,
+                           privacy)
     write_json(out_dir / "summary.json", summary)
     tracker.finish(summary)
     if progress:
@@ -341,6 +325,25 @@ def _replica_tracker(tracker: Tracker | None, cfg: Mapping[str, Any], out_dir: P
     replica.run = None
     replica.run_name = f"{tracker.run_name or out_dir.parent.name}/seed={seed}"
     return replica
+
+
+def _run_summary(status, final, config, timing, partition_stats, sim: Simulator, state,
+                 privacy) -> dict[str, Any]:
+    """The contents of a run's ``summary.json``."""
+    return {
+        "status": status,
+        "final": final,
+        "config": config,
+        "timing": timing,
+        "partition_stats": partition_stats,
+        "sites": sim.site_results(state) if status == "completed" else None,
+        "privacy": (privacy.report(int(state.round), np.asarray(state.participation))
+                    if privacy is not None else None),
+        "client_axis": sim.client_axis,
+        "versions": package_versions(),
+        "device": device_info(),
+        "python": sys.version.split()[0],
+    }
 
 
 def _finite(state) -> bool:
@@ -411,20 +414,8 @@ def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats,
     }
     for i in range(num_seeds):
         state = sim.replica(states, i)
-        summary = {
-            "status": statuses[i],
-            "final": histories[i][-1],
-            "config": configs[i],
-            "timing": timing,
-            "partition_stats": partition_stats,
-            "sites": sim.site_results(state) if statuses[i] == "completed" else None,
-            "privacy": (privacy.report(int(state.round), np.asarray(state.participation))
-                        if privacy is not None else None),
-            "client_axis": sim.client_axis,
-            "versions": package_versions(),
-            "device": device_info(),
-            "python": sys.version.split()[0],
-        }
+        summary = _run_summary(statuses[i], histories[i][-1], configs[i], timing,
+                               partition_stats, sim, state, privacy)
         write_json(dirs[i] / "summary.json", summary)
         trackers[i].finish(summary)
     overall = {
