@@ -9,7 +9,10 @@ job to the same directory. In a sweep the CLI (``fedbench/cli.py``)
 - runs every other job and, if it raises, writes ``error.json`` (:func:`write_error`) into its
   directory and goes on with the next job;
 - ends with :class:`SweepReport` (a Hydra callback) listing the jobs that failed in this
-  invocation; the ``fedbench`` command then exits with status 1.
+  invocation; the ``fedbench`` command then exits with status 1. Failures are recognised by
+  identity, never by clock: each ``error.json`` carries a unique ``error_id`` and the sweep
+  invocation's id (``$FEDBENCH_SWEEP_ID``, set when the sweep starts and inherited by launcher
+  processes), so a failure left by an earlier sweep is never reported as one of this sweep's.
 
 Nothing here imports JAX: the thread settings of :func:`limit_threads_for_parallel_jobs` must be
 in place before JAX starts its backend.
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ IGNORED_CONFIG_KEYS = ("tracking", "sweep_name")  # do not change results
 
 # Failed jobs of the sweep that ran last in this process (set by SweepReport).
 failed_jobs: list[Path] = []
+# The running sweep invocation's id, for the jobs it launches (set by SweepReport).
+SWEEP_ID_ENV = "FEDBENCH_SWEEP_ID"
 
 
 def _json_ready(value: Any) -> Any:
@@ -107,9 +113,22 @@ def write_error(run_dir: str | Path, error: BaseException, config: Any) -> Path:
             ),
             "config": config,
             "time": time.time(),
+            "error_id": uuid.uuid4().hex,
+            "sweep_invocation": os.environ.get(SWEEP_ID_ENV),
         },
     )
     return path
+
+
+def _error_ids(sweep_dir: Path) -> dict[Path, str | None]:
+    """``error_id`` of every readable ``error.json`` under ``sweep_dir``."""
+    ids: dict[Path, str | None] = {}
+    for path in sweep_dir.rglob("error.json") if sweep_dir.is_dir() else ():
+        try:
+            ids[path] = json.loads(path.read_text()).get("error_id")
+        except (OSError, ValueError, AttributeError):
+            ids[path] = None
+    return ids
 
 
 def clear_error(run_dir: str | Path) -> None:
@@ -144,24 +163,41 @@ class SweepReport(Callback):
     """Hydra callback: after a sweep, one line per job that failed during this invocation.
 
     Jobs can run in other processes or on other machines (joblib, Slurm), so the report reads
-    the job directories: an ``error.json`` written since the sweep started is a failure. The
-    failed directories are left in :data:`failed_jobs` for the CLI's exit status.
+    the job directories. A job's ``error.json`` belongs to this invocation when it names this
+    invocation's id (``sweep_invocation``), or, where a launcher did not pass the environment
+    on, when it was written after the sweep started: its ``error_id`` was not there at the
+    start. No clock is read, so two sweeps back to back cannot mix their failures. The failed
+    directories are left in :data:`failed_jobs` for the CLI's exit status.
     """
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.invocation = uuid.uuid4().hex
+        self.before: dict[Path, str | None] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
+        self.invocation = uuid.uuid4().hex
+        os.environ[SWEEP_ID_ENV] = self.invocation
+        self.before = _error_ids(Path(str(config.hydra.sweep.dir)))
         failed_jobs.clear()
+
+    def _launched_by_us(self, path: Path) -> bool:
+        try:
+            error = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return path not in self.before  # unreadable: ours only if it is new
+        if not isinstance(error, dict):
+            return path not in self.before
+        if error.get("sweep_invocation"):
+            return error["sweep_invocation"] == self.invocation
+        return path not in self.before or error.get("error_id") != self.before[path]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         failed = sorted(
-            p.parent
-            for p in sweep_dir.rglob("error.json")
-            if p.stat().st_mtime >= self.started - 1.0  # 1 s of file-system clock slack
+            p.parent for p in (sweep_dir.rglob("error.json") if sweep_dir.is_dir() else ())
+            if self._launched_by_us(p)
         )
+        os.environ.pop(SWEEP_ID_ENV, None)
         failed_jobs[:] = failed
         if not failed:
             print(

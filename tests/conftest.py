@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -41,3 +43,25 @@ def compose(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+@contextlib.contextmanager
+def mock_tfds(num_examples: int):
+    """TFDS serving random examples as if every dataset were prepared as ArrayRecord.
+
+    ``tfds.testing.mock_data`` leaves ``is_prepared`` (False without real files) and
+    ``info.file_format`` (TFRecord by default) alone; both are patched so the loader takes the
+    path a ``dataset.download=true`` preparation gives: ``as_data_source``, no TensorFlow.
+    Nothing downloads.
+    """
+    tfds = pytest.importorskip("tensorflow_datasets")
+    array_record = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
+    with (
+        tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+        mock.patch.object(
+            tfds.core.DatasetInfo, "file_format",
+            new_callable=mock.PropertyMock, return_value=array_record,
+        ),
+    ):
+        yield

@@ -114,6 +114,45 @@ def test_finished_summary_and_config_differences(tmp_path):
     assert sweep.config_differences(stored, {**same, "lr": 0.2, "seed": 1}) == ["lr", "seed"]
 
 
+def test_sweep_report_counts_only_this_invocations_failures(tmp_path, monkeypatch):
+    """Two sweeps back to back, no delay: the second reports none of the first's failures."""
+    monkeypatch.delenv(sweep.SWEEP_ID_ENV, raising=False)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    report = sweep.SweepReport()
+
+    report.on_multirun_start(config)  # sweep 1: job a fails
+    sweep.write_error(tmp_path / "a", ValueError("boom"), {})
+    report.on_multirun_end(config)
+    assert sweep.failed_jobs == [tmp_path / "a"]
+    assert sweep.SWEEP_ID_ENV not in os.environ  # the id lives only while the sweep runs
+
+    report.on_multirun_start(config)  # sweep 2 at once: job b succeeds, a is not launched
+    (tmp_path / "b").mkdir()
+    report.on_multirun_end(config)
+    assert sweep.failed_jobs == []
+
+    report.on_multirun_start(config)  # sweep 3: a runs again and fails again
+    sweep.clear_error(tmp_path / "a")
+    sweep.write_error(tmp_path / "a", ValueError("boom again"), {})
+    report.on_multirun_end(config)
+    assert sweep.failed_jobs == [tmp_path / "a"]
+
+    # A launcher that does not pass the environment on: the job's error.json has no invocation
+    # id; it still counts because it is a new error (its error_id was not there at the start).
+    report.on_multirun_start(config)
+    monkeypatch.delenv(sweep.SWEEP_ID_ENV)
+    sweep.write_error(tmp_path / "c", ValueError("remote"), {})
+    report.on_multirun_end(config)
+    assert sweep.failed_jobs == [tmp_path / "c"]
+
+    # Another sweep's failure written meanwhile into the same directory is not ours.
+    report.on_multirun_start(config)
+    monkeypatch.setenv(sweep.SWEEP_ID_ENV, "another-invocation")
+    sweep.write_error(tmp_path / "d", ValueError("theirs"), {})
+    report.on_multirun_end(config)
+    assert sweep.failed_jobs == []
+
+
 # ------------------------------------------------------------------------ the real CLI
 
 

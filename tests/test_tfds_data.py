@@ -21,7 +21,7 @@ import pytest
 from fedbench.dataset import DATASETS, RawDataset, load_dataset
 from fedbench.errors import ConfigError
 
-from conftest import compose
+from conftest import compose, mock_tfds
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -36,23 +36,8 @@ TFDS_CASES = [  # (config group option, TFDS name in its yaml, image shape, clas
 
 @pytest.fixture
 def mocked_tfds():
-    """TFDS serving random examples as if every dataset were prepared as ArrayRecord.
-
-    ``mock_data`` leaves ``is_prepared`` (False without real files) and ``info.file_format``
-    (TFRecord by default) alone; both are patched so the loader takes the path a
-    ``dataset.download=true`` preparation gives: ``as_data_source``, no TensorFlow.
-    """
-    array_record = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
-    with (
-        tfds.testing.mock_data(
-            num_examples=MOCK_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE
-        ),
-        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-        mock.patch.object(
-            tfds.core.DatasetInfo, "file_format",
-            new_callable=mock.PropertyMock, return_value=array_record,
-        ),
-    ):
+    """TFDS serving ``MOCK_EXAMPLES`` random examples per dataset (:func:`conftest.mock_tfds`)."""
+    with mock_tfds(MOCK_EXAMPLES):
         yield
 
 

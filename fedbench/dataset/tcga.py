@@ -6,10 +6,10 @@ histology, ...), an event indicator (death observed) and a time (days), as prepr
 and Liu et al., Cell 2018). The clients are the 6 regions of the tissue source sites, each with
 FLamby's fixed train/test split (train/test sizes 248/63, 156/40, 164/42, 129/33, 129/33, 40/11).
 
-The files are not part of this repository (GDC data access policies; see the README in the data
-folder): ``dataset.path`` points at a folder with ``brca.csv``, ``centers.csv`` and
-``train_test_split.csv``; by default ``../shared/data/fed_tcga_brca`` beside the repository
-root, or ``$FEDBENCH_DATA/fed_tcga_brca`` when that variable is set.
+FLamby's three files ship inside the package (``fedbench/dataset/data/fed_tcga_brca/``, with their
+attribution and terms in the README there), so a clone or a wheel runs this dataset with nothing
+beside it. ``dataset.path`` points at another folder with ``brca.csv``, ``centers.csv`` and
+``train_test_split.csv``; ``$FEDBENCH_DATA/fed_tcga_brca`` is used when that variable is set.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ NUM_REGIONS = 6
 FILES = ("brca.csv", "centers.csv", "train_test_split.csv")
 
 
+PACKAGED = Path(__file__).resolve().parent / "data" / "fed_tcga_brca"
+
+
 def default_path() -> Path:
-    """``$FEDBENCH_DATA/fed_tcga_brca`` if set, else ``<repo>/../shared/data/fed_tcga_brca``."""
+    """``$FEDBENCH_DATA/fed_tcga_brca`` if that variable is set, else the packaged files."""
     root = os.environ.get("FEDBENCH_DATA")
     if root:
         return Path(root) / "fed_tcga_brca"
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data" / "fed_tcga_brca"
+    return PACKAGED
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -70,7 +72,8 @@ def load_tcga_brca(cfg: Mapping[str, Any]):
         raise ConfigError(
             "dataset.path", str(path),
             "a folder holding FLamby's Fed-TCGA-BRCA files (" + ", ".join(FILES) + "); by default "
-            "../shared/data/fed_tcga_brca beside the repository, or $FEDBENCH_DATA/fed_tcga_brca",
+            "the files shipped in fedbench/dataset/data/fed_tcga_brca, or "
+            "$FEDBENCH_DATA/fed_tcga_brca when that variable is set",
         )
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
