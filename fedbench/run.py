@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbench.algorithm import build_algorithm
+from fedbench.algorithm import build_algorithm, check_client_dp
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
@@ -203,6 +203,8 @@ def run_experiment(
         raise ConfigError(
             "algorithm.concurrency", algorithm.concurrency, f"<= num_clients={cfg['num_clients']}"
         )
+    if (cfg.get("privacy") or {}).get("name") == "dp_client":
+        check_client_dp(algorithm)  # every release privatised, or refused before any work
     raw = load_dataset(cfg["dataset"])
     data, partition_stats = build_federated(
         raw,
@@ -237,7 +239,7 @@ def run_experiment(
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
     model_bytes = sum(
         int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(shapes)
-    ) * (2 if algorithm.scaffold else 1)  # SCAFFOLD also exchanges control variates
+    ) * len(algorithm.releases)  # e.g. SCAFFOLD also sends (and receives) control variates
 
     def evaluate(state) -> dict[str, Any]:
         metrics = sim.evaluate(state)

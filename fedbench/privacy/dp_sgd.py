@@ -25,25 +25,72 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedbench.local import GradientEstimator, make_local_update
 from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm
+from fedbench.task import masked_cross_entropy
 
 Params = Any
 
 
 def per_example_clipped_sum(
-    apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, valid: jax.Array, clip: float
+    apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, valid: jax.Array, clip: float,
+    loss_fn: Callable = masked_cross_entropy,
 ) -> tuple[Params, jax.Array]:
-    """Sum over valid rows of per-example gradients each clipped to ``clip``; and the losses."""
-    import optax
+    """Sum over valid rows of per-example gradients each clipped to ``clip``; and the losses.
+
+    ``loss_fn(outputs, targets, valid)`` is the task's minibatch loss, applied to one example at
+    a time (it must be a mean of per-example terms for per-example clipping to bound anything).
+    """
 
     def loss_one(p, xi, yi):
-        logits = apply_fn(p, xi[None])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+        return loss_fn(apply_fn(p, xi[None]), yi[None], jnp.ones((1,), bool))
 
     losses, grads = jax.vmap(jax.value_and_grad(loss_one), in_axes=(None, 0, 0))(params, x, y)
     clipped, _ = jax.vmap(clip_to_norm, in_axes=(0, None))(grads, clip)
     w = valid.astype(jnp.float32)
     return jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), clipped), losses
+
+
+def dp_sgd_estimator(
+    apply_fn: Callable,
+    *,
+    batch_size: int,
+    clip: float,
+    noise_multiplier: float,
+    buffer: int,
+    loss_fn: Callable = masked_cross_entropy,
+) -> GradientEstimator:
+    """DP-SGD's gradient of one local step (Abadi et al. 2016, Algorithm 1), as a gradient
+    estimator of the one local loop (:func:`fedbench.local.make_local_update`): Poisson-sample
+    the client's examples at rate ``q = min(1, batch_size / n)`` into ``buffer`` slots (step
+    ``s`` keyed by ``fold_in(key, s)``), clip each example's gradient, sum, add
+    ``N(0, (noise_multiplier * clip)^2)`` per coordinate, divide by the expected batch ``q n``.
+    The third output counts a batch that overflowed its buffer."""
+    stddev = noise_multiplier * clip if noise_multiplier > 0 else 0.0
+
+    def steps(count, epochs):
+        return (count + batch_size - 1) // batch_size * epochs
+
+    def prepare(x, count, key):
+        return None
+
+    def grad(params, x, y, count, key, aux, s):
+        length = x.shape[0]
+        rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
+        expected = rate * count
+        sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
+        chosen = (jax.random.uniform(sample_key, (length,)) < rate) & (jnp.arange(length) < count)
+        n_chosen = chosen.sum()
+        (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
+        valid = jnp.arange(buffer) < n_chosen
+        total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, clip,
+                                                loss_fn)
+        noisy = add_gaussian_noise(total, stddev, noise_key)
+        grads = jax.tree.map(lambda g: g / expected, noisy)
+        loss = jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(valid.sum(), 1)
+        return loss, grads, (n_chosen > buffer).astype(jnp.int32)
+
+    return GradientEstimator(prepare, grad, steps)
 
 
 def make_dp_sgd_local_update(
@@ -55,53 +102,22 @@ def make_dp_sgd_local_update(
     clip: float,
     noise_multiplier: float,
     buffer: int,
+    grad_adjust=None,
     prox_mu: float = 0.0,
+    loss_fn: Callable = masked_cross_entropy,
 ):
-    """Builds a DP-SGD ``local_update(server_params, x, y, count, key[, epochs])``.
+    """The one local loop (:func:`fedbench.local.make_local_update`) with DP-SGD's estimator.
 
-    Same signature and step count as :func:`fedbench.simulator.make_local_update` (including
-    SCAFFOLD's optional gradient ``correction`` and FedProx's ``prox_mu``); returns
-    ``(delta, stats)`` with ``stats.overflow`` the number of steps whose Poisson batch exceeded
-    ``buffer``.
+    Same signature and step count as the plain local update (an algorithm's ``grad_adjust``
+    such as FedProx's term or SCAFFOLD's correction is applied to the privatised gradient:
+    post-processing, no privacy cost); ``stats.overflow`` counts steps whose Poisson batch
+    exceeded ``buffer``. ``prox_mu`` is shorthand for FedProx's ``grad_adjust``.
     """
-    from fedbench.simulator import ClientStats  # local import: simulator imports this module
+    if prox_mu:
+        from fedbench.algorithm.fedavg import proximal_term
 
-    stddev = noise_multiplier * clip if noise_multiplier > 0 else 0.0
-
-    def local_update(server_params, x, y, count, key, epochs=None, correction=None):
-        length = x.shape[0]
-        steps = (count + batch_size - 1) // batch_size * (local_epochs if epochs is None else epochs)
-        rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
-        expected = rate * count
-
-        def body(carry):
-            params, s, loss_sum, overflow = carry
-            sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
-            chosen = (jax.random.uniform(sample_key, (length,)) < rate) & (
-                jnp.arange(length) < count
-            )
-            n_chosen = chosen.sum()
-            (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
-            valid = jnp.arange(buffer) < n_chosen
-            total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, clip)
-            noisy = add_gaussian_noise(total, stddev, noise_key)
-            grads = jax.tree.map(lambda g: g / expected, noisy)
-            if prox_mu:  # FedProx's term does not touch the data: no privacy cost
-                grads = jax.tree.map(
-                    lambda g, p, p0: g + prox_mu * (p - p0), grads, params, server_params
-                )
-            if correction is not None:  # SCAFFOLD's c - c_i (post-processing of DP outputs)
-                grads = jax.tree.map(jnp.add, grads, correction)
-            params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-            loss = jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(valid.sum(), 1)
-            return params, s + 1, loss_sum + loss, overflow + (n_chosen > buffer)
-
-        zero = jnp.zeros((), jnp.int32)
-        carry = (server_params, zero, jnp.zeros((), jnp.float32), zero)
-        params, taken, loss_sum, overflow = jax.lax.while_loop(
-            lambda c: c[1] < steps, body, carry
-        )
-        delta = jax.tree.map(jnp.subtract, params, server_params)
-        return delta, ClientStats(taken, loss_sum / jnp.maximum(taken, 1), overflow)
-
-    return local_update
+        grad_adjust = proximal_term(prox_mu)
+    estimator = dp_sgd_estimator(apply_fn, batch_size=batch_size, clip=clip,
+                                 noise_multiplier=noise_multiplier, buffer=buffer, loss_fn=loss_fn)
+    return make_local_update(apply_fn, lr=lr, local_epochs=local_epochs, batch_size=batch_size,
+                             grad_adjust=grad_adjust, estimator=estimator)

@@ -28,7 +28,7 @@ import numpy as np
 from fedbench.errors import ConfigError
 from fedbench.privacy.accounting import ACCOUNTANTS, SAMPLINGS, account, calibrate_noise, default_delta
 from fedbench.privacy.mechanisms import poisson_buffer_size
-from fedbench.simulator import ClientDP, SampleDP
+from fedbench.privacy.mechanisms import ClientDP, SampleDP
 
 PRIVACY = ("none", "dp_client", "dp_sample")
 

@@ -1,0 +1,261 @@
+"""Evaluation of the model(s) a run has trained: one code path for every algorithm.
+
+Which model scores a client is asked once (:meth:`Evaluation.per_client_models`): the global
+model, or each client's own (``params`` with a leading ``[num_clients]`` axis, e.g. ``local``).
+Metrics: ``train_*`` over every client's training data (example-weighted), ``test_*`` on the
+pooled test set, ``client_*`` on each client's own test split; survival data report Harrell's
+C-index. :meth:`Evaluation.site_results` answers Pati et al. 2022's (FeTS) question per site.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedbench.dataset.federated import FederatedData
+from fedbench.local import map_over_clients
+from fedbench.task import concordance_index, cox_terms
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy, ``[B, K], [B] -> [B]``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+class Evaluation:
+    """Evaluation methods of :class:`fedbench.simulator.Simulator` (needs ``apply_fn``,
+    ``algorithm``, ``data`` and ``settings``)."""
+
+    @property
+    def per_client_models(self) -> bool:
+        """True when ``state.params`` holds one model per client (leading client axis)."""
+        return self.algorithm.personal
+
+    def _sums(self, params, x, y, count):
+        """Sum of losses and of correct predictions over the first ``count`` rows, chunked."""
+        chunk = min(self.settings.eval_chunk, x.shape[0])
+        pad = -x.shape[0] % chunk
+        xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        ys = jnp.pad(y, (0, pad))
+        valid = jnp.arange(xs.shape[0]) < count
+        shape = (-1, chunk)
+
+        def one(args):
+            xb, yb, vb = args
+            logits = self.apply_fn(params, xb)
+            loss = jnp.where(vb, cross_entropy(logits, yb), 0.0).sum()
+            correct = jnp.where(vb, jnp.argmax(logits, -1) == yb, False).sum()
+            return loss, correct
+
+        losses, corrects = jax.lax.map(
+            one,
+            (xs.reshape(shape + xs.shape[1:]), ys.reshape(shape), valid.reshape(shape)),
+        )
+        return losses.sum(), corrects.sum()
+
+    def _outputs(self, params, x):
+        """Model outputs on ``x`` in chunks of ``eval_chunk`` rows (bounds memory)."""
+        chunk = min(self.settings.eval_chunk, x.shape[0])
+        pad = -x.shape[0] % chunk
+        xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+        out = jax.lax.map(lambda xb: self.apply_fn(params, xb), xs.reshape((-1, chunk) + x.shape[1:]))
+        return out.reshape((-1,) + out.shape[2:])[: x.shape[0]]
+
+    def _survival_impl(self, params, data: FederatedData):
+        """Cox partial-likelihood sums (risk set = each client's own training set) and the
+        log-risk scores of every test split and of the pooled test set."""
+        per_client = self.per_client_models
+        p_axis = 0 if per_client else None
+        n = data.train_x.shape[1]
+
+        def client_loss(p, x, y, count):
+            scores = self._outputs(p, x)[:, 0]
+            return cox_terms(scores, y, jnp.arange(n) < count).sum()
+
+        losses = map_over_clients(client_loss, "map", (p_axis, 0, 0, 0))(
+            params, data.train_x, data.train_y, data.train_counts
+        )
+        test_scores = map_over_clients(lambda p, x: self._outputs(p, x)[:, 0], "map", (p_axis, 0))(
+            params, data.test_x
+        )
+        pooled = map_over_clients(
+            lambda p: self._outputs(p, data.pooled_test_x)[:, 0], "map", (p_axis,)
+        )
+        pooled_scores = pooled(params) if per_client else self._outputs(params, data.pooled_test_x)[:, 0]
+        return {"train_loss": losses.sum() / data.train_counts.sum(), "test_scores": test_scores,
+                "pooled_scores": pooled_scores}
+
+    def _evaluate_impl(self, params, data: FederatedData):
+        if data.task == "survival":
+            return self._survival_impl(params, data)
+        per_client = self.per_client_models
+        p_axis = 0 if per_client else None
+
+        def client_sums(p, x, y, n):
+            return self._sums(p, x, y, n)
+
+        clients = map_over_clients(client_sums, "map", (p_axis, 0, 0, 0))
+        train_loss, train_correct = clients(params, data.train_x, data.train_y, data.train_counts)
+        test_loss, test_correct = clients(params, data.test_x, data.test_y, data.test_counts)
+        pooled_n = data.pooled_test_y.shape[0]
+        if per_client:
+            pooled = map_over_clients(
+                lambda p: self._sums(p, data.pooled_test_x, data.pooled_test_y, pooled_n),
+                "map",
+                (0,),
+            )
+            pooled_loss, pooled_correct = pooled(params)
+            pooled_loss, pooled_correct = pooled_loss.mean(), pooled_correct.mean()
+        else:
+            pooled_loss, pooled_correct = self._sums(
+                params, data.pooled_test_x, data.pooled_test_y, pooled_n
+            )
+        n_train = data.train_counts.sum()
+        return {
+            "train_loss": train_loss.sum() / n_train,
+            "train_accuracy": train_correct.sum() / n_train,
+            "test_loss": pooled_loss / pooled_n,
+            "test_accuracy": pooled_correct / pooled_n,
+            "client_test_correct": test_correct,
+        }
+
+    def _survival_metrics(self, raw) -> dict[str, float]:
+        """Host-side C-indices (Harrell) from the scores of :meth:`_survival_impl`."""
+        data = self.data
+        per_client = self.per_client_models
+        pooled_y = np.asarray(data.pooled_test_y)
+        pooled_scores = np.asarray(raw["pooled_scores"])
+        if per_client:  # mean over the client models, as for accuracy
+            pooled_c = float(np.nanmean([concordance_index(pooled_y[:, 1], s, pooled_y[:, 0])
+                                          for s in pooled_scores]))
+        else:
+            pooled_c = concordance_index(pooled_y[:, 1], pooled_scores, pooled_y[:, 0])
+        test_y, counts = np.asarray(data.test_y), np.asarray(data.test_counts)
+        scores = np.asarray(raw["test_scores"])
+        own = np.array([
+            concordance_index(test_y[c, :m, 1], scores[c, :m], test_y[c, :m, 0]) if m else np.nan
+            for c, m in enumerate(counts)
+        ])
+        own = own[np.isfinite(own)]
+        # Test loss: the Cox loss of the pooled test set as one risk set (for local: model mean).
+        rows = pooled_scores if per_client else pooled_scores[None]
+        valid = jnp.ones(pooled_y.shape[0], bool)
+        test_loss = float(np.mean([cox_terms(jnp.asarray(r), jnp.asarray(pooled_y), valid).mean()
+                                   for r in rows]))
+        return {
+            "train_loss": float(raw["train_loss"]),
+            "test_loss": test_loss,
+            "test_cindex": pooled_c,
+            "client_cindex_mean": float(own.mean()) if own.size else float("nan"),
+            "client_cindex_p10": float(np.percentile(own, 10)) if own.size else float("nan"),
+        }
+
+    def _site_outputs_impl(self, params, data: FederatedData):
+        """Outputs of the model(s) on every site's test split and on the pooled test set; for
+        ``local`` a leading axis over the site models."""
+        def one(p):
+            per_site = jax.lax.map(lambda x: self._outputs(p, x), data.test_x)
+            return per_site, self._outputs(p, data.pooled_test_x)
+
+        if self.per_client_models:
+            return jax.lax.map(one, params)
+        return one(params)
+
+    def _metric(self, outputs: np.ndarray, y: np.ndarray, metric: str | None = None) -> float:
+        """Accuracy, ROC AUC (``metric="auc"``, binary tasks: area under the ROC curve of the
+        class-1 logit margin) or for survival Harrell's C-index; NaN where undefined (no
+        examples, or a test split holding one class only)."""
+        if len(y) == 0:
+            return float("nan")
+        if self.data.task == "survival":
+            return concordance_index(y[:, 1], outputs[:, 0], y[:, 0])
+        if metric == "auc":
+            if len(np.unique(y)) < 2:
+                return float("nan")
+            from sklearn.metrics import roc_auc_score
+
+            return float(roc_auc_score(y, outputs[:, 1] - outputs[:, 0]))
+        return float(np.mean(np.argmax(outputs, -1) == y))
+
+    def site_results(self, state) -> dict[str, Any]:
+        """Per-site results: the question of Pati et al. 2022 (FeTS) -- is the federated model
+        at least as good on each institution's data as that institution's own model?
+
+        Returns ``metric`` (``accuracy`` or ``cindex``), ``test_sizes``, ``own`` (for each site,
+        the metric on its own test split of the model that site uses: the global model, or for
+        ``local`` its own model) and ``pooled`` (the pooled test set; for ``local`` the mean over
+        site models). For ``local`` also ``matrix[k][j]``: site ``k``'s model on site ``j``'s
+        test split, and ``pooled_by_model``. Binary classification adds ``auc``: the same
+        entries with ROC AUC in place of accuracy.
+        """
+        if not hasattr(self, "_site_outputs"):
+            self._site_outputs = jax.jit(self._site_outputs_impl)
+        per_site, pooled = jax.device_get(self._site_outputs(state.params, self.data))
+        per_site, pooled = np.asarray(per_site), np.asarray(pooled)
+        counts = np.asarray(self.data.test_counts)
+        test_y, pooled_y = np.asarray(self.data.test_y), np.asarray(self.data.pooled_test_y)
+
+        def table(metric):
+            def row(site_out):
+                return [self._metric(site_out[j, :m], test_y[j, :m], metric)
+                        for j, m in enumerate(counts)]
+
+            if not self.per_client_models:
+                return {"own": row(per_site), "pooled": self._metric(pooled, pooled_y, metric)}
+            matrix = [row(per_site[k]) for k in range(per_site.shape[0])]
+            by_model = [self._metric(pooled[k], pooled_y, metric) for k in range(pooled.shape[0])]
+            return {"own": [matrix[k][k] for k in range(len(matrix))],
+                    "pooled": float(np.nanmean(by_model)), "matrix": matrix,
+                    "pooled_by_model": by_model}
+
+        result = {
+            "metric": "cindex" if self.data.task == "survival" else "accuracy",
+            "test_sizes": counts.tolist(),
+            "train_sizes": np.asarray(self.data.train_counts).tolist(),
+            **table(None),
+        }
+        if self.data.task == "classification" and self.data.num_classes == 2:
+            result["auc"] = table("auc")  # same layout, ROC AUC
+        return result
+
+    def evaluate(self, state) -> dict[str, Any]:
+        """Metrics of the current model(s).
+
+        ``test_*`` are on the pooled test set (for ``local``: the mean over client models);
+        ``train_*`` over all clients' training data, weighted by example counts;
+        ``client_accuracy_mean`` / ``client_accuracy_p10``: mean and 10th percentile over clients
+        (with a non-empty test split) of the accuracy on their own test split. Survival data
+        report ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
+        """
+        raw = jax.device_get(self._evaluate(state.params, self.data))
+        extra = {}
+        if state.clip is not None:
+            extra["clip"] = float(state.clip)
+        if state.clock is not None:
+            extra["simulated_time"] = float(state.clock)
+        if state.inflight is not None:
+            updates = max(int(state.round), 1)
+            k = self.algorithm.buffer_size
+            extra["staleness_mean"] = float(state.inflight["staleness_sum"]) / (updates * k)
+            extra["staleness_max"] = int(state.inflight["staleness_max"])
+        if self.data.task == "survival":
+            return {"round": int(state.round), **extra, **self._survival_metrics(raw)}
+        counts = np.asarray(self.data.test_counts)
+        has_test = counts > 0
+        client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
+        return {
+            "round": int(state.round),
+            **extra,
+            "train_loss": float(raw["train_loss"]),
+            "train_accuracy": float(raw["train_accuracy"]),
+            "test_loss": float(raw["test_loss"]),
+            "test_accuracy": float(raw["test_accuracy"]),
+            "client_accuracy_mean": float(client_acc.mean()) if client_acc.size else float("nan"),
+            "client_accuracy_p10": float(np.percentile(client_acc, 10))
+            if client_acc.size
+            else float("nan"),
+        }

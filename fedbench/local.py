@@ -1,0 +1,203 @@
+"""Local training: the one SGD loop every client runs, and mapping it over the client axis.
+
+A client's local update is ``local_update(server_params, x, y, count, key, epochs, context) ->
+(delta, stats)``: SGD from the server model for the client's own number of steps, with
+
+* a **gradient estimator** that says what one step's gradient is: the task loss of a minibatch
+  cut from a fresh random order of the client's examples (:func:`minibatch_estimator`), or
+  DP-SGD's Poisson-sampled, per-example-clipped, noised gradient
+  (:func:`fedbench.privacy.dp_sgd.dp_sgd_estimator`);
+* an algorithm's **gradient adjustment** ``grad_adjust(grads, params, anchor, context)``: what
+  the algorithm adds to the local objective's gradient (FedProx's proximal term, SCAFFOLD's
+  control-variate correction, FedDyn's linear and quadratic terms), with ``context`` the
+  per-client data the algorithm handed to this client (e.g. from the per-client store).
+
+Local schedule of a client with ``n`` examples: ``local_epochs`` epochs of ``ceil(n /
+batch_size)`` steps (or exactly ``local_steps`` steps, FLamby's schedule). The step loop is a
+``lax.while_loop`` over the client's own number of steps, so padding costs no steps under
+``lax.map``; under ``jax.vmap`` finished clients are masked until the longest one is done.
+
+References:
+  H. B. McMahan et al., AISTATS 2017, Algorithm 1 (ClientUpdate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from fedbench.task import masked_cross_entropy
+
+Params = Any
+GradAdjust = Callable[[Params, Params, Params, Any], Params]
+
+
+@flax.struct.dataclass
+class ClientStats:
+    """Per-client diagnostics of one local update."""
+
+    num_steps: jax.Array  # int32: SGD steps actually taken
+    loss: jax.Array  # mean minibatch loss over the steps taken
+    overflow: jax.Array  # int32: DP-SGD steps whose Poisson batch overflowed its buffer
+
+
+class GradientEstimator(NamedTuple):
+    """How one local step's gradient is computed (a pair of pure functions).
+
+    ``prepare(x, count, key) -> aux`` runs once per local update (e.g. the epochs' orders);
+    ``grad(params, x, y, count, key, aux, step) -> (loss, grads, overflow)`` runs per step.
+    ``steps(count, epochs) -> int`` is the client's number of steps for ``epochs`` epochs.
+    """
+
+    prepare: Callable[..., Any]
+    grad: Callable[..., tuple[jax.Array, Params, jax.Array]]
+    steps: Callable[[jax.Array, Any], jax.Array]
+
+
+def epochs_for_steps(local_steps: int, min_count: int, batch_size: int) -> int:
+    """Epochs of shuffled order needed so the smallest client can take ``local_steps`` steps."""
+    return math.ceil(local_steps / math.ceil(max(min_count, 1) / batch_size))
+
+
+def epoch_order(key: jax.Array, count: jax.Array, length: int) -> jax.Array:
+    """A uniformly random order of the first ``count`` of ``length`` slots, padding last.
+
+    Sorting i.i.d. uniforms gives a uniform permutation; padded slots get ``+inf`` so they sort
+    after every real example. ``[length]`` int32.
+    """
+    u = jax.random.uniform(key, (length,))
+    u = jnp.where(jnp.arange(length) < count, u, jnp.inf)
+    return jnp.argsort(u).astype(jnp.int32)
+
+
+def minibatch_estimator(
+    apply_fn: Callable[[Params, jax.Array], jax.Array],
+    *,
+    local_epochs: int,
+    batch_size: int,
+    loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
+) -> GradientEstimator:
+    """Plain minibatch SGD: each epoch a fresh uniform order of the client's ``count`` examples
+    cut into ``ceil(count / batch_size)`` batches (the last one may be short; its loss is the
+    mean over its real examples). ``local_epochs`` orders are drawn up front (``fold_in(key,
+    e)``); step ``s`` uses epoch ``s // steps_per_epoch``. ``loss_fn(outputs, targets, valid)``
+    is the task's minibatch loss (:mod:`fedbench.task`)."""
+
+    def batch_loss(params, xb, yb, valid):
+        return loss_fn(apply_fn(params, xb), yb, valid)
+
+    grad_fn = jax.value_and_grad(batch_loss)
+
+    def steps(count, epochs):
+        return (count + batch_size - 1) // batch_size * epochs
+
+    def prepare(x, count, key):
+        length = x.shape[0]
+        padded = math.ceil(length / batch_size) * batch_size  # a slice past the end stays in bounds
+        orders = jax.vmap(lambda e: epoch_order(jax.random.fold_in(key, e), count, length))(
+            jnp.arange(local_epochs)
+        )
+        return jnp.pad(orders, ((0, 0), (0, padded - length)))
+
+    def grad(params, x, y, count, key, orders, s):
+        del key
+        steps_per_epoch = jnp.maximum((count + batch_size - 1) // batch_size, 1)
+        epoch = s // steps_per_epoch
+        start = (s % steps_per_epoch) * batch_size
+        idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
+        valid = start + jnp.arange(batch_size) < count
+        loss, grads = grad_fn(params, x[idx], y[idx], valid)
+        return loss, grads, jnp.zeros((), jnp.int32)
+
+    return GradientEstimator(prepare, grad, steps)
+
+
+def make_local_update(
+    apply_fn: Callable[[Params, jax.Array], jax.Array],
+    *,
+    lr: float,
+    local_epochs: int,
+    batch_size: int,
+    unroll: int = 1,
+    loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
+    local_steps: int | None = None,
+    grad_adjust: GradAdjust | None = None,
+    estimator: GradientEstimator | None = None,
+) -> Callable[..., tuple[Params, ClientStats]]:
+    """Builds ``local_update(server_params, x, y, count, key[, epochs, context]) -> (delta,
+    stats)``.
+
+    ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]`` (or ``[N, 2]`` survival targets),
+    ``count``: the client's real size, ``epochs``: optional per-client number of epochs
+    (``<= local_epochs``; default ``local_epochs``), ``context``: what the algorithm handed this
+    client, passed to ``grad_adjust(grads, params, server_params, context)``, which returns the
+    gradient of the algorithm's local objective (default: the estimator's gradient as is).
+
+    The estimator defaults to :func:`minibatch_estimator` with ``loss_fn``. With
+    ``local_steps`` every client takes exactly that many steps (``epochs`` is then ignored),
+    cycling through fresh epochs; ``local_epochs`` must then be at least
+    :func:`epochs_for_steps` of the smallest client. ``unroll`` steps run per loop iteration
+    (each masked), which cuts per-iteration overhead.
+    """
+    if estimator is None:
+        estimator = minibatch_estimator(
+            apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn
+        )
+
+    def local_update(server_params, x, y, count, key, epochs=None, context=None):
+        if local_steps is not None:
+            total = jnp.asarray(local_steps, jnp.int32)
+        else:
+            total = estimator.steps(count, local_epochs if epochs is None else epochs)
+        aux = estimator.prepare(x, count, key)
+
+        def step(carry):
+            params, s, loss_sum, overflow = carry
+            active = s < total
+            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s)
+            if grad_adjust is not None:
+                grads = grad_adjust(grads, params, server_params, context)
+            params = jax.tree.map(lambda p, g: jnp.where(active, p - lr * g, p), params, grads)
+            return (params, s + active, loss_sum + jnp.where(active, loss, 0.0),
+                    overflow + jnp.where(active, over, 0))
+
+        def body(carry):
+            for _ in range(unroll):  # `unroll` masked steps per loop iteration
+                carry = step(carry)
+            return carry
+
+        zero = jnp.zeros((), jnp.int32)
+        carry = (server_params, zero, jnp.zeros((), jnp.float32), zero)
+        params, taken, loss_sum, overflow = jax.lax.while_loop(
+            lambda c: c[1] < total, body, carry
+        )
+        delta = jax.tree.map(jnp.subtract, params, server_params)
+        return delta, ClientStats(taken, loss_sum / jnp.maximum(taken, 1), overflow)
+
+    return local_update
+
+
+def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple) -> Callable:
+    """Maps ``fn`` over the leading client axis with ``jax.vmap`` or sequential ``lax.map``.
+
+    ``in_axes`` marks per-client arguments with 0 and shared ones with ``None``.
+    """
+    if client_axis == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        shared = [a if ax is None else None for a, ax in zip(args, in_axes)]
+        per_client = [a if ax == 0 else None for a, ax in zip(args, in_axes)]
+
+        def one(xs):
+            full = [s if ax is None else x for s, x, ax in zip(shared, xs, in_axes)]
+            return fn(*full)
+
+        return jax.lax.map(one, per_client)
+
+    return mapped

@@ -1,0 +1,65 @@
+"""The synchronous federated round, built from an algorithm's pieces.
+
+One round is one pure function::
+
+    sample the cohort -> gather its data and store entries -> local updates (vmap / lax.map over
+    the cohort), each client's delta through the update transforms -> what each client sends
+    -> aggregate (the algorithm's, or DP's noisy mean) -> server update -> scatter the store
+    -> clock, bytes and participation.
+
+No algorithm name or flag is tested here: the algorithm (:mod:`fedbench.algorithm`) supplies
+``client_context``, ``grad_adjust`` (inside the local loop), ``client_finish``, ``aggregate`` and
+``server_update``; the simulator supplies the cohort sampler, the transforms and the aggregator
+chosen for the privacy setting. Round ``r`` uses keys derived from ``fold_in(run_key, r)`` only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fedbench.local import map_over_clients
+from fedbench.store import gather, scatter
+from fedbench.stragglers import straggler_plan
+
+
+def federated_round(sim, state, data):
+    """One round of a synchronous federated algorithm (``sim``: the :class:`Simulator`)."""
+    alg = sim.algorithm
+    sample_key, clients_key = sim.round_keys(state)
+    ids, valid, overflow = sim.sample_cohort(sample_key)
+    counts = data.train_counts[ids]
+    keys = jax.random.split(clients_key, ids.shape[0])
+    epochs, keep = straggler_plan(
+        sim.straggler_key(state), ids.shape[0], sim.local_epochs, sim.stragglers
+    )
+    valid = valid & keep
+    entries = gather(state.store, ids, like=sim.store_template)
+    context = (alg.client_context(state.server, entries["algorithm"])
+               if alg.client_context is not None else None)
+    round_info = sim.round_info(state)
+    client = map_over_clients(
+        sim.client_update, sim.client_axis,
+        (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None),
+    )
+    deltas, sent, stats, transform_states, infos = client(
+        state.params, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
+        entries["transforms"], round_info,
+    )
+    uploads, new_entries = alg.client_finish(deltas, stats, entries["algorithm"], state.server,
+                                             valid, sim.settings.lr)
+    uploads = {**uploads, "delta": sent}
+    overflow = state.overflow + overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
+    participation = state.participation.at[ids].add(valid.astype(jnp.int32))
+    weights = jnp.where(valid, counts, 0)
+    aggregates, clip = sim.aggregate(state, uploads, weights, stats, valid, infos)
+    clock = state.clock + jnp.max(jnp.where(valid, sim.durations(ids, counts, epochs), 0.0))
+    params, opt_state, server = alg.server_update(
+        state.params, state.opt_state, state.server, aggregates, alg.server_optimizer
+    )
+    store = scatter(state.store, ids, {"algorithm": new_entries, "transforms": transform_states},
+                    valid)
+    return state.replace(
+        params=params, opt_state=opt_state, round=state.round + 1, overflow=overflow,
+        participation=participation, store=store, server=server, clock=clock, clip=clip,
+    )

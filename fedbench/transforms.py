@@ -1,0 +1,63 @@
+"""Update transforms: what happens to a client's update before it leaves the site.
+
+An :class:`UpdateTransform` is a pair of pure functions in optax's style, applied to each
+client's model delta inside the client map:
+
+* ``init(params) -> state``: one client's state (kept in the per-client store across rounds,
+  e.g. an error-feedback residual; ``()`` if none);
+* ``update(delta, state, round_info) -> (delta, state, info)``: the transformed delta, the new
+  state and per-client diagnostics (``info``, e.g. the norm before clipping) for the aggregator.
+
+:func:`chain` composes them in order. Client-level DP's clipping is the first transform
+(:func:`clip_by_norm`); its noisy sum is an aggregator
+(:func:`fedbench.privacy.mechanisms.dp_noisy_mean`). Compressors plug in here next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from fedbench.privacy.mechanisms import clip_to_norm
+
+Params = Any
+
+
+class UpdateTransform(NamedTuple):
+    init: Callable[[Params], Any]
+    update: Callable[[Params, Any, Mapping[str, Any]], tuple[Params, Any, dict]]
+
+
+def identity() -> UpdateTransform:
+    """Sends the delta as it is."""
+    return UpdateTransform(lambda params: (), lambda delta, state, info: (delta, state, {}))
+
+
+def chain(*transforms: UpdateTransform) -> UpdateTransform:
+    """Applies ``transforms`` in order; states are a tuple, infos merged (later keys win)."""
+    if len(transforms) == 1:
+        return transforms[0]
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(delta, states, round_info):
+        new_states, infos = [], {}
+        for t, s in zip(transforms, states):
+            delta, s, info = t.update(delta, s, round_info)
+            new_states.append(s)
+            infos.update(info)
+        return delta, tuple(new_states), infos
+
+    return UpdateTransform(init, update)
+
+
+def clip_by_norm() -> UpdateTransform:
+    """Scales the delta to L2 norm at most ``round_info["clip"]`` (over all parameters);
+    ``info["norm"]`` is the norm before clipping (McMahan et al. 2018, Algorithm 1)."""
+
+    def update(delta, state, round_info):
+        clipped, norm = clip_to_norm(delta, round_info["clip"])
+        return clipped, state, {"norm": norm}
+
+    return UpdateTransform(lambda params: (), update)
