@@ -106,9 +106,13 @@ def run_reference(
 ):
     """Runs ``rounds`` rounds of a federated algorithm (``kind == "federated"``) or ``local``.
 
-    Covers FedSGD, FedAvg, FedProx, the FedOpt family, FedNova, SCAFFOLD and stragglers, each
-    written out directly: example-weighted mean of the kept clients' deltas (FedNova: scaled by
-    ``tau_eff / tau_i``), SCAFFOLD's option II control variates in a dict per client.
+    Covers FedSGD, FedAvg, FedProx, the FedOpt family, FedNova, SCAFFOLD, FedAvgM, FedDyn and
+    stragglers, each written out directly: example-weighted mean of the kept clients' deltas
+    (FedNova: scaled by ``tau_eff / tau_i``), SCAFFOLD's option II control variates in a dict per
+    client; FedAvgM's server momentum (Hsu et al. 2019: ``v <- beta v - Delta``,
+    ``w <- w - eta v``) and FedDyn (Acar et al. 2021, Algorithm 1: per-client ``g_k``, server
+    ``h``, uniform mean of the participants' models) written from the papers, in float64,
+    without the algorithm's optax objects.
 
     Args:
       params: initial server parameters (for ``local``: a list of per-client parameters).
@@ -126,6 +130,9 @@ def run_reference(
     opt_state = algorithm.server_optimizer.init(params) if algorithm.kind == "federated" else None
     zeros = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
     server_c, client_c = zeros, {}
+    momentum = zeros  # FedAvgM's velocity
+    dyn_h, dyn_g = zeros, {}  # FedDyn's server state h and per-client g_k
+    alpha = float(algorithm.settings.get("alpha", 0.0))
     history = []
     for r in range(start_round, start_round + rounds):
         round_key = jax.random.fold_in(run_key, r)
@@ -157,7 +164,11 @@ def run_reference(
             if not bool(keep[j]):
                 continue  # a dropped straggler's update never arrives
             x, y = data.client_train(c)
-            correction = None
+            correction, prox_mu = None, algorithm.prox_mu
+            if algorithm.name == "feddyn":  # grad - g_k + alpha (w - w_server)
+                prox_mu = alpha
+                correction = jax.tree.map(lambda g: jnp.asarray(-g, jnp.float32),
+                                          dyn_g.get(c, zeros))
             if algorithm.scaffold:
                 ci = client_c.get(c, zeros)
                 correction = jax.tree.map(
@@ -165,7 +176,7 @@ def run_reference(
                 )
             local, s = client_sgd(
                 apply_fn, params, x, y, key, lr=lr, local_epochs=int(epochs[j]),
-                batch_size=batch_size, prox_mu=algorithm.prox_mu, correction=correction,
+                batch_size=batch_size, prox_mu=prox_mu, correction=correction,
                 task=data.task, local_steps=local_steps,
             )
             kept.append(c)
@@ -194,6 +205,26 @@ def run_reference(
                 dcs.append(dc)
             for dc in dcs:
                 server_c = jax.tree.map(lambda sc, d: sc + d / data.num_clients, server_c, dc)
+        if algorithm.name == "fedavgm":
+            beta, eta = algorithm.settings["momentum"], algorithm.settings["server_lr"]
+            momentum = jax.tree.map(lambda v, d: beta * v - d, momentum, mean_delta)
+            params = jax.tree.map(lambda w, v: jnp.asarray(np.asarray(w, np.float64) - eta * v,
+                                                           jnp.float32), params, momentum)
+            history.append({"ids": ids, "kept": kept, "steps": steps})
+            continue
+        if algorithm.name == "feddyn":
+            uniform = zeros
+            for d in deltas:
+                uniform = jax.tree.map(lambda u, di: u + di / max(len(deltas), 1), uniform, d)
+            for c, d in zip(kept, deltas):
+                dyn_g[c] = jax.tree.map(lambda g, di: g - alpha * di, dyn_g.get(c, zeros), d)
+                dyn_h = jax.tree.map(lambda h, di: h - alpha * di / data.num_clients, dyn_h, d)
+            params = jax.tree.map(
+                lambda w, u, h: jnp.asarray(np.asarray(w, np.float64) + u - h / alpha, jnp.float32),
+                params, uniform, dyn_h,
+            )
+            history.append({"ids": ids, "kept": kept, "steps": steps})
+            continue
         mean_delta = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mean_delta)
         updates, opt_state = algorithm.server_optimizer.update(
             jax.tree.map(jnp.negative, mean_delta), opt_state, params

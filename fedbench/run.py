@@ -113,6 +113,14 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     )
 
 
+def _store_dtype(cfg: Mapping[str, Any]):
+    """``client_store_dtype``: the dtype of the per-client store's floating entries."""
+    name = cfg.get("client_store_dtype", "float32")
+    if name not in ("float32", "bfloat16"):
+        raise ConfigError("client_store_dtype", name, "one of: float32, bfloat16")
+    return None if name == "float32" else jnp.bfloat16
+
+
 def build_stragglers(
     cfg: Mapping[str, Any] | None, settings: Settings, kind: str
 ) -> Stragglers | None:
@@ -234,6 +242,7 @@ def run_experiment(
         model, algorithm, data, settings, seed=cfg["seed"],
         privacy=privacy.mechanism if privacy else None,
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
+        store_dtype=_store_dtype(cfg),
     )
 
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
