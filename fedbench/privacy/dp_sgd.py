@@ -2,7 +2,10 @@
 
 Each local step of a client with ``n`` examples (Abadi et al. 2016, Algorithm 1):
 
-1. Poisson-sample its examples, each with probability ``q = batch_size / n`` (capped at 1);
+1. Poisson-sample its examples, each with probability ``q = batch_size / n`` (capped at 1):
+   a uniform 32-bit draw below ``floor(q * 2^32)``, computed on the host in float64 from the
+   same ``q`` the accountant is given, so the realised rate is never above it
+   (:func:`sample_examples`);
 2. compute per-example gradients (``jax.vmap`` of ``jax.grad``, nested inside the client map);
 3. clip each to L2 norm ``clip``; sum; add ``N(0, (noise_multiplier * clip)^2)`` per coordinate;
 4. divide by the expected batch size ``q * n`` and take an SGD step.
@@ -19,15 +22,38 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm
+from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, sampling_threshold
 
 Params = Any
+
+
+@functools.lru_cache(maxsize=16)
+def _example_thresholds(batch_size: int, length: int) -> np.ndarray:
+    """``[length + 1]`` uint32: :func:`sampling_threshold` of ``min(1, batch_size / n)`` for a
+    client of ``n`` examples, capped at ``2^32 - 1`` (``n <= batch_size`` keeps every example)."""
+    thresholds = [sampling_threshold(min(1.0, batch_size / max(n, 1))) for n in range(length + 1)]
+    return np.minimum(np.asarray(thresholds, np.uint64), 2**32 - 1).astype(np.uint32)
+
+
+def sample_examples(key: jax.Array, count: jax.Array, length: int, batch_size: int) -> jax.Array:
+    """``[length]`` bool: a Poisson sample of a client's first ``count`` examples.
+
+    Each is kept with probability ``floor(q * 2^32) / 2^32 <= q = min(1, batch_size / count)``
+    (``q`` in float64, as :mod:`fedbench.privacy.plan` accounts it), from one uniform 32-bit
+    draw per slot.
+    """
+    table = jnp.asarray(_example_thresholds(batch_size, length))
+    bits = jax.random.bits(key, (length,), jnp.uint32)
+    keep = (bits < table[count]) | (count <= batch_size)
+    return keep & (jnp.arange(length) < count)
 
 
 def per_example_clipped_sum(
@@ -77,9 +103,7 @@ def make_dp_sgd_local_update(
         def body(carry):
             params, s, loss_sum, overflow = carry
             sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
-            chosen = (jax.random.uniform(sample_key, (length,)) < rate) & (
-                jnp.arange(length) < count
-            )
+            chosen = sample_examples(sample_key, count, length, batch_size)
             n_chosen = chosen.sum()
             (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
             valid = jnp.arange(buffer) < n_chosen
