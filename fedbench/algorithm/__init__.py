@@ -28,7 +28,9 @@ References:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -131,16 +133,48 @@ class Algorithm:
     site_speed: float = 0.0
 
 
-def _positive(cfg: Mapping[str, Any], key: str, default: float) -> float:
-    value = cfg.get(key, default)
-    if value is None or not float(value) > 0:
+def algorithm_defaults(name: str) -> dict[str, Any]:
+    """The settings of ``conf/algorithm/<name>.yaml``: the one source of every default.
+
+    :func:`build_algorithm` fills keys a config leaves out from here, so a config built in code
+    (``{"name": "fedprox"}``) runs what ``fedbench algorithm=fedprox`` runs.
+
+    Raises:
+      ConfigError: ``name`` has no YAML file.
+    """
+    return copy.deepcopy(_yaml_defaults(name))
+
+
+@functools.cache
+def _yaml_defaults(name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from fedbench.cli import CONF_DIR
+
+    path = CONF_DIR / "algorithm" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError("algorithm.name", name,
+                          f"an algorithm with a config file ({path} is missing)")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def _setting(cfg: Mapping[str, Any], key: str) -> Any:
+    if key not in cfg:
+        raise ConfigError(f"algorithm.{key}", None,
+                          f"a value (conf/algorithm/{cfg['name']}.yaml must set {key})")
+    return cfg[key]
+
+
+def _positive(cfg: Mapping[str, Any], key: str) -> float:
+    value = _setting(cfg, key)
+    if isinstance(value, bool) or value is None or not float(value) > 0:
         raise ConfigError(f"algorithm.{key}", value, "> 0")
     return float(value)
 
 
-def _unit(cfg: Mapping[str, Any], key: str, default: float) -> float:
-    value = cfg.get(key, default)
-    if value is None or not 0.0 <= float(value) < 1.0:
+def _unit(cfg: Mapping[str, Any], key: str) -> float:
+    value = _setting(cfg, key)
+    if isinstance(value, bool) or value is None or not 0.0 <= float(value) < 1.0:
         raise ConfigError(f"algorithm.{key}", value, "in [0, 1)")
     return float(value)
 
@@ -148,8 +182,12 @@ def _unit(cfg: Mapping[str, Any], key: str, default: float) -> float:
 def build_algorithm(cfg: Mapping[str, Any], clients_per_round: int | None = None) -> Algorithm:
     """Builds the algorithm named by ``cfg["name"]``, validating its settings.
 
+    Keys ``cfg`` leaves out take their values from ``conf/algorithm/<name>.yaml``
+    (:func:`algorithm_defaults`); the code holds no defaults of its own.
+
     Raises:
-      ConfigError: unknown name or an out-of-range setting.
+      ConfigError: unknown name, a setting missing from both ``cfg`` and the YAML file, or an
+        out-of-range setting.
     """
     name = cfg.get("name")
     if name not in ALGORITHMS:
@@ -157,7 +195,7 @@ def build_algorithm(cfg: Mapping[str, Any], clients_per_round: int | None = None
     speed = cfg.get("site_speed", 0.0)
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed >= 0:
         raise ConfigError("site_speed", speed, "a number >= 0 (lognormal sigma)")
-    algorithm = _build(name, cfg, clients_per_round)
+    algorithm = _build(name, {**algorithm_defaults(name), **cfg}, clients_per_round)
     return dataclasses.replace(algorithm, site_speed=float(speed))
 
 
@@ -168,30 +206,30 @@ def _build(name: str, cfg: Mapping[str, Any], clients_per_round: int | None) -> 
     if name == "fedsgd":
         return Algorithm(name, "federated", fedavg_server, full_batch=True)
     if name == "fedbuff":
-        k = cfg.get("buffer_size") or clients_per_round
-        m = cfg.get("concurrency") or clients_per_round
+        k = _setting(cfg, "buffer_size") or clients_per_round
+        m = _setting(cfg, "concurrency") or clients_per_round
         for key, value in (("buffer_size", k), ("concurrency", m)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"algorithm.{key}", value, "an integer >= 1 (null: clients_per_round)")
         if k > m:
             raise ConfigError("algorithm.buffer_size", k, f"<= algorithm.concurrency={m}")
-        return Algorithm(name, "async", optax.sgd(_positive(cfg, "server_lr", 1.0)),
+        return Algorithm(name, "async", optax.sgd(_positive(cfg, "server_lr")),
                          buffer_size=k, concurrency=m)
     if name in ("scaffold", "fednova"):
-        server_lr = _positive(cfg, "server_lr", 1.0)
+        server_lr = _positive(cfg, "server_lr")
         return Algorithm(
             name, "federated", optax.sgd(server_lr),
             scaffold=name == "scaffold", normalized=name == "fednova",
         )
     if name == "fedprox":
-        mu = cfg.get("mu", 0.0)
-        if mu is None or not float(mu) >= 0:
+        mu = _setting(cfg, "mu")
+        if isinstance(mu, bool) or mu is None or not float(mu) >= 0:
             raise ConfigError("algorithm.mu", mu, ">= 0 (FedProx proximal coefficient)")
         return Algorithm(name, "federated", fedavg_server, prox_mu=float(mu))
-    server_lr = _positive(cfg, "server_lr", 0.01)
-    beta1 = _unit(cfg, "beta1", 0.9)
-    beta2 = _unit(cfg, "beta2", 0.99)
-    tau = _positive(cfg, "tau", 1e-3)
+    server_lr = _positive(cfg, "server_lr")
+    beta1 = _unit(cfg, "beta1")
+    beta2 = _unit(cfg, "beta2")
+    tau = _positive(cfg, "tau")
     transform = optax.chain(
         scale_by_fedopt(name.removeprefix("fed"), beta1, beta2, tau), optax.scale(-server_lr)
     )
