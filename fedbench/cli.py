@@ -1,8 +1,9 @@
 """The ``fedbench`` command: a Hydra app over ``conf/``.
 
 Bad input ends the run before any training with one line on stderr naming the key, the value and
-what is allowed, and exit status 2. An unknown group option (``dataset=nope``) is reported by
-Hydra itself, with the available options, and exit status 1.
+what is allowed, and exit status 2: a misspelt key (with the nearest valid one), a value of the
+wrong type or an unknown group option (with the available options) before Hydra composes the
+config (:mod:`fedbench.config_check`), a value out of range when the run checks its settings.
 
 In a sweep (``fedbench -m``) a job never ends the sweep: a finished job is skipped, a failing one
 (bad input included) leaves ``error.json`` in its directory, and after the last job the command
@@ -138,9 +139,20 @@ def _sweep_job(cfg: DictConfig) -> str:
 
 
 def main() -> None:
-    """Console entry point (``fedbench`` and ``python -m fedbench``)."""
-    from fedbench import sweep
+    """Console entry point (``fedbench`` and ``python -m fedbench``).
 
+    The command-line overrides are checked before Hydra composes anything
+    (:mod:`fedbench.config_check`): a misspelt key, a value of the wrong type, an unknown group
+    option or an override Hydra cannot parse ends the command with one line and exit status 2.
+    """
+    from fedbench import sweep
+    from fedbench.config_check import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:], CONF_DIR)
+    except ConfigError as err:
+        print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     _app()
     if sweep.failed_jobs:  # set by the SweepReport callback at the end of a sweep
         sys.exit(1)

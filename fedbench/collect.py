@@ -7,27 +7,32 @@ per run and evaluation round:
 - ``run_dir``: the run's directory relative to ``DIR`` (``.`` for ``DIR`` itself);
 - ``status``: ``summary.json``'s status (``completed``, ``diverged``); else ``failed`` when
   ``error.json`` exists (then ``error`` holds its type and message), else ``running`` (a run in
-  progress or interrupted, with the evaluations it finished);
+  progress or interrupted, with the evaluations it finished; ``diverged`` if one of them did);
 - the config flattened to dotted names (``algorithm.name``, ``partition.alpha``, ``seed``,
   ``privacy.target_epsilon``, ...), lists as JSON strings; a config key that is also a metric
   name gets a ``config.`` prefix;
+- ``diverged``: true for the evaluation of a diverged model (training loss non-finite, or the
+  last evaluation of a ``diverged`` run); its :data:`MODEL_METRICS` are NaN, also in files
+  written before fedbench nulled them (they held the share of the class argmax of NaN picks);
 - every key of ``metrics.jsonl`` (``round``, ``test_accuracy``, ``epsilon``, ``simulated_time``,
   ``bytes_up``, ...); a run without ``metrics.jsonl`` gets its ``summary.json`` ``final`` row, one
   that never evaluated gets one row with empty metrics;
 - ``summary.json``'s timing (``compile_seconds``, ``run_seconds``, ``rounds_per_second``, ...).
 
-Example::
+Means over runs (:func:`summarize`, ``--by``) leave diverged runs out unless asked, and count
+them. Example::
 
     fedbench -m sweep_name=alpha partition.alpha=0.1,1 seed=0,1
-    fedbench-collect multirun/alpha     # multirun/alpha/results.parquet and results.csv
+    fedbench-collect multirun/alpha --by partition.alpha  # also results.parquet, results.csv
 
     import pandas as pd
+    from fedbench.collect import summarize
     table = pd.read_parquet("multirun/alpha/results.parquet")
-    final = table.sort_values("round").groupby("run_dir").tail(1)
-    final.groupby("partition.alpha")["test_accuracy"].agg(["mean", "std"])
+    summarize(table, by=["partition.alpha"], metrics=["test_accuracy"])
 
 JSON stores non-finite floats as null; where the run's ``.hydra/config.yaml`` has the exact value
-(``privacy.target_epsilon=inf``) the table takes it from there.
+(``privacy.target_epsilon=inf``) the table takes it from there. An infinite ``epsilon`` (a run
+without noise) is stored as the string ``"inf"`` and read back as a float.
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ from typing import Any
 import pandas as pd
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "error.json")
+#: Metrics computed from the model, as ``fedbench.run.MODEL_METRICS`` (not imported: collect does
+#: not load JAX; a test keeps the two equal). A diverged evaluation has none of them.
+MODEL_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "test_cindex",
+    "client_accuracy_mean",
+    "client_accuracy_p10",
+    "client_cindex_mean",
+    "client_cindex_p10",
+)
 _SKIP_DIRS = {".hydra", ".submitit", "wandb", "__pycache__", ".git"}
 
 
@@ -136,6 +154,38 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(runs)
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mark_diverged(status: str, metrics: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Flags the evaluations of a diverged model and blanks their model metrics.
+
+    An evaluation diverged when its training loss is non-finite (JSON null), or when it is the
+    last of a run whose ``status`` is ``diverged`` (the run stops at the evaluation that sees
+    non-finite parameters or loss). Its :data:`MODEL_METRICS` become NaN: files written before
+    fedbench nulled them hold the accuracy of argmax over NaN logits. A run without
+    ``summary.json`` whose evaluations diverged is ``diverged``.
+    """
+    flags = [("train_loss" in row and not _finite_number(row["train_loss"])) for row in metrics]
+    if status == "diverged" and metrics:
+        flags[-1] = True
+    if status == "running" and any(flags):
+        status = "diverged"
+    rows = [
+        {**row, **{k: float("nan") for k in MODEL_METRICS if k in row}, "diverged": True}
+        if flag else {**row, "diverged": False}
+        for row, flag in zip(metrics, flags)
+    ]
+    return status, rows
+
+
+def _infinite_back(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row with the infinities that :mod:`fedbench.results` writes as strings
+    (``"inf"``, ``"-inf"``; see ``INFINITE_AS_STRING`` there) back as floats."""
+    return {k: float(v) if v in ("inf", "-inf") else v for k, v in row.items()}
+
+
 def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict[str, Any]], set[str], set[str]]:
     """The run's rows, its metric names and its timing names."""
     summary = _read_json(run_dir / "summary.json")
@@ -149,6 +199,8 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict[str, Any]], set[str]
         status = "running"
     if not metrics and summary and isinstance(summary.get("final"), Mapping):
         metrics = [dict(summary["final"])]
+    metrics = [_infinite_back(row) for row in metrics]
+    status, metrics = _mark_diverged(status, metrics)
     metric_names = {k for row in metrics for k in row} | {"round"}
     head: dict[str, Any] = {"run_dir": run_dir.relative_to(root).as_posix(), "status": status}
     for key, value in _run_config(run_dir, summary, error).items():
@@ -195,19 +247,60 @@ def collect(path: str | Path) -> pd.DataFrame:
         metric_names |= metrics
         timing_names |= timing
     if not rows:
-        return pd.DataFrame(columns=["run_dir", "status", "round"])
+        return pd.DataFrame(columns=["run_dir", "status", "round", "diverged"])
     table = pd.DataFrame(rows)
     if "round" not in table.columns:
         table["round"] = None
-    metric_cols = [c for c in table.columns if c in metric_names and c != "round"]
+    if "diverged" not in table.columns:
+        table["diverged"] = False
+    table["diverged"] = table["diverged"].eq(True)  # failed runs have no evaluation: False
+    metric_cols = [c for c in table.columns if c in metric_names and c not in ("round", "diverged")]
     timing_cols = [c for c in table.columns if c in timing_names and c not in metric_names]
-    other = {"run_dir", "status", "round", "error", *metric_cols, *timing_cols}
+    other = {"run_dir", "status", "round", "diverged", "error", *metric_cols, *timing_cols}
     config_cols = sorted(c for c in table.columns if c not in other)
-    order = ["run_dir", "status", *config_cols, "round", *metric_cols, *timing_cols]
+    order = ["run_dir", "status", *config_cols, "round", "diverged", *metric_cols, *timing_cols]
     order += ["error"] if "error" in table.columns else []
     table = table[order].sort_values(["run_dir", "round"], kind="stable", na_position="first")
     table["round"] = table["round"].astype("Int64")  # stays an integer beside failed runs' gaps
     return _arrow_safe(table.reset_index(drop=True))
+
+
+def final(table: pd.DataFrame, include_diverged: bool = False) -> pd.DataFrame:
+    """The last evaluation of every ``completed`` run (one row per run).
+
+    Diverged runs are left out unless ``include_diverged``; then their last row is the
+    diverged evaluation, whose model metrics are NaN. Failed and unfinished (``running``) runs
+    are always left out.
+    """
+    keep = ["completed", "diverged"] if include_diverged else ["completed"]
+    rows = table[table["status"].isin(keep)]
+    return rows.sort_values(["run_dir", "round"], kind="stable").groupby("run_dir").tail(1)
+
+
+def summarize(
+    table: pd.DataFrame,
+    by: list[str],
+    metrics: list[str] | tuple[str, ...] = ("test_accuracy",),
+    include_diverged: bool = False,
+) -> pd.DataFrame:
+    """Mean and standard deviation over runs of each run's final ``metrics``, per group of ``by``.
+
+    Columns: ``runs`` (runs averaged), ``diverged`` (diverged runs in the group: left out of the
+    means by default; with ``include_diverged`` they are averaged in, and as a diverged run has
+    no model metrics the group's mean is NaN), then ``<metric>_mean`` and ``<metric>_std``.
+    """
+    done = final(table, include_diverged=True)
+    diverged = done[done["status"] == "diverged"].groupby(by, dropna=False).size()
+    rows = done if include_diverged else done[done["status"] != "diverged"]
+    groups = rows.groupby(by, dropna=False)
+    out = pd.DataFrame({"runs": groups.size()})
+    for metric in metrics:
+        out[f"{metric}_mean"] = groups[metric].agg(lambda v: v.mean(skipna=False))
+        out[f"{metric}_std"] = groups[metric].agg(lambda v: v.std(skipna=False))
+    out = out.reindex(out.index.union(diverged.index))
+    out["runs"] = out["runs"].fillna(0).astype(int)
+    out.insert(1, "diverged", diverged.reindex(out.index).fillna(0).astype(int))
+    return out
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -245,6 +338,15 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=None,
         help="output prefix: writes PREFIX.parquet and PREFIX.csv (default: DIR/results)",
     )
+    parser.add_argument(
+        "--by", default=None,
+        help="comma-separated config keys: also print each group's mean and std over runs of the "
+        "final metrics (diverged runs left out, counted in a 'diverged' column)",
+    )
+    parser.add_argument("--metrics", default="test_accuracy",
+                        help="comma-separated metrics for --by (default: test_accuracy)")
+    parser.add_argument("--include-diverged", action="store_true",
+                        help="with --by: average diverged runs in (their model metrics are NaN)")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.exit(2, f"fedbench-collect: error: {args.dir} is not a directory\n")
@@ -259,6 +361,13 @@ def main(argv: list[str] | None = None) -> None:
         f"-> {parquet}, {csv}",
         file=sys.stdout,
     )
+    if args.by:
+        by = args.by.split(",")
+        missing = [k for k in by + args.metrics.split(",") if k not in table.columns]
+        if missing:
+            parser.exit(2, f"fedbench-collect: error: no column {missing[0]!r} in the table\n")
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(summarize(table, by, args.metrics.split(","), args.include_diverged))
 
 
 if __name__ == "__main__":

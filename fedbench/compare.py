@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -39,20 +40,66 @@ from fedbench.results import write_atomic
 BASELINES = ("local", "centralized")
 
 
-def regime_config(cfg: dict[str, Any], algorithm: str | dict, seed: int) -> dict[str, Any]:
+def algorithm_config(name: str, config_dir: str | Path | None = None,
+                     config_name: str = "config") -> dict[str, Any]:
+    """The ``algorithm`` node Hydra composes for ``algorithm=<name>``, i.e. the settings of
+    ``conf/algorithm/<name>.yaml``, exactly as ``fedbench algorithm=<name>`` would run them.
+
+    Raises:
+      ConfigError: ``name`` is not an option of the ``algorithm`` group.
+    """
+    return copy.deepcopy(_composed_algorithm(name, str(config_dir or _conf_dir()), config_name))
+
+
+def _conf_dir() -> Path:
+    from fedbench.cli import CONF_DIR
+
+    return CONF_DIR
+
+
+@functools.cache
+def _composed_algorithm(name: str, config_dir: str, config_name: str) -> dict[str, Any]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+
+    options = sorted(p.stem for p in (Path(config_dir) / "algorithm").glob("*.yaml"))
+    if name not in options:
+        raise ConfigError("--algorithms", name, "one of: " + ", ".join(options))
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=[f"algorithm={name}"])
+    except MissingConfigException as err:
+        raise ConfigError("--algorithms", name, "one of: " + ", ".join(options)) from err
+    return OmegaConf.to_container(cfg.algorithm, resolve=True)
+
+
+def regime_config(
+    cfg: dict[str, Any],
+    algorithm: str | dict,
+    seed: int,
+    config_dir: str | Path | None = None,
+    config_name: str = "config",
+) -> dict[str, Any]:
     """``cfg`` with another algorithm and seed; baselines run without DP and stragglers (the
-    spine rejects both there), on the same data, partition and schedule."""
+    spine rejects both there), on the same data, partition and schedule.
+
+    The config's own algorithm keeps its settings (command-line ``algorithm.*`` overrides
+    included); any other named algorithm is composed by Hydra from its
+    ``conf/algorithm/<name>.yaml`` (:func:`algorithm_config`), so e.g. FedProx runs with the
+    YAML's ``mu``, not as FedAvg.
+    """
     out = copy.deepcopy(cfg)
     out["seed"] = seed
+    if isinstance(algorithm, dict):
+        out["algorithm"] = copy.deepcopy(algorithm)
+    elif algorithm != cfg["algorithm"]["name"]:
+        out["algorithm"] = algorithm_config(algorithm, config_dir, config_name)
     if algorithm in BASELINES:
-        out["algorithm"] = {"name": algorithm}
         out["privacy"] = {"name": "none"}
         out["stragglers"] = {"fraction": 0.0, "policy": "drop"}
         out["site_speed"] = 0.0
-    elif isinstance(algorithm, dict):
-        out["algorithm"] = algorithm
-    elif algorithm != cfg["algorithm"]["name"]:
-        out["algorithm"] = {"name": algorithm}
     return out
 
 
@@ -90,13 +137,19 @@ def compare(
     seeds: Sequence[int] | None = None,
     progress: bool = False,
     metric: str | None = None,
+    config_dir: str | Path | None = None,
+    config_name: str = "config",
 ) -> list[dict]:
     """Runs local, centralized and the federated ``algorithms`` for every seed; returns the
     tidy rows also written to ``<out_dir>/table.csv``.
 
+    Every algorithm other than ``cfg``'s own runs with the settings Hydra composes for it from
+    ``<config_dir>/algorithm/<name>.yaml`` (default: fedbench's ``conf/``); see
+    :func:`regime_config`.
+
     Raises:
-      ConfigError: bad settings (checked by the first run before training), or an algorithm
-        name that is one of the baselines.
+      ConfigError: bad settings (checked by the first run before training), an algorithm name
+        that is one of the baselines or has no config file.
     """
     from fedbench.run import run_experiment
 
@@ -105,11 +158,13 @@ def compare(
     for name in algorithms:
         if name in BASELINES:
             raise ConfigError("--algorithms", name, "federated algorithms (local and centralized always run)")
+    for regime in [*BASELINES, *algorithms]:  # unknown names fail before any training
+        regime_config(cfg, regime, 0, config_dir, config_name)
     seeds = list(seeds if seeds is not None else [cfg["seed"]])
     rows: list[dict] = []
     for seed in seeds:
         for regime in [*BASELINES, *algorithms]:
-            run_cfg = regime_config(cfg, regime, seed)
+            run_cfg = regime_config(cfg, regime, seed, config_dir, config_name)
             summary = run_experiment(run_cfg, out_dir / regime / f"seed={seed}",
                                      progress=None)
             if summary["status"] != "completed" or not summary.get("sites"):
@@ -216,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    config_dir = Path(args.config_dir or Path(__file__).resolve().parents[1] / "conf").resolve()
+    config_dir = Path(args.config_dir or _conf_dir()).resolve()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
             cfg = OmegaConf.to_container(
@@ -226,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         algorithms = args.algorithms.split(",") if args.algorithms else None
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         rows = compare(cfg, args.out, algorithms, seeds, progress=True,
-                       metric=None if args.metric == "accuracy" else args.metric)
+                       metric=None if args.metric == "accuracy" else args.metric,
+                       config_dir=config_dir, config_name=args.config_name)
     except ConfigError as err:
         print(f"fedbench-compare: config error: {err}", file=sys.stderr)
         return 2

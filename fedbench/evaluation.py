@@ -222,14 +222,16 @@ class Evaluation:
             result["auc"] = table("auc")  # same layout, ROC AUC
         return result
 
-    def evaluate(self, state) -> dict[str, Any]:
+    def evaluate(self, state, min_client_test: int = 1) -> dict[str, Any]:
         """Metrics of the current model(s).
 
         ``test_*`` are on the pooled test set (for ``local``: the mean over client models);
         ``train_*`` over all clients' training data, weighted by example counts;
-        ``client_accuracy_mean`` / ``client_accuracy_p10``: mean and 10th percentile over clients
-        (with a non-empty test split) of the accuracy on their own test split. Survival data
-        report ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
+        ``client_accuracy_mean`` / ``client_accuracy_p10``: mean over clients with a non-empty
+        test split, and 10th percentile over clients with at least ``min_client_test`` test
+        examples, of the accuracy on their own test split; ``client_accuracy_p10_skipped``: the
+        clients with a test split left out of the percentile. Survival data report
+        ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
         """
         raw = jax.device_get(self._evaluate(state.params, self.data))
         extra = {}
@@ -247,6 +249,7 @@ class Evaluation:
         counts = np.asarray(self.data.test_counts)
         has_test = counts > 0
         client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]
+        large = client_acc[counts[has_test] >= min_client_test]
         return {
             "round": int(state.round),
             **extra,
@@ -255,7 +258,6 @@ class Evaluation:
             "test_loss": float(raw["test_loss"]),
             "test_accuracy": float(raw["test_accuracy"]),
             "client_accuracy_mean": float(client_acc.mean()) if client_acc.size else float("nan"),
-            "client_accuracy_p10": float(np.percentile(client_acc, 10))
-            if client_acc.size
-            else float("nan"),
+            "client_accuracy_p10": float(np.percentile(large, 10)) if large.size else float("nan"),
+            "client_accuracy_p10_skipped": int(client_acc.size - large.size),
         }

@@ -55,12 +55,20 @@ class CompileCounter:
         return cls.seconds, cls.compiles
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
+#: Keys whose infinite value is a result, written as the string ``"inf"`` (``fedbench-collect``
+#: reads it back as a float): the epsilon of a run without noise.
+INFINITE_AS_STRING = ("epsilon",)
+
+
+def _clean(value: Any, key: str | None = None) -> Any:
+    """JSON has no NaN/inf: write them as null, except an infinite value of a key in
+    :data:`INFINITE_AS_STRING`, written as ``"inf"`` so that tables keep it."""
     if isinstance(value, float) and not math.isfinite(value):
+        if key in INFINITE_AS_STRING and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: _clean(v, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
@@ -95,21 +103,78 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     write_atomic(path, "".join(json.dumps(_clean(r)) + "\n" for r in rows))
 
 
+#: Environment variables that change what JAX/XLA computes (precision, dtypes, fusion,
+#: platform, randomness), recorded in ``summary.json`` so two runs can be compared.
+NUMERICS_ENV = (
+    "XLA_FLAGS",
+    "JAX_ENABLE_X64",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+    "JAX_DEFAULT_PRNG_IMPL",
+    "JAX_THREEFRY_PARTITIONABLE",
+    "JAX_PLATFORMS",
+    "JAX_DISABLE_JIT",
+    "CUDA_VISIBLE_DEVICES",
+)
+#: ``jax.config`` options the results depend on (the values in effect, whatever set them).
+NUMERICS_CONFIG = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_default_prng_impl",
+    "jax_threefry_partitionable",
+    "jax_numpy_dtype_promotion",
+    "jax_numpy_rank_promotion",
+    "jax_platforms",
+    "jax_disable_jit",
+    "jax_debug_nans",
+    "jax_enable_checks",
+)
+
+
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a run's numbers depend on, and of the XLA runtime in use.
+
+    ``xla_platform_version`` is the backend's own version string (e.g. the CUDA/cuDNN build on
+    GPU; ``cpu`` on CPU, where jaxlib's version fixes XLA).
+    """
     out = {}
-    for name in ("fedbench", "jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "hydra-core"):
+    for name in ("fedbench", "jax", "jaxlib", "jax-cuda12-plugin", "flax", "optax", "numpy",
+                 "scipy", "scikit-learn", "dp-accounting", "hydra-core", "omegaconf"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    try:
+        out["xla_platform_version"] = str(jax.devices()[0].client.platform_version)
+    except Exception:  # noqa: BLE001 - a backend that does not say
+        out["xla_platform_version"] = "unknown"
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a ``jax.config`` value (enums by their value)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(getattr(value, "value", value))
+
+
 def device_info() -> dict[str, Any]:
+    """The JAX device and the numerics settings in effect.
+
+    ``jax_config``: the :data:`NUMERICS_CONFIG` options as JAX sees them; ``env``: each of
+    :data:`NUMERICS_ENV` (``null`` when unset).
+    """
     devices = jax.devices()
+    config = {}
+    for name in NUMERICS_CONFIG:
+        try:
+            config[name] = _plain(getattr(jax.config, name))
+        except AttributeError:
+            config[name] = None  # not an option of this JAX version
     return {
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "platform": devices[0].platform,
+        "jax_config": config,
+        "env": {name: os.environ.get(name) for name in NUMERICS_ENV},
     }

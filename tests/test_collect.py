@@ -161,3 +161,90 @@ def test_no_runs_exits_nonzero(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path)])
     assert exit_.value.code == 1
+
+
+# ------------------------------------------------------------------ diverged runs (issue 19)
+
+#: Metrics computed from the model; a diverged (non-finite) model has none of them.
+MODEL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                 "client_accuracy_mean", "client_accuracy_p10")
+
+
+@pytest.fixture(scope="module")
+def diverging(tmp_path_factory) -> Path:
+    """Two finished runs and one that diverges for real (lr 1e30 blows up the MLP at round 1)."""
+    root = tmp_path_factory.mktemp("diverging")
+    _write_run(root / "ok,seed=0", "completed", _config(0.5, 0), _metrics([0, 5, 10], 0.5))
+    _write_run(root / "ok,seed=1", "completed", _config(0.5, 1), _metrics([0, 5, 10], 0.7))
+    cfg = compose(["dataset=breast_cancer", "model=mlp", "num_clients=4", "clients_per_round=2",
+                   "rounds=4", "eval_every=1", "lr=1e30"])
+    from fedbench.run import run_experiment
+
+    assert run_experiment(cfg, root / "blown", progress=None)["status"] == "diverged"
+    return root
+
+
+def test_a_diverged_evaluation_reports_no_accuracy(diverging):
+    lines = (diverging / "blown" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert rows[0]["round"] == 0 and all(isinstance(rows[0][k], float) for k in MODEL_METRICS)
+    last = rows[-1]
+    assert last["round"] >= 1
+    # argmax of NaN logits picks one class; that share is not an accuracy: JSON null instead.
+    assert {k: last[k] for k in MODEL_METRICS} == dict.fromkeys(MODEL_METRICS)
+    assert last["bytes_up"] > 0  # what does not depend on the model is still reported
+    summary = json.loads((diverging / "blown" / "summary.json").read_text())
+    assert summary["final"]["test_accuracy"] is None
+
+
+def test_collect_marks_diverged_runs(diverging):
+    table = collect(diverging)
+    assert "diverged" in table.columns
+    blown = table[table.run_dir == "blown"]
+    assert set(blown["status"]) == {"diverged"}
+    assert bool(blown["diverged"].iloc[-1]) and not blown["diverged"].iloc[:-1].any()
+    accuracy = blown["test_accuracy"]
+    assert accuracy.iloc[:-1].notna().all() and pd.isna(accuracy.iloc[-1])
+    assert not table[table.run_dir != "blown"]["diverged"].any()
+
+
+def test_collect_blanks_accuracy_of_diverged_evaluations_in_old_files(tmp_path):
+    # Written before diverged evaluations were nulled: the loss is null, the accuracy is the
+    # share of the class argmax(NaN) picks.
+    metrics = [{"round": 0, "train_loss": 2.3, "test_accuracy": 0.12},
+               {"round": 5, "train_loss": None, "test_accuracy": 0.10}]
+    _write_run(tmp_path / "old", "diverged", _config(0.5, 0), metrics)
+    table = collect(tmp_path)
+    assert list(table["diverged"]) == [False, True]
+    assert table["test_accuracy"].iloc[0] == 0.12 and pd.isna(table["test_accuracy"].iloc[1])
+
+
+def test_summaries_leave_diverged_runs_out_unless_asked(diverging):
+    from fedbench.collect import final, summarize
+
+    table = collect(diverging)
+    assert set(final(table)["run_dir"]) == {"ok,seed=0", "ok,seed=1"}
+    every = final(table, include_diverged=True)
+    assert set(every["run_dir"]) == {"ok,seed=0", "ok,seed=1", "blown"}
+    out = summarize(table, by=["algorithm.name"], metrics=["test_accuracy"]).loc["fedavg"]
+    # the two finished runs end at 0.5 + 10/100 and 0.7 + 10/100
+    assert out["test_accuracy_mean"] == pytest.approx(0.7)
+    assert out["test_accuracy_std"] == pytest.approx(pd.Series([0.6, 0.8]).std())
+    assert (out["runs"], out["diverged"]) == (2, 1)
+    both = summarize(table, by=["algorithm.name"], metrics=["test_accuracy"],
+                     include_diverged=True).loc["fedavg"]
+    assert both["runs"] == 3 and math.isnan(both["test_accuracy_mean"])
+
+
+def test_cli_summary_excludes_diverged(diverging, capsys):
+    main([str(diverging), "--out", str(diverging / "out" / "results"), "--by", "algorithm.name"])
+    out = capsys.readouterr().out
+    assert "1 diverged" in out and "0.7" in out
+
+
+def test_collect_and_run_agree_on_the_model_metrics():
+    from fedbench import collect as collect_module
+    from fedbench import run
+
+    assert collect_module.MODEL_METRICS == run.MODEL_METRICS
+    assert set(MODEL_METRICS) <= set(run.MODEL_METRICS)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO, compose
 
-from fedbench.compare import compare, verdicts, wide_table
+from fedbench.algorithm import build_algorithm
+from fedbench.compare import compare, regime_config, verdicts, wide_table
 
 SMALL = ["dataset=breast_cancer", "model=logreg", "num_clients=3", "clients_per_round=3",
          "rounds=6", "eval_every=3", "partition=dirichlet", "partition.alpha=1.0",
@@ -38,6 +39,12 @@ def test_compare_table_agrees_with_each_runs_own_metrics(tmp_path):
             else:
                 own = [r["value"] for r in mine if r["eval_set"] != "pooled"]
             np.testing.assert_allclose(np.mean(own), final["client_accuracy_mean"], atol=1e-6)
+    # Each federated algorithm ran with its own conf/algorithm/<name>.yaml settings, so FedProx
+    # (mu = 0.01) is not a second FedAvg.
+    runs = {regime: json.loads((tmp_path / regime / "seed=3" / "summary.json").read_text())
+            for regime in ("fedavg", "fedprox")}
+    assert runs["fedprox"]["config"]["algorithm"] == _yaml_algorithm("fedprox")
+    assert runs["fedavg"]["final"]["train_loss"] != runs["fedprox"]["final"]["train_loss"]
     with open(tmp_path / "table.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     sets, lines = wide_table(rows)
@@ -76,3 +83,38 @@ def test_compare_rejects_a_baseline_as_the_federated_algorithm(tmp_path, name):
 
     with pytest.raises(ConfigError):
         compare(compose(SMALL), tmp_path, algorithms=[name])
+
+
+def _yaml_algorithm(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "conf" / "algorithm" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("own", ["fedavg", "fedadam"])
+def test_regimes_take_each_algorithm_from_its_yaml(own):
+    cfg = compose([*SMALL, f"algorithm={own}"])
+    for name in ("fedprox", "fedadam", "scaffold", "fedbuff"):
+        if name == own:
+            continue
+        run_cfg = regime_config(cfg, name, seed=0)
+        assert run_cfg["algorithm"] == _yaml_algorithm(name), name
+        assert {k: v for k, v in run_cfg.items() if k not in ("algorithm", "seed")} == {
+            k: v for k, v in cfg.items() if k not in ("algorithm", "seed")}
+    fedavg = build_algorithm(regime_config(cfg, "fedavg", seed=0)["algorithm"])
+    fedprox = build_algorithm(regime_config(cfg, "fedprox", seed=0)["algorithm"])
+    assert fedavg.prox_mu == 0.0 and fedprox.prox_mu == _yaml_algorithm("fedprox")["mu"]
+
+
+def test_the_configs_own_algorithm_keeps_its_overrides():
+    cfg = compose([*SMALL, "algorithm=fedprox", "algorithm.mu=0.5"])
+    assert regime_config(cfg, "fedprox", seed=0)["algorithm"]["mu"] == 0.5
+    assert regime_config(cfg, "fedavg", seed=0)["algorithm"] == _yaml_algorithm("fedavg")
+
+
+def test_an_unknown_algorithm_is_a_config_error(tmp_path):
+    from fedbench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compare(compose(SMALL), tmp_path, algorithms=["fedavg", "nope"])
+    assert err.value.key == "--algorithms" and "fedprox" in err.value.allowed

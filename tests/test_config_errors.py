@@ -1,7 +1,9 @@
 """Bad input is rejected with a ConfigError naming the key and the value, before any training.
 
 Configs are composed from conf/ by Hydra's compose API exactly as the CLI composes them; a few
-end-to-end checks run the real ``python -m fedbench`` command.
+end-to-end checks run the real ``python -m fedbench`` command. Command-line overrides are checked
+before Hydra composes (:mod:`fedbench.config_check`): misspelt keys, wrong types, unknown group
+options.
 """
 
 from __future__ import annotations
@@ -170,7 +172,87 @@ def test_cli_bad_setting_exits_2_with_one_line(overrides, expected, tmp_path):
 @pytest.mark.slow
 def test_cli_unknown_group_option(tmp_path):
     proc = _cli(tmp_path, "dataset=nope")
-    assert proc.returncode != 0
-    assert "nope" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "fedbench: error: dataset='nope' is not allowed: one of: breast_cancer, cifar10, digits, "
+        "emnist, fashion_mnist, indo_rct, mnist, mnist5k, opt, synthetic, tcga_brca, tfds"
+    )
     assert not list(tmp_path.rglob("metrics.jsonl"))
+
+
+# ------------------------------------ overrides checked before Hydra composes (config_check)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["rouns=5"], "rouns=5: unknown key 'rouns'; did you mean 'rounds'?"),
+        (["algorithm=fedprox", "algorithm.mu_=1"],
+         "algorithm.mu_=1: unknown key 'algorithm.mu_' with algorithm=fedprox; "
+         "did you mean 'algorithm.mu'?"),
+        (["algorithm.mu=1"],
+         "algorithm.mu=1: unknown key 'algorithm.mu' with algorithm=fedavg; "
+         "it exists with algorithm=fedprox"),
+        (["rounds=abc"], "rounds='abc' is not allowed: an integer (rounds is 100 by default)"),
+        (["lr=fast"], "lr='fast' is not allowed: a number (lr is 0.1 by default)"),
+        (["dataset=digit"], "did you mean 'digits'?"),
+        (["seed=0,1"], "seed=0,1 is a sweep: add -m (--multirun)"),
+        (["rounds=[1,2"], "cannot parse the override 'rounds=[1,2'"),
+        (["-m", "privacy=dp_client,none", "privacy.target_epsilon=1"],
+         "unknown key 'privacy.target_epsilon' with privacy=none; "
+         "it exists with privacy=dp_client, dp_sample"),
+        (["-m", "seed=0,1,x"], "seed='x' is not allowed: an integer"),
+        (["+rounds=3"], "An item is already at 'rounds'"),
+        (["partition.balance=3"], "partition.balance=3 is not allowed: true or false"),
+    ],
+)
+def test_check_command_line_rejects(argv, message):
+    from fedbench.config_check import check_command_line
+
+    with pytest.raises(ConfigError) as err:
+        check_command_line(argv, CONF_DIR)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["dataset=synthetic", "dataset.alpha=1", "dataset.beta=1", "model=logreg", "lr=0.01"],
+        ["partition=shards", "partition.shards_per_client=2", "model=cnn"],
+        ["-m", "partition.alpha=0.05,0.5,10", "seed=0,1,2"],
+        ["-m", "privacy=dp_client", "privacy.target_epsilon=1,4,inf", "seed=range(2)"],
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algorithm=glob(fed*)"],
+        ["+tracking.tags=[a]", "++rounds=3", "~site_speed"],  # additions and deletions: Hydra's
+        ["local_steps=5", "partition.seed=3", "privacy=dp_client", "privacy.target_epsilon=null"],
+        ["lr=1", "model.hidden=[10]", "num_clients=${dataset.num_clients}"],
+        ["--help"],
+    ],
+)
+def test_check_command_line_accepts(argv):
+    from fedbench.config_check import check_command_line
+
+    check_command_line(argv, CONF_DIR)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["rouns=5"], "fedbench: error: rouns=5: unknown key 'rouns'; did you mean 'rounds'?"),
+        (["algorithm=fedprox", "algorithm.mu_=1"], "did you mean 'algorithm.mu'?"),
+        (["rounds=abc"], "fedbench: error: rounds='abc' is not allowed: an integer"),
+        (["lr=fast"], "fedbench: error: lr='fast' is not allowed: a number"),
+        (["-m", "seed=0,1", "privacy.target_epsilon=1"],
+         "unknown key 'privacy.target_epsilon' with privacy=none"),
+    ],
+)
+def test_cli_bad_override_exits_2_with_one_line(overrides, expected, tmp_path):
+    proc = _cli(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / 'multirun'}")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedbench: error: "), proc.stderr
+    assert expected in lines[0]
+    assert proc.stdout == ""  # nothing started
+    assert not (tmp_path / "run").exists() and not (tmp_path / "multirun").exists()

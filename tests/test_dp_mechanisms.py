@@ -196,6 +196,10 @@ def test_adaptive_clip_keeps_the_accounted_noise_multiplier(tmp_path):
     assert (mech.delta_noise_multiplier**-2 + (2 * 5.0) ** -2) ** -0.5 == pytest.approx(z)
     assert adaptive["final"]["clip"] != 1.0  # the bound moved
     assert "clip" not in fixed["final"]
+    # The privacy block reports the initial bound and the one the run ended with.
+    assert adaptive["privacy"]["clip"] == 1.0
+    assert adaptive["privacy"]["final_clip"] == pytest.approx(adaptive["final"]["clip"])
+    assert "final_clip" not in fixed["privacy"]
 
 
 def test_adaptive_clip_rejects_a_count_noise_that_would_exceed_the_budget(tmp_path):

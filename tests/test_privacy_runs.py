@@ -82,7 +82,8 @@ def test_dp_sample_reports_the_worst_clients_epsilon(tmp_path):
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.2)), steps))
         worst = max(worst, acc.get_epsilon(priv["delta"]))
     assert priv["epsilon"] == pytest.approx(worst, rel=1e-6)
-    assert priv["delta"] == pytest.approx(min(1e-5, sizes.min() ** -1.1))
+    # The unit is one example: the population is every training example of every client.
+    assert priv["delta"] == pytest.approx(min(1e-5, sizes.sum() ** -1.1))
     assert priv["unit"] == "example"
 
 
@@ -103,6 +104,8 @@ def test_infinite_target_means_no_noise(tmp_path):
         (["privacy.clip=-2"], "privacy.clip"),
         (["privacy.target_epsilon=0.00001"], "privacy.target_epsilon"),  # unreachable
         (["privacy.sampling=fixed"], "privacy.accountant"),  # PLD cannot account it
+        (["privacy.sampling=fixed", "privacy.noise_multiplier=1.0",
+          "privacy.target_epsilon=null"], "privacy.accountant"),  # nor with a given noise
         (["privacy.noise_multiplier=1.0"], "privacy.target_epsilon"),  # both set
         (["privacy.sampling=shuffle"], "privacy.sampling"),
         (["algorithm=centralized"], "privacy.name"),

@@ -1,7 +1,8 @@
 """Differential privacy for fedbench: accounting with dp-accounting and noise calibration.
 
-See :mod:`fedbench.privacy.accounting` for the conventions (noise multiplier, sampling schemes
-and their neighbouring relations, accountants, default delta) and the references.
+See :mod:`fedbench.privacy.accounting` for the accountants and the references, and
+:mod:`fedbench.privacy.events` for the conventions (noise multiplier, sampling schemes and their
+neighbouring relations, default delta).
 """
 
 from fedbench.privacy.accounting import (
@@ -13,11 +14,13 @@ from fedbench.privacy.accounting import (
     RdpEpsilon,
     account,
     calibrate_noise,
+    calibrate_noise_worst,
     classic_rdp_epsilon,
     default_delta,
     dp_event,
     epsilon,
     rdp_values,
+    worst_account,
 )
 
 __all__ = [
@@ -29,9 +32,11 @@ __all__ = [
     "RdpEpsilon",
     "account",
     "calibrate_noise",
+    "calibrate_noise_worst",
     "classic_rdp_epsilon",
     "default_delta",
     "dp_event",
     "epsilon",
     "rdp_values",
+    "worst_account",
 ]

@@ -19,17 +19,40 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedbench.local import GradientEstimator, make_local_update
-from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm
+from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, sampling_threshold
 from fedbench.task import masked_cross_entropy
 
 Params = Any
+
+
+@functools.lru_cache(maxsize=16)
+def _example_thresholds(batch_size: int, length: int) -> np.ndarray:
+    """``[length + 1]`` uint32: :func:`sampling_threshold` of ``min(1, batch_size / n)`` for a
+    client of ``n`` examples, capped at ``2^32 - 1`` (``n <= batch_size`` keeps every example)."""
+    thresholds = [sampling_threshold(min(1.0, batch_size / max(n, 1))) for n in range(length + 1)]
+    return np.minimum(np.asarray(thresholds, np.uint64), 2**32 - 1).astype(np.uint32)
+
+
+def sample_examples(key: jax.Array, count: jax.Array, length: int, batch_size: int) -> jax.Array:
+    """``[length]`` bool: a Poisson sample of a client's first ``count`` examples.
+
+    Each is kept with probability ``floor(q * 2^32) / 2^32 <= q = min(1, batch_size / count)``
+    (``q`` in float64, as :mod:`fedbench.privacy.plan` accounts it), from one uniform 32-bit
+    draw per slot.
+    """
+    table = jnp.asarray(_example_thresholds(batch_size, length))
+    bits = jax.random.bits(key, (length,), jnp.uint32)
+    keep = (bits < table[count]) | (count <= batch_size)
+    return keep & (jnp.arange(length) < count)
 
 
 def per_example_clipped_sum(
@@ -79,7 +102,7 @@ def dp_sgd_estimator(
         rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
         expected = rate * count
         sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
-        chosen = (jax.random.uniform(sample_key, (length,)) < rate) & (jnp.arange(length) < count)
+        chosen = sample_examples(sample_key, count, length, batch_size)
         n_chosen = chosen.sum()
         (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
         valid = jnp.arange(buffer) < n_chosen

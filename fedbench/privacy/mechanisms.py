@@ -4,7 +4,10 @@ The server-side pipeline of one DP round (McMahan et al. 2018, Algorithm 1 with 
 denominator estimator ``f~_f``):
 
 1. sample the cohort: each client independently with probability ``q`` (Poisson), or a fixed
-   number without replacement;
+   number without replacement. A Poisson draw keeps a unit when a uniform 32-bit integer is
+   below ``floor(q * 2^32)`` (:func:`sampling_threshold`), so the realised rate never exceeds
+   the accounted ``q``; comparing a float32 uniform with ``q`` would sample with probability
+   ``ceil(q * 2^23) / 2^23`` instead, 7% above ``q`` at ``q = 1e-6``;
 2. clip each sampled client's model delta to L2 norm ``clip`` (the norm over all parameters);
 3. sum the clipped deltas and add Gaussian noise of standard deviation ``noise_multiplier * clip``
    to every coordinate of the sum;
@@ -72,6 +75,33 @@ def poisson_buffer_size(num_clients: int, rate: float, rounds: int, failure: flo
     return num_clients
 
 
+#: Uniform 32-bit integers take this many values.
+_BITS_RANGE = 2**32
+
+
+def sampling_threshold(rate: float) -> int:
+    """``floor(rate * 2^32)``, exactly: a uniform 32-bit draw ``u`` is kept when ``u <`` it.
+
+    The probability ``threshold / 2^32`` is at most ``rate`` and less than ``2^-32`` below it.
+    Scaling a float64 by a power of two and flooring are both exact, so this is computed on the
+    host, in the float64 the accountant is given, never in float32.
+
+    Raises:
+      ValueError: ``rate`` outside [0, 1].
+    """
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"a sampling rate in [0, 1], got {rate!r}")
+    return math.floor(rate * _BITS_RANGE)
+
+
+def bernoulli_below(key: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
+    """Independent draws, ``True`` with probability exactly ``threshold / 2^32``."""
+    if threshold >= _BITS_RANGE:
+        return jnp.ones(shape, bool)
+    return jax.random.bits(key, shape, jnp.uint32) < jnp.uint32(threshold)
+
+
 def poisson_cohort(
     key: jax.Array, num_clients: int, rate: float, buffer: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -80,8 +110,9 @@ def poisson_cohort(
     Returns ``(ids [buffer], valid [buffer], count)``: the sampled client ids in increasing order
     padded with 0, which slots hold a sampled client, and how many were sampled. ``count >
     buffer`` is an overflow that the caller must report (the excess clients are not in ``ids``).
+    Each client is in with probability ``sampling_threshold(rate) / 2^32 <= rate``.
     """
-    chosen = jax.random.uniform(key, (num_clients,)) < rate
+    chosen = bernoulli_below(key, (num_clients,), sampling_threshold(rate))
     count = chosen.sum().astype(jnp.int32)
     (ids,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
     valid = jnp.arange(buffer) < count

@@ -13,7 +13,9 @@ every evaluation.
   ``q_i = min(1, batch_size / n_i)`` in every round it takes part in. Calibration assumes every
   client takes part in every round (a bound that holds whatever clients are sampled: client
   sampling does not look at the data, so it needs no accounting); the reported epsilon counts
-  the rounds each client actually took part in and is the worst client's.
+  the rounds each client actually took part in and is the worst client's, searched over every
+  client (:func:`~fedbench.privacy.accounting.worst_account`: RDP and PLD rank clients
+  differently). The default delta's population is every training example of every client.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from fedbench.errors import ConfigError
-from fedbench.privacy.accounting import ACCOUNTANTS, SAMPLINGS, account, calibrate_noise, default_delta
+from fedbench.privacy.accounting import (
+    ACCOUNTANTS,
+    SAMPLINGS,
+    account,
+    calibrate_noise,
+    calibrate_noise_worst,
+    default_delta,
+    worst_account,
+)
 from fedbench.privacy.mechanisms import poisson_buffer_size
 from fedbench.privacy.mechanisms import ClientDP, SampleDP
 
@@ -85,22 +95,20 @@ class PrivacyPlan:
         )
 
     def _sample_level(self, participation: np.ndarray):
-        """The worst client's report: candidates screened with RDP, then the chosen accountant
-        on the three worst (RDP and PLD rank the same in all cases we have seen, and the
-        result is re-checked on several)."""
-        z = self.mechanism.noise_multiplier
+        """The worst client's report over every client that took part (``None``: none did)."""
         steps = np.asarray(participation) * self.steps_per_round
-        keys = sorted({(float(q), int(s)) for q, s in zip(self.rates, steps) if s > 0})
-        if not keys:
-            return None
-        screened = sorted(
-            keys, key=lambda k: -account(z, k[0], k[1], self.delta, "rdp").epsilon
+        return worst_account(
+            self.mechanism.noise_multiplier, self.rates, steps, self.delta, self.accountant
         )
-        reports = [account(z, q, s, self.delta, self.accountant) for q, s in screened[:3]]
-        return max(reports, key=lambda r: r.epsilon)
 
-    def report(self, rounds: int, participation: np.ndarray) -> dict[str, Any]:
-        """What was spent after ``rounds`` rounds (``participation``: rounds per client)."""
+    def report(
+        self, rounds: int, participation: np.ndarray, final_clip: float | None = None
+    ) -> dict[str, Any]:
+        """What was spent after ``rounds`` rounds (``participation``: rounds per client).
+
+        ``final_clip``: the clipping bound the run ended with under adaptive clipping (the
+        simulator state's ``clip``), reported beside the initial ``clip``.
+        """
         base = {
             "mechanism": self.name,
             "clip": self.mechanism.clip,
@@ -116,6 +124,8 @@ class PrivacyPlan:
                 "count_stddev": self.mechanism.count_stddev,
                 "delta_noise_multiplier": self.mechanism.delta_noise_multiplier,
             }
+            if final_clip is not None:
+                base["final_clip"] = float(final_clip)
         if rounds == 0:
             return {**base, "epsilon": 0.0}
         rep = (
@@ -172,6 +182,24 @@ def _adaptive(mech: ClientDP, cfg: Mapping[str, Any]) -> ClientDP:
     )
 
 
+def _reject_ignored_sample_settings(cfg: Mapping[str, Any]) -> None:
+    """``dp_sample`` always Poisson-samples examples and clips at a fixed bound."""
+    sampling = cfg.get("sampling")
+    if sampling not in (None, "poisson"):
+        raise ConfigError(
+            "privacy.sampling", sampling,
+            "poisson or unset with privacy=dp_sample (DP-SGD Poisson-samples examples; "
+            "fixed-size cohorts are a dp_client setting)",
+        )
+    adaptive = cfg.get("adaptive_clip") or {}
+    if adaptive.get("enabled"):
+        raise ConfigError(
+            "privacy.adaptive_clip.enabled", adaptive.get("enabled"),
+            "false or unset with privacy=dp_sample (adaptive clipping is implemented for "
+            "dp_client only)",
+        )
+
+
 def build_privacy(
     cfg: Mapping[str, Any] | None,
     *,
@@ -188,8 +216,10 @@ def build_privacy(
     Raises:
       ConfigError: unknown name, DP on a non-federated baseline, ``clip <= 0``, ``epsilon <=
         0``, ``delta`` outside (0, 1), both or neither of ``target_epsilon`` and
-        ``noise_multiplier``, a target that cannot be reached in ``rounds`` rounds, or a
-        sampling scheme the accountant does not cover.
+        ``noise_multiplier``, a target that cannot be reached in ``rounds`` rounds, a
+        sampling scheme the accountant does not cover, or ``dp_sample`` with a ``sampling``
+        or ``adaptive_clip`` setting it would ignore (it always Poisson-samples examples and
+        clips at a fixed bound).
     """
     cfg = cfg or {"name": "none"}
     name = cfg.get("name", "none")
@@ -208,9 +238,18 @@ def build_privacy(
     accountant = cfg.get("accountant", "pld")
     if accountant not in ACCOUNTANTS:
         raise ConfigError("privacy.accountant", accountant, "one of: " + ", ".join(ACCOUNTANTS))
+    if name == "dp_sample":
+        _reject_ignored_sample_settings(cfg)
     sampling = cfg.get("sampling", "poisson") if name == "dp_client" else "poisson"
     if sampling not in SAMPLINGS:
         raise ConfigError("privacy.sampling", sampling, "one of: " + ", ".join(SAMPLINGS))
+    if sampling == "fixed" and accountant == "pld":
+        raise ConfigError(
+            "privacy.accountant", accountant,
+            "rdp for privacy.sampling=fixed (dp-accounting's PLD accountant has no fixed-size "
+            "sampling without replacement; use privacy.accountant=rdp, or "
+            "privacy.sampling=poisson with pld)",
+        )
     target = _number(cfg, "target_epsilon")
     noise = _number(cfg, "noise_multiplier")
     if (target is None) == (noise is None):
@@ -227,7 +266,7 @@ def build_privacy(
     if not math.isfinite(clip) and (noise or (target is not None and math.isfinite(target))):
         raise ConfigError("privacy.clip", clip, "finite when noise is added")
     sizes = np.asarray(client_sizes)
-    population = num_clients if name == "dp_client" else int(sizes.min())
+    population = num_clients if name == "dp_client" else int(sizes.sum())  # units: examples
     delta = _number(cfg, "delta")
     delta = default_delta(population) if delta is None else delta
     if not 0 < delta < 1:
@@ -254,12 +293,8 @@ def build_privacy(
 
     rates = np.minimum(1.0, batch_size / sizes)
     steps_per_round = local_epochs * np.ceil(sizes / batch_size).astype(int)
-    if noise is None:
-        # Worst client over the whole run if it took part in every round; the most demanding
-        # client under RDP is calibrated with the chosen accountant (and its two runners-up).
-        keys = sorted({(float(q), int(s) * rounds) for q, s in zip(rates, steps_per_round)})
-        by_rdp = sorted(keys, key=lambda k: -calibrate_noise(target, delta, k[0], k[1], "rdp"))
-        noise = max(calibrate_noise(target, delta, q, s, accountant) for q, s in by_rdp[:3])
+    if noise is None:  # the worst client over the whole run, had it taken part in every round
+        noise = calibrate_noise_worst(target, delta, rates, steps_per_round * rounds, accountant)
     max_batches = rounds * clients_per_round * int(steps_per_round.max())
     buffer = poisson_buffer_size(int(sizes.max()), batch_size / sizes.max(), max_batches)
     buffer = max(1, min(buffer, int(sizes.max())))
