@@ -51,6 +51,12 @@ def test_building_from_the_name_gives_the_yaml_settings(path):
     if name == "fedbuff":
         assert algorithm.buffer_size == (settings["buffer_size"] or clients_per_round)
         assert algorithm.concurrency == (settings["concurrency"] or clients_per_round)
+    for key, value in settings.items():  # every hyper-parameter the builder keeps is the YAML's
+        if key in algorithm.settings:
+            assert algorithm.settings[key] == pytest.approx(value or clients_per_round), key
+    if name == "feddyn":  # no server optimiser: w <- mean model - h / alpha (Acar et al. 2021)
+        assert algorithm.settings["alpha"] == pytest.approx(settings["alpha"])
+        return
     g = np.array([0.3, -2.0, 1e-4], np.float32)
     opt = algorithm.server_optimizer
     step, _ = opt.update(g, opt.init(np.zeros_like(g)), np.zeros_like(g))

@@ -55,23 +55,24 @@ def test_tcga_default_path_ignores_folders_beside_the_repository(monkeypatch):
 
 @pytest.mark.slow
 def test_wheel_runs_fedbench_from_an_empty_folder(tmp_path):
+    # Nothing of this checkout may leak into the venv's processes (PYTHONPATH, a data override).
+    env = {k: v for k, v in os.environ.items() if k not in ("FEDBENCH_DATA", "PYTHONPATH")}
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(wheels), str(REPO)],
-        check=True, capture_output=True, text=True, timeout=300,
+        env=env, check=True, capture_output=True, text=True, timeout=300,
     )
     (wheel,) = wheels.glob("fedbench-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
+                   env=env, check=True, timeout=120)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                   check=True, capture_output=True, text=True, timeout=300)
+                   env=env, check=True, capture_output=True, text=True, timeout=300)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("FEDBENCH_DATA", "PYTHONPATH")}
     where = subprocess.run(
         [str(python), "-c",
          "import fedbench, fedbench.cli, fedbench.dataset.tcga as t; "
