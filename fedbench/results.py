@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import math
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.monitoring
+
+from fedbench.atomic import (  # noqa: F401  (re-exported: the one atomic writer)
+    INFINITE_AS_STRING,
+    json_ready,
+    write_atomic,
+    write_json,
+    write_jsonl,
+)
 
 _COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
@@ -54,53 +59,6 @@ class CompileCounter:
         cls.install()
         return cls.seconds, cls.compiles
 
-
-#: Keys whose infinite value is a result, written as the string ``"inf"`` (``fedbench-collect``
-#: reads it back as a float): the epsilon of a run without noise.
-INFINITE_AS_STRING = ("epsilon",)
-
-
-def _clean(value: Any, key: str | None = None) -> Any:
-    """JSON has no NaN/inf: write them as null, except an infinite value of a key in
-    :data:`INFINITE_AS_STRING`, written as ``"inf"`` so that tables keep it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        if key in INFINITE_AS_STRING and math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file in the same folder, then renames it over ``path``.
-
-    A reader (or a crash) never sees a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrites the whole JSON-lines file atomically (one object per line)."""
-    write_atomic(path, "".join(json.dumps(_clean(r)) + "\n" for r in rows))
 
 
 #: Environment variables that change what JAX/XLA computes (precision, dtypes, fusion,

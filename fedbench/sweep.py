@@ -21,10 +21,8 @@ in place before JAX starts its backend.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -35,37 +33,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fedbench.atomic import json_ready, write_json
+
 FINISHED = ("completed", "diverged")  # rerunning would give the same result
-IGNORED_CONFIG_KEYS = ("tracking", "sweep_name")  # do not change results
+#: Keys that do not change results (nor the job directory's name).
+IGNORED_CONFIG_KEYS = ("tracking", "sweep_name", "resume", "checkpoint_every")
 
 # Failed jobs of the sweep that ran last in this process (set by SweepReport).
 failed_jobs: list[Path] = []
 # The running sweep invocation's id, for the jobs it launches (set by SweepReport).
 SWEEP_ID_ENV = "FEDBENCH_SWEEP_ID"
-
-
-def _json_ready(value: Any) -> Any:
-    """As ``summary.json`` stores it: non-finite floats as null, tuples as lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_ready(obj), f, indent=2, default=repr)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
@@ -94,7 +71,7 @@ def config_differences(stored: Mapping[str, Any], config: Mapping[str, Any]) -> 
         return out
 
     missing = object()
-    a, b = flat(_json_ready(stored)), flat(_json_ready(config))
+    a, b = flat(json_ready(stored)), flat(json_ready(config))
     return sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
 
 
@@ -102,7 +79,7 @@ def write_error(run_dir: str | Path, error: BaseException, config: Any) -> Path:
     """Writes ``run_dir/error.json`` atomically: type, message, traceback, config, time."""
     path = Path(run_dir) / "error.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(
+    write_json(
         path,
         {
             "status": "failed",

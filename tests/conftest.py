@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 
-from fedbench.dataset.federated import from_client_arrays
-
 REPO = Path(__file__).resolve().parent.parent
+# The tests check this checkout's fedbench, whatever an (editable) install elsewhere points at.
+if sys.path[:1] != [str(REPO)]:
+    sys.path.insert(0, str(REPO))
+
+from fedbench.dataset.federated import from_client_arrays  # noqa: E402
 
 
 def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0):
