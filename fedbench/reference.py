@@ -1,16 +1,20 @@
 """Sequential reference implementation: plain Python loops over rounds, clients and steps.
 
-It shares nothing with :mod:`fedbench.simulator` but the key schedule (round ``r`` uses
-``fold_in(run_key, r)``; clients are drawn with ``jax.random.choice`` without replacement; epoch
-``e`` of a client orders its ``n`` examples by ``argsort(uniform(fold_in(client_key, e), (n,)))``).
-No padding, no masks, no vmap/scan: each client trains on its own unpadded arrays with one
-Python-level SGD step per minibatch. Tests check the vectorised simulator against it; it is slow
+It shares nothing with :mod:`fedbench.simulator` or the algorithms' code but the key schedule,
+which it writes out itself (round ``r`` uses ``fold_in(run_key, r)``; clients are drawn with
+``jax.random.choice`` without replacement; epoch ``e`` of a client orders its ``n`` examples by
+``argsort(uniform(fold_in(client_key, e), (n,)))``; the straggler draw and FedBuff's arrivals
+use the ``jax.random`` calls listed where they are made). No padding, no masks, no vmap/scan, no
+optax: each client trains on its own unpadded arrays with one Python-level SGD step per
+minibatch, and every server update is written out from its paper in float64 NumPy with the
+algorithm's configured ``settings``. Tests check the vectorised simulator against it; it is slow
 by design and meant for small problems only.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 from typing import Any
 
@@ -88,6 +92,47 @@ def client_sgd(
     return params, steps
 
 
+FEDOPT = {"fedadam": "adam", "fedyogi": "yogi", "fedadagrad": "adagrad"}
+SGD_SERVERS = ("fedsgd", "fedavg", "fedprox", "scaffold", "fednova")  # w <- w + eta * Delta
+
+
+def _f64(tree):
+    return jax.tree.map(lambda p: np.asarray(p, np.float64), tree)
+
+
+def _f32(tree):
+    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
+
+
+def _combine(coefs, trees, like):
+    """``sum_i coefs[i] * trees[i]`` in float64 (zeros shaped like ``like`` if empty)."""
+    out = jax.tree.map(lambda p: np.zeros(np.shape(p), np.float64), like)
+    for a, tree in zip(coefs, trees):
+        out = jax.tree.map(lambda o, t, a=a: o + a * t, out, tree)
+    return out
+
+
+def straggler_draw(key: jax.Array, cohort: int, local_epochs: int, stragglers):
+    """Li et al. 2020 (FedProx, Sec. 5.2): which of the ``cohort`` slots straggle and how many
+    epochs each runs, as ``(epochs, keep)`` lists.
+
+    Written from the description, with the simulator's random draws: ``choose_key, epochs_key =
+    split(key)``; the ``round(fraction * cohort)`` stragglers are the first entries of
+    ``permutation(choose_key, cohort)``; under ``drop`` they are discarded, under ``partial``
+    slot ``j`` runs ``randint(epochs_key, (cohort,), 1, max(E, 2))[j]`` epochs.
+    """
+    epochs, keep = [local_epochs] * cohort, [True] * cohort
+    if stragglers is None or stragglers.fraction == 0:
+        return epochs, keep
+    choose_key, epochs_key = jax.random.split(key)
+    count = int(round(stragglers.fraction * cohort))
+    chosen = [int(j) for j in np.asarray(jax.random.permutation(choose_key, cohort))[:count]]
+    if stragglers.policy == "drop":
+        return epochs, [j not in chosen for j in range(cohort)]
+    draws = np.asarray(jax.random.randint(epochs_key, (cohort,), 1, max(local_epochs, 2)))
+    return [int(draws[j]) if j in chosen else local_epochs for j in range(cohort)], keep
+
+
 def run_reference(
     apply_fn,
     algorithm: Algorithm,
@@ -106,33 +151,48 @@ def run_reference(
 ):
     """Runs ``rounds`` rounds of a federated algorithm (``kind == "federated"``) or ``local``.
 
-    Covers FedSGD, FedAvg, FedProx, the FedOpt family, FedNova, SCAFFOLD, FedAvgM, FedDyn and
-    stragglers, each written out directly: example-weighted mean of the kept clients' deltas
-    (FedNova: scaled by ``tau_eff / tau_i``), SCAFFOLD's option II control variates in a dict per
-    client; FedAvgM's server momentum (Hsu et al. 2019: ``v <- beta v - Delta``,
-    ``w <- w - eta v``) and FedDyn (Acar et al. 2021, Algorithm 1: per-client ``g_k``, server
-    ``h``, uniform mean of the participants' models) written from the papers, in float64,
-    without the algorithm's optax objects.
+    Each algorithm is written out from its paper, in float64, from ``algorithm.name`` and
+    ``algorithm.settings`` alone (no optax object, no function of the algorithm's module):
+
+    * FedSGD, FedAvg, FedProx (McMahan et al. 2017; Li et al. 2020): ``w <- w + Delta``, with
+      ``Delta = sum_k n_k / n delta_k`` over the clients whose update arrived;
+    * FedAdagrad / FedAdam / FedYogi (Reddi et al. 2021, Algorithm 2): ``m <- b1 m + (1 - b1)
+      Delta``; ``v <- v + Delta^2`` | ``b2 v + (1 - b2) Delta^2`` | ``v - (1 - b2) Delta^2
+      sign(v - Delta^2)``; ``w <- w + eta m / (sqrt(v) + tau)``, ``m_0 = 0``, ``v_0 = tau^2``;
+    * SCAFFOLD (Karimireddy et al. 2020, Algorithm 1, option II): per-client ``c_i`` in a dict;
+      ``Delta x`` the uniform mean of the deltas (``weighting: uniform``, line 16) or their
+      example-weighted mean (``examples``); ``w <- w + eta_g Delta x``, ``c <- c + sum dc_i / N``;
+    * FedNova (Wang et al. 2020, Eq. 6-7): ``w <- w + eta tau_eff sum_i p_i delta_i / tau_i``;
+    * FedAvgM (Hsu et al. 2019): ``v <- beta v - Delta``, ``w <- w - eta v``;
+    * FedDyn (Acar et al. 2021, Algorithm 1): per-client ``g_k``, server ``h``, uniform mean of
+      the participants' models;
+    * stragglers (:func:`straggler_draw`): a dropped straggler's update never arrives.
 
     Args:
       params: initial server parameters (for ``local``: a list of per-client parameters).
       run_key: the base key (``ServerState.key`` of the simulator).
-      stragglers: a :class:`fedbench.simulator.Stragglers` or ``None``.
+      stragglers: a :class:`fedbench.stragglers.Stragglers` (``fraction``, ``policy``) or None.
 
     Returns:
       ``(params, history)``; history lists, per round, the sampled ids, kept ids, per-client
       steps, and for SCAFFOLD the final ``controls`` as ``(server_c, {client: c_i})``.
     """
-    from fedbench.simulator import straggler_plan
-
-    if algorithm.full_batch:
+    name, settings = algorithm.name, dict(algorithm.settings)
+    if name == "fedsgd":  # one full-batch gradient step per client per round
         local_epochs, batch_size = 1, data.max_train
-    opt_state = algorithm.server_optimizer.init(params) if algorithm.kind == "federated" else None
-    zeros = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
-    server_c, client_c = zeros, {}
-    momentum = zeros  # FedAvgM's velocity
+    server_lr = float(settings.get("server_lr", 1.0))
+    prox_mu = float(settings.get("mu", 0.0)) if name == "fedprox" else 0.0
+    alpha = float(settings.get("alpha", 0.0))
+    zeros = jax.tree.map(lambda p: np.zeros(np.shape(p), np.float64), params)
+    server_c, client_c = zeros, {}  # SCAFFOLD's c and c_i
+    moment1 = moment2 = velocity = None  # FedOpt's m and v; FedAvgM's v
+    if name in FEDOPT:
+        tau = float(settings["tau"])
+        moment1 = zeros
+        moment2 = jax.tree.map(lambda z: np.full_like(z, tau**2), zeros)
+    if name == "fedavgm":
+        velocity = zeros
     dyn_h, dyn_g = zeros, {}  # FedDyn's server state h and per-client g_k
-    alpha = float(algorithm.settings.get("alpha", 0.0))
     history = []
     for r in range(start_round, start_round + rounds):
         round_key = jax.random.fold_in(run_key, r)
@@ -156,82 +216,87 @@ def run_reference(
             sample_key, data.num_clients, (clients_per_round,), replace=False
         )]
         keys = jax.random.split(clients_key, len(ids))
-        epochs, keep = straggler_plan(
+        epochs, keep = straggler_draw(
             jax.random.fold_in(round_key, 0x57A6), len(ids), local_epochs, stragglers
         )
         kept, deltas, sizes, steps = [], [], [], []
         for j, (key, c) in enumerate(zip(keys, ids)):
-            if not bool(keep[j]):
+            if not keep[j]:
                 continue  # a dropped straggler's update never arrives
             x, y = data.client_train(c)
-            correction, prox_mu = None, algorithm.prox_mu
-            if algorithm.name == "feddyn":  # grad - g_k + alpha (w - w_server)
-                prox_mu = alpha
+            correction, mu = None, prox_mu
+            if name == "feddyn":  # grad - g_k + alpha (w - w_server)
+                mu = alpha
                 correction = jax.tree.map(lambda g: jnp.asarray(-g, jnp.float32),
                                           dyn_g.get(c, zeros))
-            if algorithm.scaffold:
+            if name == "scaffold":  # grad + c - c_i
                 ci = client_c.get(c, zeros)
                 correction = jax.tree.map(
                     lambda a, b: jnp.asarray(a - b, jnp.float32), server_c, ci
                 )
             local, s = client_sgd(
-                apply_fn, params, x, y, key, lr=lr, local_epochs=int(epochs[j]),
-                batch_size=batch_size, prox_mu=prox_mu, correction=correction,
+                apply_fn, params, x, y, key, lr=lr, local_epochs=epochs[j],
+                batch_size=batch_size, prox_mu=mu, correction=correction,
                 task=data.task, local_steps=local_steps,
             )
             kept.append(c)
-            deltas.append(jax.tree.map(
-                lambda new, old: np.asarray(new, np.float64) - np.asarray(old, np.float64),
-                local, params,
-            ))
+            deltas.append(jax.tree.map(lambda a, b: np.asarray(a, np.float64)
+                                       - np.asarray(b, np.float64), local, params))
             sizes.append(len(y))
             steps.append(s)
         total = sum(sizes)
-        mean_delta = zeros
-        if total:
-            p = [n / total for n in sizes]
-            if algorithm.normalized:
-                tau_eff = sum(pi * t for pi, t in zip(p, steps))
-                coef = [tau_eff * pi / t for pi, t in zip(p, steps)]
-            else:
-                coef = p
-            for a, d in zip(coef, deltas):
-                mean_delta = jax.tree.map(lambda m, di, a=a: m + a * di, mean_delta, d)
-        if algorithm.scaffold:
+        p = [n / total for n in sizes] if total else []
+        uniform = [1 / len(deltas)] * len(deltas)
+        w = _f64(params)
+        entry = {"ids": ids, "kept": kept, "steps": steps}
+        if name == "feddyn":
+            mean_model_delta = _combine(uniform, deltas, params)
+            for c, d in zip(kept, deltas):
+                dyn_g[c] = jax.tree.map(lambda g, di: g - alpha * di, dyn_g.get(c, zeros), d)
+                dyn_h = jax.tree.map(lambda h, di: h - alpha * di / data.num_clients, dyn_h, d)
+            w = jax.tree.map(lambda w, u, h: w + u - h / alpha, w, mean_model_delta, dyn_h)
+        elif name == "fednova":
+            tau_eff = sum(pi * t for pi, t in zip(p, steps))
+            coef = [tau_eff * pi / max(t, 1) for pi, t in zip(p, steps)]
+            w = jax.tree.map(lambda w, d: w + server_lr * d, w, _combine(coef, deltas, params))
+        elif name == "scaffold":
+            coef = uniform if settings.get("weighting", "uniform") == "uniform" else p
+            mean_delta = _combine(coef, deltas, params)
             dcs = []
             for c, d, k in zip(kept, deltas, steps):
+                if k == 0:
+                    continue  # no local step: c_i stays, nothing to add to c
                 dc = jax.tree.map(lambda sc, di, k=k: -sc - di / (k * lr), server_c, d)
                 client_c[c] = jax.tree.map(np.add, client_c.get(c, zeros), dc)
                 dcs.append(dc)
             for dc in dcs:
                 server_c = jax.tree.map(lambda sc, d: sc + d / data.num_clients, server_c, dc)
-        if algorithm.name == "fedavgm":
-            beta, eta = algorithm.settings["momentum"], algorithm.settings["server_lr"]
-            momentum = jax.tree.map(lambda v, d: beta * v - d, momentum, mean_delta)
-            params = jax.tree.map(lambda w, v: jnp.asarray(np.asarray(w, np.float64) - eta * v,
-                                                           jnp.float32), params, momentum)
-            history.append({"ids": ids, "kept": kept, "steps": steps})
-            continue
-        if algorithm.name == "feddyn":
-            uniform = zeros
-            for d in deltas:
-                uniform = jax.tree.map(lambda u, di: u + di / max(len(deltas), 1), uniform, d)
-            for c, d in zip(kept, deltas):
-                dyn_g[c] = jax.tree.map(lambda g, di: g - alpha * di, dyn_g.get(c, zeros), d)
-                dyn_h = jax.tree.map(lambda h, di: h - alpha * di / data.num_clients, dyn_h, d)
-            params = jax.tree.map(
-                lambda w, u, h: jnp.asarray(np.asarray(w, np.float64) + u - h / alpha, jnp.float32),
-                params, uniform, dyn_h,
-            )
-            history.append({"ids": ids, "kept": kept, "steps": steps})
-            continue
-        mean_delta = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mean_delta)
-        updates, opt_state = algorithm.server_optimizer.update(
-            jax.tree.map(jnp.negative, mean_delta), opt_state, params
-        )
-        params = optax.apply_updates(params, updates)
-        history.append({"ids": ids, "kept": kept, "steps": steps,
-                        "controls": (server_c, dict(client_c))})
+            w = jax.tree.map(lambda w, d: w + server_lr * d, w, mean_delta)
+            entry["controls"] = (server_c, dict(client_c))
+        elif name in FEDOPT:
+            b1, b2, tau = float(settings["beta1"]), float(settings["beta2"]), float(settings["tau"])
+            delta = _combine(p, deltas, params)
+            moment1 = jax.tree.map(lambda m, d: b1 * m + (1 - b1) * d, moment1, delta)
+            if FEDOPT[name] == "adagrad":
+                moment2 = jax.tree.map(lambda v, d: v + d * d, moment2, delta)
+            elif FEDOPT[name] == "adam":
+                moment2 = jax.tree.map(lambda v, d: b2 * v + (1 - b2) * d * d, moment2, delta)
+            else:
+                moment2 = jax.tree.map(
+                    lambda v, d: v - (1 - b2) * d * d * np.sign(v - d * d), moment2, delta)
+            w = jax.tree.map(lambda w, m, v: w + server_lr * m / (np.sqrt(v) + tau),
+                             w, moment1, moment2)
+        elif name == "fedavgm":
+            beta = float(settings["momentum"])
+            delta = _combine(p, deltas, params)
+            velocity = jax.tree.map(lambda v, d: beta * v - d, velocity, delta)
+            w = jax.tree.map(lambda w, v: w - server_lr * v, w, velocity)
+        elif name in SGD_SERVERS:
+            w = jax.tree.map(lambda w, d: w + server_lr * d, w, _combine(p, deltas, params))
+        else:
+            raise ValueError(f"no reference server update for {name!r}")
+        params = _f32(w)
+        history.append(entry)
     return params, history
 
 
@@ -248,62 +313,95 @@ def run_fedbuff_reference(
     batch_size: int,
     speeds: np.ndarray,
 ):
-    """Event-driven FedBuff (Nguyen et al. 2022, Algorithm 1), one job object per client in flight.
+    """Event-driven FedBuff (Nguyen et al. 2022, Algorithm 1): a heap of finish events.
 
-    Jobs finish at ``start + local steps * seconds per step of their site``; the server takes
-    the ``buffer_size`` earliest, weights each delta by ``n_i / sum n * 1 / sqrt(1 + staleness)``
-    and starts as many new jobs from the new model, drawn uniformly among idle clients (with the
-    simulator's key schedule). Returns ``(params, log)``, ``log`` one dict per server update.
+    ``concurrency`` clients train at once; a job finishes at ``start + local steps * seconds
+    per step of its site``. The server pops finish events in time order (ties: the lower slot),
+    adds each delta to its buffer, and after ``buffer_size`` of them steps ``w <- w + eta sum_i
+    n_i s(tau_i) delta_i / sum_i n_i`` with ``s(tau) = 1 / sqrt(1 + tau)`` (float64).
+
+    ``restart`` (``algorithm.settings``): ``at_arrival`` (the paper) starts a new client (drawn
+    uniformly among clients not in flight: the argmax of ``gumbel(sample_key, (num_clients,))``
+    over them, ``sample_key, client_key = split(fold_in(fold_in(run_key, version), a))`` for
+    arrival ``a`` of the buffer) the moment a job finishes, on the model current then (the new
+    model for the buffer's last arrival, since the update happens at that instant);
+    ``at_flush`` starts the freed slots' clients when the buffer is applied, drawn as a
+    synchronous round of the new version would be. The first ``concurrency`` clients are
+    ``choice(sample_key, num_clients, (concurrency,), replace=False)`` with ``sample_key,
+    clients_key = split(fold_in(run_key, 0))``, trained with ``split(clients_key, concurrency)``.
+
+    Returns:
+      ``(params, log)``, ``log`` one dict per server update: ``clock`` (the time of its last
+      arrival), ``staleness`` (per arrival), ``clients`` (who arrived), ``downloads`` (clients
+      started so far, the first ``concurrency`` included).
     """
-    k, m = algorithm.buffer_size, algorithm.concurrency
+    settings = dict(algorithm.settings)
+    k, m = int(settings["buffer_size"]), int(settings["concurrency"])
+    restart, server_lr = settings.get("restart", "at_arrival"), float(settings["server_lr"])
     speeds = np.asarray(speeds, np.float32)
+    num_clients = data.num_clients
 
     def duration(c: int) -> np.float32:
         n = int(data.train_counts[c])
         return np.float32(math.ceil(n / batch_size) * local_epochs) * speeds[c]
 
+    def start(time, slot, client, key, model, version):
+        job = {"client": client, "key": key, "params": model, "version": version}
+        heapq.heappush(events, (np.float32(time + duration(client)), slot, job))
+
+    events: list = []  # (finish time, slot, job); slots are unique, so jobs are never compared
     sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, 0))
-    first = [int(i) for i in jax.random.choice(sample_key, data.num_clients, (m,), replace=False)]
+    first = [int(i) for i in jax.random.choice(sample_key, num_clients, (m,), replace=False)]
     keys = jax.random.split(clients_key, m)
-    jobs = [{"client": c, "key": keys[j], "params": params, "version": 0, "finish": duration(c)}
-            for j, c in enumerate(first)]
-    opt_state = algorithm.server_optimizer.init(params)
-    clock, version, log = np.float32(0), 0, []
-    for _ in range(updates):
-        done = sorted(range(m), key=lambda j: (jobs[j]["finish"], j))[:k]
-        total = sum(int(data.train_counts[jobs[j]["client"]]) for j in done)
-        mean_delta = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
-        stale = []
-        for j in done:
-            job = jobs[j]
-            x, y = data.client_train(job["client"])
-            local, _ = client_sgd(apply_fn, job["params"], x, y, job["key"], lr=lr,
-                                  local_epochs=local_epochs, batch_size=batch_size)
-            tau = version - job["version"]
-            stale.append(tau)
-            weight = len(y) / total / math.sqrt(1 + tau)
-            mean_delta = jax.tree.map(
-                lambda acc, a, b, w=weight: acc + w * (np.asarray(a, np.float64) - np.asarray(b)),
-                mean_delta, local, job["params"],
-            )
-        mean_delta = jax.tree.map(lambda d: jnp.asarray(d, jnp.float32), mean_delta)
-        upd, opt_state = algorithm.server_optimizer.update(
-            jax.tree.map(jnp.negative, mean_delta), opt_state, params
-        )
-        params = optax.apply_updates(params, upd)
-        clock = max(jobs[j]["finish"] for j in done)
-        version += 1
-        sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, version))
-        if k == m:
-            new = [int(i) for i in jax.random.choice(sample_key, data.num_clients, (k,), replace=False)]
+    for slot, c in enumerate(first):
+        start(np.float32(0), slot, c, keys[slot], params, 0)
+    version, buffer, freed, log, downloads = 0, [], [], [], m
+    while version < updates:
+        clock, slot, job = heapq.heappop(events)
+        x, y = data.client_train(job["client"])
+        local, _ = client_sgd(apply_fn, job["params"], x, y, job["key"], lr=lr,
+                              local_epochs=local_epochs, batch_size=batch_size)
+        delta = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+                             local, job["params"])
+        buffer.append({"n": len(y), "tau": version - job["version"], "delta": delta,
+                       "client": job["client"]})
+        if restart == "at_arrival":
+            sample_key, client_key = jax.random.split(
+                jax.random.fold_in(jax.random.fold_in(run_key, version), len(buffer) - 1))
+            busy = {j["client"] for _, _, j in events}
+            scores = np.asarray(jax.random.gumbel(sample_key, (num_clients,)))
+            new = max((c for c in range(num_clients) if c not in busy), key=lambda c: scores[c])
+            downloads += 1
+            if len(buffer) < k:
+                start(clock, slot, new, client_key, params, version)
+            else:
+                last = (slot, new, client_key)
         else:
-            busy = {jobs[j]["client"] for j in range(m) if j not in done}
-            scores = np.asarray(jax.random.gumbel(sample_key, (data.num_clients,)))
-            new = [int(c) for c in np.argsort(-scores) if int(c) not in busy][:k]
-        keys = jax.random.split(clients_key, k)
-        for idx, j in enumerate(done):
-            c = new[idx]
-            jobs[j] = {"client": c, "key": keys[idx], "params": params, "version": version,
-                       "finish": np.float32(clock + duration(c))}
-        log.append({"clock": float(clock), "staleness": stale})
+            freed.append(slot)
+        if len(buffer) < k:
+            continue
+        total = sum(b["n"] for b in buffer) or 1  # clients without examples send zero deltas
+        coefs = [b["n"] / total / math.sqrt(1 + b["tau"]) for b in buffer]
+        mean_delta = _combine(coefs, [b["delta"] for b in buffer], params)
+        params = _f32(jax.tree.map(lambda w, d: w + server_lr * d, _f64(params), mean_delta))
+        version += 1
+        if restart == "at_arrival":
+            slot, new, client_key = last
+            start(clock, slot, new, client_key, params, version)
+        else:
+            sample_key, clients_key = jax.random.split(jax.random.fold_in(run_key, version))
+            if k == m:
+                new = [int(i) for i in jax.random.choice(sample_key, num_clients, (k,),
+                                                         replace=False)]
+            else:
+                busy = {j["client"] for _, _, j in events}
+                scores = np.asarray(jax.random.gumbel(sample_key, (num_clients,)))
+                new = [int(c) for c in np.argsort(-scores, kind="stable") if int(c) not in busy][:k]
+            keys = jax.random.split(clients_key, k)
+            for idx, slot in enumerate(freed):
+                start(clock, slot, new[idx], keys[idx], params, version)
+            downloads += k
+        log.append({"clock": float(clock), "staleness": [b["tau"] for b in buffer],
+                    "clients": [b["client"] for b in buffer], "downloads": downloads})
+        buffer, freed = [], []
     return params, log

@@ -66,7 +66,9 @@ def test_vectorised_equals_sequential_loop(uneven_data, algorithm_cfg, straggler
 
 def test_scaffold_with_zero_controls_and_one_local_step_is_fedavg(uneven_data):
     kw = dict(local_epochs=1, batch_size=64, clients_per_round=4)
-    scaffold, fedavg = sim_for(uneven_data, {"name": "scaffold"}, **kw), sim_for(
+    # FedAvg weights deltas by examples: compare with SCAFFOLD's `examples` weighting (its
+    # default, `uniform`, is the paper's, Karimireddy et al. 2020, Algorithm 1).
+    scaffold, fedavg = sim_for(uneven_data, {"name": "scaffold", "weighting": "examples"}, **kw), sim_for(
         uneven_data, {"name": "fedavg"}, **kw)
     a, b = scaffold.run(scaffold.init(), 1), fedavg.run(fedavg.init(), 1)
     close(a.params, b.params, atol=1e-7)

@@ -10,12 +10,18 @@ Stochastic Controlled Averaging for Federated Learning", ICML 2020, Algorithm 1,
 * The server: ``x <- x + server_lr * mean delta`` and ``c <- c + sum_i dc_i / N`` (lines
   16-17, ``N`` the number of clients).
 
+``algorithm.weighting`` says how the model deltas are averaged: ``uniform`` (default, the
+paper's ``1/|S| sum_i (y_i - x)``, line 16, the same uniform average as the control deltas) or
+``examples`` (each delta weighted by its client's examples, FedAvg's weighting; the control
+update stays the paper's).
+
 Clients release their control deltas too, which client-level DP-FedAvg does not privatise, so
 ``privacy=dp_client`` is refused (:func:`fedbench.algorithm.base.check_client_dp`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from fedbench.algorithm.base import Algorithm, optimizer_update, positive, weighted_mean
+from fedbench.errors import ConfigError
 
 
 def _zeros(params):
@@ -54,8 +61,15 @@ def _finish(deltas, stats, entries, server_c, valid, lr):
     return {"delta": deltas, "control": dcs}, jax.tree.map(jnp.add, entries, dcs)
 
 
-def _aggregate(uploads, weights, stats, valid, num_clients):
-    del stats, valid
+WEIGHTINGS = ("uniform", "examples")
+
+
+def _aggregate(uploads, weights, stats, valid, num_clients, weighting="uniform"):
+    """``Delta x``: the mean of the reporting clients' deltas (uniform over them, or weighted
+    by ``weights``, their examples); ``Delta c``: ``sum_i dc_i / N`` (Algorithm 1, line 17)."""
+    del stats
+    if weighting == "uniform":
+        weights = valid.astype(jnp.float32)
     return {
         "delta": weighted_mean(uploads["delta"], weights),
         "control": jax.tree.map(lambda d: d.sum(0) / num_clients, uploads["control"]),
@@ -69,10 +83,15 @@ def _server_update(params, opt_state, server_c, aggregates, optimizer):
 
 def scaffold(cfg: Mapping[str, Any]) -> Algorithm:
     server_lr = positive(cfg, "server_lr")
+    weighting = cfg.get("weighting")
+    if weighting not in WEIGHTINGS:
+        raise ConfigError("algorithm.weighting", weighting, "one of: " + ", ".join(WEIGHTINGS))
     return Algorithm(
-        "scaffold", "federated", optax.sgd(server_lr), settings={"server_lr": server_lr},
+        "scaffold", "federated", optax.sgd(server_lr),
+        settings={"server_lr": server_lr, "weighting": weighting},
         grad_adjust=_grad_adjust, client_state=_zeros, server_state=_zeros,
-        client_context=_context, client_finish=_finish, aggregate=_aggregate,
+        client_context=_context, client_finish=_finish,
+        aggregate=functools.partial(_aggregate, weighting=weighting),
         server_update=_server_update, releases=("delta", "control"),
         dp_client="its control deltas dc_i would be released without clipping or noise",
     )
