@@ -10,7 +10,9 @@ client's model delta inside the client map:
 
 :func:`chain` composes them in order. Client-level DP's clipping is the first transform
 (:func:`clip_by_norm`); its noisy sum is an aggregator
-(:func:`fedbench.privacy.mechanisms.dp_noisy_mean`). Compressors plug in here next.
+(:func:`fedbench.privacy.mechanisms.dp_noisy_mean`). Compressors (:mod:`fedbench.compression`)
+come after it; they report ``info["bits"]``, the encoded size of the client's message, and
+draw randomness from ``round_info["key"]``, the client's own key of the round.
 """
 
 from __future__ import annotations

@@ -1,0 +1,170 @@
+"""A configured compressor: an optional sparsifier, then an optional value quantiser, with
+optional error feedback, as an :class:`~fedbench.transforms.UpdateTransform`.
+
+The model delta is cut into blocks (each tensor, or the whole model flattened: ``per_tensor``).
+In each block a sparsifier (``topk``, ``randk``) picks ``k`` entries, a quantiser (``quantize``,
+``qsgd``, ``signsgd``) encodes the values that are sent (all of the block's without a
+sparsifier), and the server decodes them into a dense delta (``randk``'s values rescaled by
+``d / k``). ``info["bits"]`` is the exact size of the client's message: per block the positions
+(:func:`~fedbench.compression.sparsify.position_bits`) plus the values (32 bits each unquantised,
+else the quantiser's count). It depends on shapes and settings only.
+
+With ``error_feedback`` each client keeps its residual ``e`` in the per-client store (zeros at
+first) and sends ``C(delta + e)``, keeping ``e <- (delta + e) - C(delta + e)``; a client that is
+not sampled (or whose update is dropped) keeps its residual unchanged.
+
+References:
+  S. U. Stich, J.-B. Cordonnier, M. Jaggi. "Sparsified SGD with Memory", NeurIPS 2018,
+  Algorithm 1 (error feedback / memory).
+  S. P. Karimireddy, Q. Rebjock, S. U. Stich, M. Jaggi. "Error Feedback Fixes SignSGD and other
+  Gradient Compression Schemes", ICML 2019, Algorithm 2 (EF-SGD with any compressor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from fedbench.compression import quantize as quantizers
+from fedbench.compression.sparsify import (
+    kept_entries,
+    position_bits,
+    rand_k_indices,
+    top_k_indices,
+)
+from fedbench.transforms import UpdateTransform
+
+SPARSIFIERS = ("topk", "randk")
+QUANTIZERS = ("quantize", "qsgd", "signsgd")
+#: Compressors whose output can have a larger L2 norm than their input.
+NORM_INCREASING = ("randk", "quantize", "qsgd", "signsgd")
+#: A message's bits are counted in int32 (:mod:`fedbench.compression.traffic`).
+MAX_MESSAGE_BITS = 2**31 - 1
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressor:
+    """One client's compression of its model delta (settings: ``conf/compression/*.yaml``).
+
+    Attributes:
+      sparsifier: ``topk``, ``randk`` or None (every entry sent).
+      quantizer: ``quantize``, ``qsgd``, ``signsgd`` or None (values sent as they are).
+      fraction: share of each block's entries a sparsifier keeps (rounded, at least 1).
+      k: entries kept per block, if set (instead of ``fraction``; at most the block's size).
+      per_tensor: blocks are the model's tensors (True) or the whole model flattened (False).
+      bits: ``quantize``'s bits per value.
+      levels: ``qsgd``'s ``s``.
+      bucket_size: entries per quantiser bucket (one scale or norm each); None: one per block.
+      error_feedback: keep and add back the residual (Stich et al. 2018).
+    """
+
+    sparsifier: str | None = None
+    quantizer: str | None = None
+    fraction: float | None = None
+    k: int | None = None
+    per_tensor: bool = True
+    bits: int = 8
+    levels: int = 16
+    bucket_size: int | None = None
+    error_feedback: bool = False
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether the compression is random (needs ``round_info["key"]``)."""
+        return self.sparsifier == "randk" or self.quantizer in ("quantize", "qsgd")
+
+    @property
+    def name(self) -> str:
+        return "+".join(n for n in (self.sparsifier, self.quantizer) if n) or "none"
+
+    # -- one block --------------------------------------------------------------------------
+    def _block(self, block: jax.Array, key: jax.Array | None) -> tuple[jax.Array, int]:
+        size = block.shape[0]
+        select_key, value_key = jax.random.split(key) if key is not None else (None, None)
+        indices, kept = None, size
+        if self.sparsifier is not None:
+            kept = kept_entries(size, self.fraction, self.k)
+            if kept < size:
+                indices = (top_k_indices(block, kept) if self.sparsifier == "topk"
+                           else rand_k_indices(select_key, size, kept))
+        values = block if indices is None else block[indices]
+        if self.quantizer == "quantize":
+            values, value_bits = quantizers.stochastic_uniform(values, value_key, self.bits,
+                                                               self.bucket_size)
+        elif self.quantizer == "qsgd":
+            values, value_bits = quantizers.qsgd(values, value_key, self.levels, self.bucket_size)
+        elif self.quantizer == "signsgd":
+            values, value_bits = quantizers.scaled_sign(values, self.bucket_size)
+        else:
+            value_bits = kept * jnp.dtype(block.dtype).itemsize * 8
+        bits = position_bits(size, kept) + value_bits
+        if indices is None:
+            return values, bits
+        if self.sparsifier == "randk":
+            values = values * jnp.asarray(size / kept, values.dtype)  # unbiased: E = block
+        return jnp.zeros_like(block).at[indices].set(values), bits
+
+    # -- one client's delta -----------------------------------------------------------------
+    def compress(self, tree: Params, key: jax.Array | None = None) -> tuple[Params, int]:
+        """``(decoded, bits)``: what the server reconstructs from the message and the message's
+        exact size in bits (a Python ``int``)."""
+        if self.needs_key and key is None:
+            raise ValueError(f"compression {self.name} is random: round_info needs a per-client "
+                             "'key' (Simulator.client_update adds one)")
+        if self.per_tensor:
+            leaves, treedef = jax.tree.flatten(tree)
+            blocks = [leaf.reshape(-1) for leaf in leaves]
+        else:
+            flat, unravel = ravel_pytree(tree)
+            blocks = [flat]
+        decoded, bits = [], 0
+        for i, block in enumerate(blocks):
+            block_key = None if key is None else jax.random.fold_in(key, i)
+            out, block_bits = self._block(block, block_key)
+            decoded.append(out)
+            bits += int(block_bits)
+        if bits > MAX_MESSAGE_BITS:
+            raise ValueError(f"a compressed message of {bits} bits is too large to count "
+                             f"(at most {MAX_MESSAGE_BITS})")
+        if self.per_tensor:
+            shaped = [out.reshape(leaf.shape) for out, leaf in zip(decoded, leaves)]
+            return jax.tree.unflatten(treedef, shaped), bits
+        return unravel(decoded[0]), bits
+
+    def message_bits(self, params: Params) -> int:
+        """The size in bits of one client's message for a model shaped like ``params``."""
+        shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(np.shape(p), jnp.result_type(p)),
+                              params)
+        sizes = []
+
+        def trace(tree):  # shapes only: nothing is computed
+            sent, bits = self.compress(tree, jax.random.PRNGKey(0))
+            sizes.append(bits)
+            return sent
+
+        jax.eval_shape(trace, shapes)
+        return sizes[0]
+
+    # -- as an update transform -------------------------------------------------------------
+    def transform(self) -> UpdateTransform:
+        """The compressor as an :class:`UpdateTransform` (state: the error-feedback residual, or
+        ``()``; ``info["bits"]``: the message's size, int32)."""
+
+        def init(params):
+            return jax.tree.map(jnp.zeros_like, params) if self.error_feedback else ()
+
+        def update(delta, residual, round_info):
+            target = jax.tree.map(jnp.add, delta, residual) if self.error_feedback else delta
+            sent, bits = self.compress(target, round_info.get("key"))
+            if self.error_feedback:
+                residual = jax.tree.map(jnp.subtract, target, sent)
+            return sent, residual, {"bits": jnp.asarray(bits, jnp.int32)}
+
+        return UpdateTransform(init, update)
