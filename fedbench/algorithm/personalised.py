@@ -1,0 +1,169 @@
+"""Personalised federated learning: Ditto, FedPer, and FedAvg with local fine-tuning.
+
+Each client ends up with a model of its own, and evaluation scores each client with it
+(``client_models``; :class:`fedbench.evaluation.Evaluation`).
+
+* **Ditto** (T. Li, S. Hu, A. Beirami, V. Smith, "Ditto: Fair and Robust Federated Learning
+  Through Personalization", ICML 2021, Algorithm 1). The global model ``w`` trains exactly as
+  FedAvg. Each sampled client ``k`` also runs ``s`` local SGD steps on its personal model
+  ``v_k`` with objective ``L_k(v) + lambda/2 ||v - w^t||^2`` (``lambda = algorithm.lam``; ``w^t``
+  the global model it received this round), gradient ``grad L_k(v) + lambda (v - w^t)``, with
+  the same local schedule as the global pass and its own minibatch order. ``v_k`` never leaves
+  the site (not in ``releases``). Initialisation as in the paper's Algorithm 1 (input
+  ``{v_k^0}``, set to the initial model ``w^0`` in the authors' code): ``v_k^0 = w^0``. The store
+  keeps ``v_k - w^0`` (zeros at first) and the server state keeps ``w^0``, so no client-side
+  copy of the initial model is needed before its first round.
+* **FedPer** (M. G. Arivazhagan, V. Aggarwal, A. K. Singh, S. Choudhary, "Federated Learning
+  with Personalization Layers", arXiv:1912.00818, 2019). Parameters are labelled ``body`` or
+  ``head`` (:func:`param_labels`, as ``optax.multi_transform``'s labels: the head is the model's
+  last ``Dense`` layer). Each round a sampled client trains body and head starting from (global
+  body, its own head), sends only its body delta (the head part of what it sends is zero, before
+  any update transform), and keeps its new head; the server averages body deltas (example
+  weighted, as FedAvg) and never changes the global head. Heads start as the initial model's
+  head: the store keeps ``head_k - head^0`` (zeros at first) and the global head stays
+  ``head^0``.
+* **finetune**: FedAvg training; at evaluation each client scores the global model after
+  ``algorithm.steps`` local SGD steps on its own training data (the client learning rate and
+  batch size; a fixed key per evaluated round).
+
+Under ``privacy=dp_client`` Ditto and finetune release only FedAvg's delta and are allowed;
+FedPer is refused (the noisy mean would add noise to the global head, which every client's head
+is stored relative to). Under ``privacy=dp_sample`` Ditto's personal pass uses plain minibatch
+SGD: ``v_k`` is never released, and only the global model's training is accounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedbench.algorithm.base import Algorithm, PersonalPass, mean_aggregate, positive
+from fedbench.errors import ConfigError
+
+Params = Any
+
+
+# -- labels: which parameters are the head -------------------------------------------------------
+def head_key(params: Mapping[str, Any]) -> str:
+    """The top-level name of the model's last ``Dense`` layer (flax names them ``Dense_<i>`` in
+    call order), or the last module if none is named so."""
+    dense = [k for k in params if k.startswith("Dense_") and k[6:].isdigit()]
+    return max(dense, key=lambda k: int(k[6:])) if dense else list(params)[-1]
+
+
+def param_labels(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``"head"`` for every leaf of the last Dense layer, ``"body"`` elsewhere (the label tree
+    ``optax.multi_transform`` takes)."""
+    head = head_key(params)
+    return {k: jax.tree.map(lambda _, k=k: "head" if k == head else "body", v)
+            for k, v in params.items()}
+
+
+def body_only(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` with its head zeroed: the part of a FedPer delta that leaves the site."""
+    labels = param_labels(tree)
+    return jax.tree.map(lambda label, x: jnp.zeros_like(x) if label == "head" else x,
+                        labels, dict(tree))
+
+
+# -- Ditto ---------------------------------------------------------------------------------------
+def _copy(params):
+    return jax.tree.map(jnp.asarray, params)
+
+
+def _zeros(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+
+def _personal_models(w0, offsets):
+    """``v_k = w^0 + (v_k - w^0)`` for a leading client axis of offsets."""
+    return jax.tree.map(lambda w, o: w + o.astype(w.dtype), w0, offsets)
+
+
+def _ditto_adjust_for(lam: float):
+    def grad_adjust(grads, v, start, w_server):
+        del start
+        return jax.tree.map(lambda g, p, w: g + lam * (p - w), grads, v, w_server)
+
+    return grad_adjust
+
+
+def _ditto_keep(entries, deltas):
+    return jax.tree.map(lambda o, d: o + d.astype(o.dtype), entries, deltas)
+
+
+def _ditto_client_models(params, w0, entries):
+    del params
+    return _personal_models(w0, entries)
+
+
+def ditto(cfg: Mapping[str, Any]) -> Algorithm:
+    lam = positive(cfg, "lam")
+    return Algorithm(
+        "ditto", "federated", optax.sgd(1.0), settings={"lam": lam},
+        client_state=_zeros, server_state=_copy, client_context=_personal_models,
+        personal_pass=PersonalPass(start=lambda params, v: v,
+                                   grad_adjust=_ditto_adjust_for(lam), keep=_ditto_keep),
+        client_models=_ditto_client_models,
+    )
+
+
+# -- FedPer --------------------------------------------------------------------------------------
+def _head_zeros(params):
+    return jax.tree.map(jnp.zeros_like, params[head_key(params)])
+
+
+def _head_context(server_state, entries):
+    del server_state
+    return entries
+
+
+def _with_head(params, offset):
+    """The global body with head ``head^0 + offset`` (``offset`` may carry a client axis)."""
+    head = head_key(params)
+    own = jax.tree.map(lambda h, o: h + o.astype(h.dtype), params[head], offset)
+    return {**params, head: own}
+
+
+def _fedper_finish(deltas, stats, entries, server_state, valid, lr):
+    del stats, server_state, valid, lr
+    head = head_key(deltas)
+    new = jax.tree.map(lambda o, d: o + d.astype(o.dtype), entries, deltas[head])
+    return {"delta": body_only(deltas)}, new
+
+
+def _fedper_aggregate(uploads, weights, stats, valid, num_clients):
+    mean = mean_aggregate(uploads, weights, stats, valid, num_clients)
+    return {**mean, "delta": body_only(mean["delta"])}  # heads never reach the server model
+
+
+def _fedper_client_models(params, server_state, entries):
+    del server_state
+    num = jax.tree.leaves(entries)[0].shape[0]
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
+    return _with_head(stacked, entries)
+
+
+def fedper(cfg: Mapping[str, Any]) -> Algorithm:
+    del cfg
+    return Algorithm(
+        "fedper", "federated", optax.sgd(1.0), settings={},
+        client_state=_head_zeros, client_context=_head_context, client_start=_with_head,
+        shared=body_only, client_finish=_fedper_finish, aggregate=_fedper_aggregate,
+        client_models=_fedper_client_models,
+        dp_client="its clients' heads are stored relative to the global head, which the noisy "
+                  "mean would perturb; clipping and noise of the body alone are not implemented",
+    )
+
+
+# -- FedAvg + local fine-tuning at evaluation ----------------------------------------------------
+def finetune(cfg: Mapping[str, Any]) -> Algorithm:
+    steps = cfg.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError("algorithm.steps", steps, "an integer >= 1 (local steps at evaluation)")
+    return Algorithm("finetune", "federated", optax.sgd(1.0), settings={"steps": steps},
+                     finetune_steps=steps)

@@ -1,0 +1,224 @@
+"""Personalised FL (fedbench.algorithm.personalised): Ditto, FedPer, finetune.
+
+* Ditto's global model is FedAvg's exactly (its global objective is FedAvg's); its personal
+  update equals a plain-JAX loop of ``v <- v - lr (grad L_k(v) + lambda (v - w^t))`` written
+  here (Li et al., ICML 2021, Algorithm 1) over two rounds.
+* FedPer's body after one round equals a plain-JAX FedAvg of body deltas trained from (global
+  body, own head); heads of clients never sampled stay the initial head; the server never sees
+  a head (Arivazhagan et al. 2019).
+* On clients whose labellings are different permutations, each client's own model (Ditto,
+  FedPer, fine-tuned FedAvg) beats the one global FedAvg model on the clients' test splits.
+* Under client-level DP, FedPer is refused before training; Ditto (which releases only FedAvg's
+  delta) is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_uneven_data
+
+from fedbench.algorithm import build_algorithm, check_client_dp
+from fedbench.algorithm.personalised import head_key, param_labels
+from fedbench.dataset.federated import from_client_arrays
+from fedbench.errors import ConfigError
+from fedbench.model import MLP
+from fedbench.simulator import Settings, Simulator
+
+LR = 0.1
+
+
+def _sim(data, cfg, clients_per_round=6, local_epochs=3, batch_size=32, axis="map", hidden=8):
+    settings = Settings(clients_per_round=clients_per_round, local_epochs=local_epochs,
+                        batch_size=batch_size, lr=LR, client_axis=axis)
+    algorithm = cfg if not isinstance(cfg, dict) else build_algorithm(cfg)
+    return Simulator(MLP(hidden=(hidden,), num_classes=data.num_classes), algorithm, data,
+                     settings, seed=0)
+
+
+def _loss(params, x, y):
+    """Mean softmax cross-entropy of the one-hidden-layer ReLU MLP, written out."""
+    h = jax.nn.relu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    logits = h @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+
+def _gd(start, x, y, steps, extra=lambda p: jax.tree.map(jnp.zeros_like, p)):
+    """``steps`` full-batch gradient steps (batch_size >= every client's size)."""
+    p = start
+    for _ in range(steps):
+        g = jax.grad(_loss)(p, x, y)
+        p = jax.tree.map(lambda p, g, e: p - LR * (g + e), p, g, extra(p))
+    return p
+
+
+def _client(data, c):
+    n = int(data.train_counts[c])
+    return data.train_x[c, :n], data.train_y[c, :n]
+
+
+def _close(a, b, atol=2e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4)
+
+
+def _row(tree, c):
+    return jax.tree.map(lambda leaf: leaf[c], tree)
+
+
+@pytest.mark.parametrize("axis", ["map", "vmap"])
+def test_ditto_global_model_is_fedavg_exactly(uneven_data, axis):
+    ditto = _sim(uneven_data, {"name": "ditto", "lam": 0.5}, 3, 2, 4, axis)
+    fedavg = _sim(uneven_data, {"name": "fedavg"}, 3, 2, 4, axis)
+    got, want = ditto.run(ditto.init(), 3), fedavg.run(fedavg.init(), 3)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # ... while the personal models moved away from both w^0 and the global model.
+    personal = ditto.evaluated_params(got)
+    assert max(float(jnp.abs(v - w[None]).max()) for v, w in
+               zip(jax.tree.leaves(personal), jax.tree.leaves(got.params))) > 1e-3
+
+
+def test_ditto_personal_update_equals_a_plain_loop(uneven_data):
+    lam, epochs = 0.5, 3
+    sim = _sim(uneven_data, {"name": "ditto", "lam": lam}, local_epochs=epochs)
+    state0 = sim.init()
+    w0 = state0.params
+    state1 = sim.run(state0, 1)
+    state2 = sim.run(state1, 1)
+    assert np.asarray(state2.participation).tolist() == [2] * uneven_data.num_clients
+    for c in (1, 3, 4):  # 17, 25 and 1 examples; one full-batch step per epoch
+        x, y = _client(uneven_data, c)
+        # Round 1: v_k^0 = w^0 (the paper's initialisation), anchored at w^0.
+        v1 = _gd(w0, x, y, epochs, lambda v: jax.tree.map(lambda a, b: lam * (a - b), v, w0))
+        _close(_row(sim.evaluated_params(state1), c), v1)
+        # Round 2: from v_k^1, anchored at the global model w^1 the client received.
+        w1 = state1.params
+        v2 = _gd(v1, x, y, epochs, lambda v: jax.tree.map(lambda a, b: lam * (a - b), v, w1))
+        _close(_row(sim.evaluated_params(state2), c), v2)
+
+
+def test_fedper_labels_the_last_dense_layer_as_head(uneven_data):
+    params = _sim(uneven_data, {"name": "fedper"}).init().params
+    assert head_key(params) == "Dense_1"
+    labels = param_labels(params)
+    assert set(jax.tree.leaves(labels["Dense_1"])) == {"head"}
+    assert set(jax.tree.leaves(labels["Dense_0"])) == {"body"}
+
+
+def test_fedper_body_equals_a_plain_fedavg_of_body_deltas(uneven_data):
+    epochs = 2
+    sim = _sim(uneven_data, {"name": "fedper"}, clients_per_round=3, local_epochs=epochs)
+    state0 = sim.init()
+    w0 = state0.params
+    state1 = sim.run(state0, 1)
+    sampled = np.flatnonzero(np.asarray(state1.participation))
+    assert len(sampled) == 3
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+    trained = {int(c): _gd(w0, *_client(uneven_data, c), epochs) for c in sampled}
+    weights = counts[sampled] / counts[sampled].sum()
+    mean_body = jax.tree.map(
+        lambda *ks: sum(w * k for w, k in zip(weights, ks)),
+        *[trained[int(c)]["Dense_0"] for c in sampled])
+    _close(state1.params["Dense_0"], mean_body)
+    # The global head is never updated; each sampled client keeps its trained head.
+    _close(state1.params["Dense_1"], w0["Dense_1"], atol=0)
+    models = sim.evaluated_params(state1)
+    for c in range(uneven_data.num_clients):
+        own = _row(models, c)
+        _close(own["Dense_0"], state1.params["Dense_0"], atol=0)  # the global body
+        want = trained[c]["Dense_1"] if c in trained else w0["Dense_1"]
+        _close(own["Dense_1"], want)
+
+
+def test_fedper_heads_of_clients_never_sampled_stay_and_never_reach_the_server(uneven_data):
+    seen = []
+    base = build_algorithm({"name": "fedper"})
+
+    def spy(uploads, weights, stats, valid, num_clients):
+        jax.debug.callback(lambda *head: seen.append([np.asarray(h) for h in head]),
+                           *jax.tree.leaves(uploads["delta"]["Dense_1"]))
+        return base.aggregate(uploads, weights, stats, valid, num_clients)
+
+    sim = _sim(uneven_data, dataclasses.replace(base, aggregate=spy), clients_per_round=2,
+               local_epochs=2, batch_size=4)
+    state0 = sim.init()
+    state = sim.run(state0, 2)
+    participation = np.asarray(state.participation)
+    assert (participation == 0).any() and (participation > 0).any()
+    heads = sim.evaluated_params(state)["Dense_1"]
+    for c, times in enumerate(participation):
+        initial = jax.tree.leaves(state0.params["Dense_1"])
+        moved = max(float(jnp.abs(h[c] - h0).max())
+                    for h, h0 in zip(jax.tree.leaves(heads), initial))
+        assert (moved > 0) == (times > 0), c
+    assert len(seen) == 2 and all(np.all(leaf == 0) for leaves in seen for leaf in leaves)
+    _close(state.params["Dense_1"], state0.params["Dense_1"], atol=0)
+
+
+def _permuted_labels_data(seed=0, clients=4, n=60, features=4):
+    """Clients sharing inputs' distribution and a linear rule, each relabelling the classes by
+    its own permutation: no single model can be right on every client."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(features, 3))
+    perms = [np.array(p) for p in ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1))][:clients]
+    xs, ys, txs, tys = [], [], [], []
+    for p in perms:
+        x = rng.normal(size=(n, features)).astype(np.float32)
+        tx = rng.normal(size=(n // 2, features)).astype(np.float32)
+        xs.append(x), txs.append(tx)
+        ys.append(p[np.argmax(x @ w, 1)].astype(np.int32))
+        tys.append(p[np.argmax(tx @ w, 1)].astype(np.int32))
+    return from_client_arrays(xs, ys, txs, tys, 3)
+
+
+def test_personal_models_beat_the_global_model_on_permuted_labellings():
+    data = _permuted_labels_data()
+    accuracy = {}
+    for cfg in ({"name": "fedavg"}, {"name": "ditto", "lam": 0.05}, {"name": "fedper"},
+                {"name": "finetune", "steps": 20}):
+        sim = _sim(data, cfg, clients_per_round=4, local_epochs=2, batch_size=16, hidden=16)
+        state = sim.run(sim.init(), 30)
+        metrics = sim.evaluate(state)
+        accuracy[cfg["name"]] = metrics["client_accuracy_mean"]
+        own = sim.site_results(state)["own"]
+        np.testing.assert_allclose(np.mean(own), metrics["client_accuracy_mean"], atol=1e-6)
+    for name in ("ditto", "fedper", "finetune"):
+        assert accuracy[name] > accuracy["fedavg"] + 0.2, accuracy
+    assert accuracy["fedavg"] < 0.7, accuracy
+
+
+def test_finetune_trains_as_fedavg_and_evaluates_fine_tuned_models(uneven_data):
+    tuned = _sim(uneven_data, {"name": "finetune", "steps": 3}, 3, 2, 4)
+    fedavg = _sim(uneven_data, {"name": "fedavg"}, 3, 2, 4)
+    got, want = tuned.run(tuned.init(), 2), fedavg.run(fedavg.init(), 2)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    models = tuned.evaluated_params(got)
+    assert jax.tree.leaves(models)[0].shape[0] == uneven_data.num_clients
+    assert min(float(jnp.abs(m - p[None]).reshape(m.shape[0], -1).max(1).min())
+               for m, p in zip(jax.tree.leaves(models), jax.tree.leaves(got.params))) > 0
+    _close(models, tuned.evaluated_params(got), atol=0)  # a fixed key per evaluated round
+    with pytest.raises(ConfigError) as err:
+        build_algorithm({"name": "finetune", "steps": 0})
+    assert err.value.key == "algorithm.steps"
+
+
+def test_client_dp_refuses_fedper_and_allows_ditto():
+    with pytest.raises(ConfigError) as err:
+        check_client_dp(build_algorithm({"name": "fedper"}))
+    assert err.value.key == "algorithm.name" and "head" in str(err.value)
+    check_client_dp(build_algorithm({"name": "ditto"}))
+    check_client_dp(build_algorithm({"name": "finetune"}))
+
+
+def test_local_still_scores_each_client_with_its_own_model():
+    data = make_uneven_data()
+    sim = _sim(data, {"name": "local"}, 3, 1, 4)
+    state = sim.run(sim.init(), 1)
+    assert sim.evaluated_params(state) is state.params
+    assert "matrix" in sim.site_results(state)
