@@ -82,13 +82,19 @@ def dp_sgd_estimator(
     noise_multiplier: float,
     buffer: int,
     loss_fn: Callable = masked_cross_entropy,
+    noise_salt: int | None = None,
 ) -> GradientEstimator:
     """DP-SGD's gradient of one local step (Abadi et al. 2016, Algorithm 1), as a gradient
     estimator of the one local loop (:func:`fedbench.local.make_local_update`): Poisson-sample
     the client's examples at rate ``q = min(1, batch_size / n)`` into ``buffer`` slots (step
     ``s`` keyed by ``fold_in(key, s)``), clip each example's gradient, sum, add
     ``N(0, (noise_multiplier * clip)^2)`` per coordinate, divide by the expected batch ``q n``.
-    The third output counts a batch that overflowed its buffer."""
+    The third output counts a batch that overflowed its buffer.
+
+    Step ``s`` splits ``fold_in(key, s)`` into a sampling key and a noise key; ``noise_salt``
+    (a 32-bit integer, :func:`fedbench.privacy.plan.noise_salt`) is folded into the noise key
+    only, so runs with different salts draw independent noise from the same example samples.
+    ``None``: the noise key as split (noise from the client key alone)."""
     stddev = noise_multiplier * clip if noise_multiplier > 0 else 0.0
 
     def steps(count, epochs):
@@ -102,6 +108,8 @@ def dp_sgd_estimator(
         rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
         expected = rate * count
         sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
+        if noise_salt is not None:
+            noise_key = jax.random.fold_in(noise_key, noise_salt)
         chosen = sample_examples(sample_key, count, length, batch_size)
         n_chosen = chosen.sum()
         (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
@@ -128,19 +136,22 @@ def make_dp_sgd_local_update(
     grad_adjust=None,
     prox_mu: float = 0.0,
     loss_fn: Callable = masked_cross_entropy,
+    noise_salt: int | None = None,
 ):
     """The one local loop (:func:`fedbench.local.make_local_update`) with DP-SGD's estimator.
 
     Same signature and step count as the plain local update (an algorithm's ``grad_adjust``
     such as FedProx's term or SCAFFOLD's correction is applied to the privatised gradient:
     post-processing, no privacy cost); ``stats.overflow`` counts steps whose Poisson batch
-    exceeded ``buffer``. ``prox_mu`` is shorthand for FedProx's ``grad_adjust``.
+    exceeded ``buffer``. ``prox_mu`` is shorthand for FedProx's ``grad_adjust``; ``noise_salt``
+    as in :func:`dp_sgd_estimator`.
     """
     if prox_mu:
         from fedbench.algorithm.fedavg import proximal_term
 
         grad_adjust = proximal_term(prox_mu)
     estimator = dp_sgd_estimator(apply_fn, batch_size=batch_size, clip=clip,
-                                 noise_multiplier=noise_multiplier, buffer=buffer, loss_fn=loss_fn)
+                                 noise_multiplier=noise_multiplier, buffer=buffer, loss_fn=loss_fn,
+                                 noise_salt=noise_salt)
     return make_local_update(apply_fn, lr=lr, local_epochs=local_epochs, batch_size=batch_size,
                              grad_adjust=grad_adjust, estimator=estimator)

@@ -11,8 +11,9 @@ denominator estimator ``f~_f``):
 2. clip each sampled client's model delta to L2 norm ``clip`` (the norm over all parameters);
 3. sum the clipped deltas and add Gaussian noise of standard deviation ``noise_multiplier * clip``
    to every coordinate of the sum;
-4. divide by the *expected* cohort size ``q * num_clients`` (fixed, so one client cannot change
-   the denominator), then hand the result to the server optimiser.
+4. divide by the *expected* number of reporting clients, ``q * num_clients`` times the share
+   whose update arrives (``1 - stragglers.fraction`` when stragglers are dropped; fixed, so one
+   client cannot change the denominator), then hand the result to the server optimiser.
 
 The sensitivity of the sum to adding or removing one client is ``clip``, so the round is a
 sampled Gaussian mechanism with noise multiplier ``noise_multiplier``; accounting lives in
@@ -129,13 +130,16 @@ class ClientDP:
       sampling: ``poisson`` (each client with probability ``rate``) or ``fixed``
         (``clients_per_round`` without replacement).
       rate: sampling probability ``q``.
-      expected_cohort: the fixed denominator (``q * num_clients``; ``clients_per_round``).
+      expected_cohort: the expected cohort (``q * num_clients``; ``clients_per_round``).
       buffer: slots for a Poisson cohort (overflow is counted and reported as an error).
       adaptive: adaptive clipping (Andrew et al. 2021): ``clip`` is only the initial value.
       target_quantile, clip_lr: the quantile gamma the clip tracks and its learning rate eta_C.
       count_stddev: std sigma_b of the noise on the count of unclipped clients.
       delta_noise_multiplier: noise multiplier on the deltas' sum when adaptive; together with
         the count query it composes to ``noise_multiplier`` (Andrew et al. 2021, Thm. 1).
+      report_share: the expected share of sampled clients whose update arrives (below 1 when
+        stragglers are dropped; set by the simulator from its stragglers,
+        :func:`fedbench.stragglers.report_share`). Data independent.
     """
 
     clip: float
@@ -149,6 +153,12 @@ class ClientDP:
     clip_lr: float = 0.2
     count_stddev: float = 0.0
     delta_noise_multiplier: float = 0.0
+    report_share: float = 1.0
+
+    @property
+    def expected_reports(self) -> float:
+        """The fixed denominator: the expected number of clients whose update arrives."""
+        return self.expected_cohort * self.report_share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,14 +181,15 @@ def dp_noisy_mean(
     bound: float | jax.Array,
 ) -> tuple[Params, jax.Array | None]:
     """DP-FedAvg's aggregator: sum the valid clipped deltas, add Gaussian noise, divide by the
-    expected cohort size (McMahan et al. 2018, Algorithm 1, fixed-denominator estimator).
+    expected number of reporting clients ``dp.expected_reports`` (McMahan et al. 2018,
+    Algorithm 1, fixed-denominator estimator; the expected cohort when no straggler is dropped).
 
     ``clipped``: the cohort's deltas already clipped to ``bound`` (the first update transform,
     :func:`fedbench.transforms.clip_by_norm`); ``norms``: their norms before clipping.
     Fixed clipping: noise std ``noise_multiplier * bound``; returns ``(mean, None)``.
     Adaptive clipping (Andrew et al. 2021, Algorithm 1): the sum gets noise std
     ``delta_noise_multiplier * bound``; the share of clients whose delta was within the bound,
-    ``(sum_i (1[||delta_i|| <= bound] - 1/2) + N(0, count_stddev^2)) / expected_cohort + 1/2``
+    ``(sum_i (1[||delta_i|| <= bound] - 1/2) + N(0, count_stddev^2)) / expected_reports + 1/2``
     (centred bits: sensitivity 1/2), moves the bound geometrically towards the
     ``target_quantile`` of the norms: ``bound * exp(-clip_lr * (share - target_quantile))``.
     Returns ``(mean, new_bound)``.
@@ -190,13 +201,13 @@ def dp_noisy_mean(
     # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
     stddev = z * bound if z > 0 else 0.0
     noisy = add_gaussian_noise(total, stddev, delta_key if dp.adaptive else key)
-    mean = jax.tree.map(lambda t: t / dp.expected_cohort, noisy)
+    mean = jax.tree.map(lambda t: t / dp.expected_reports, noisy)
     if not dp.adaptive:
         return mean, None
     # Centred bits (b_i - 1/2): one client moves the sum by at most 1/2 (sensitivity 1/2).
     centred = jnp.sum(jnp.where(valid, jnp.where(norms <= bound, 0.5, -0.5), 0.0))
     centred = centred + dp.count_stddev * jax.random.normal(count_key, ())
-    share = centred / dp.expected_cohort + 0.5
+    share = centred / dp.expected_reports + 0.5
     return mean, bound * jnp.exp(-dp.clip_lr * (share - dp.target_quantile))
 
 

@@ -16,11 +16,27 @@ every evaluation.
   the rounds each client actually took part in and is the worst client's, searched over every
   client (:func:`~fedbench.privacy.accounting.worst_account`: RDP and PLD rank clients
   differently). The default delta's population is every training example of every client.
+  The steps are those each client actually took (a partial straggler runs fewer epochs), counted
+  by the simulator (``ServerState.dp_steps``).
+
+What epsilon covers: the released model parameters only (and under adaptive clipping the clip
+bound, released through its own noisy count). Everything else a run writes that is computed from
+the clients' data is outside the guarantee (:data:`PRIVATE_METRICS`, :data:`PRIVATE_SUMMARY`);
+``privacy.release_metrics=false`` leaves it out of ``metrics.jsonl``, ``summary.json`` and
+tracking (:meth:`PrivacyPlan.released`).
+
+The DP noise is keyed by the seed, the round and a salt, :func:`noise_salt`: a hash of the
+run's whole config, so two runs that differ in any setting draw independent noise and an
+identical config reproduces exactly. ``privacy.shared_noise=true`` drops the salt (noise from
+seed and round only, as before): the noise of runs that differ only in the noise multiplier is
+then one draw scaled, and two such models released together reveal the noiseless update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +57,58 @@ from fedbench.privacy.mechanisms import poisson_buffer_size
 from fedbench.privacy.mechanisms import ClientDP, SampleDP
 
 PRIVACY = ("none", "dp_client", "dp_sample")
+
+#: ``metrics.jsonl`` entries computed from the clients' data outside the DP mechanism, and what
+#: they reveal; ``privacy.release_metrics=false`` leaves them out (also of ``summary.json``'s
+#: ``final`` and of tracking).
+PRIVATE_METRICS = {
+    "train_loss": "the model's loss on every client's training data",
+    "train_accuracy": "the model's accuracy on every client's training data",
+    "client_accuracy_mean": "the clients' own test splits, client by client",
+    "client_accuracy_p10": "the clients' own test splits, client by client",
+    "client_accuracy_p10_skipped": "how many clients have fewer than 10 test examples",
+    "client_cindex_mean": "the clients' own test splits, client by client",
+    "client_cindex_p10": "the clients' own test splits, client by client",
+    "bytes_up": "participations so far: the exact size of every Poisson cohort",
+    "bytes_down": "participations so far: the exact size of every Poisson cohort",
+    "simulated_time": "the sampled clients' numbers of local steps (their training sizes)",
+}
+#: ``summary.json`` blocks computed from the clients' data (``null`` without release_metrics).
+PRIVATE_SUMMARY = {
+    "partition_stats": "every client's training size and label histogram",
+    "sites": "each site's metric on its own test split, and its train and test sizes",
+}
+#: Metrics on the pooled test set (the union of the clients' test splits, never trained on):
+#: kept with ``release_metrics=false``, but not covered by epsilon either.
+TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
+#: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
+#: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
+#: ``eval_every`` (results do not depend on how rounds are cut into blocks), the checkpoint
+#: settings, tracking and sweep bookkeeping, and the two reporting switches below.
+NOISE_SALT_IGNORED = ("seed", "seeds", "eval_every", "sweep_name", "tracking", "hydra",
+                      "resume", "checkpoint_every")  # a resumed run draws the same noise
+NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics")
+
+
+def noise_salt(cfg: Mapping[str, Any]) -> int:
+    """A 32-bit integer from the SHA-256 of the resolved config's canonical JSON.
+
+    Folded into every DP noise key (client-level noise and DP-SGD's per-step noise, never the
+    sampling keys): runs that differ in any setting draw independent noise, an identical config
+    the same. Left out: :data:`NOISE_SALT_IGNORED` and ``privacy.``
+    :data:`NOISE_SALT_IGNORED_PRIVACY`; ``partition.seed`` is taken as the partition seed used
+    (``partition.seed``, else ``seed``), so a ``seeds=S`` job's replica and the single run with
+    its config get the same salt.
+    """
+    config = {k: v for k, v in cfg.items() if k not in NOISE_SALT_IGNORED}
+    partition = dict(cfg.get("partition") or {})
+    if partition.get("seed") is None:
+        partition["seed"] = cfg.get("seed")
+    config["partition"] = partition
+    privacy = cfg.get("privacy") or {}
+    config["privacy"] = {k: v for k, v in privacy.items() if k not in NOISE_SALT_IGNORED_PRIVACY}
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 def _number(cfg: Mapping[str, Any], key: str) -> float | None:
@@ -63,6 +131,10 @@ class PrivacyPlan:
       client_sizes: ``[C]`` training sizes (``dp_sample``).
       steps_per_round: ``[C]`` DP-SGD steps per participation (``dp_sample``).
       rates: ``[C]`` per-client example sampling rates (``dp_sample``).
+      shared_noise: noise keyed by seed and round only (no :func:`noise_salt`): unsafe to
+        release runs that differ only in their noise together.
+      release_metrics: write :data:`PRIVATE_METRICS` and :data:`PRIVATE_SUMMARY` (not covered
+        by epsilon).
     """
 
     name: str
@@ -76,10 +148,42 @@ class PrivacyPlan:
     client_sizes: np.ndarray | None = None
     steps_per_round: np.ndarray | None = None
     rates: np.ndarray | None = None
+    shared_noise: bool = False
+    release_metrics: bool = True
 
     @property
     def noise_multiplier(self) -> float:
         return self.mechanism.noise_multiplier
+
+    def released(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics`` as written and tracked: without :data:`PRIVATE_METRICS` unless
+        ``release_metrics``."""
+        if self.release_metrics:
+            return dict(metrics)
+        return {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
+
+    def disclosure(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """What epsilon covers, for the ``privacy`` block of ``summary``: ``covers``,
+        ``release_metrics``, ``shared_noise`` and ``non_private_outputs``, the outputs in
+        ``summary`` (its ``final`` metrics and blocks) computed from the clients' data that the
+        guarantee does not cover."""
+        unit = "one client" if self.name == "dp_client" else "one training example of one client"
+        final = summary.get("final") or {}
+        outputs = [k for k in final if k in PRIVATE_METRICS or k in TEST_METRICS]
+        outputs += [k for k in PRIVATE_SUMMARY if summary.get(k) is not None]
+        if self.name == "dp_sample":  # the worst client's, from every client's size
+            outputs += ["epsilon", "worst_client_sampling_rate", "worst_client_steps"]
+        return {
+            "covers": (
+                f"the released model parameters only (every round's server model, and under "
+                f"adaptive clipping the clip bound), with respect to adding or removing {unit}; "
+                "not the metrics, statistics or counts computed from the clients' data listed "
+                "in non_private_outputs"
+            ),
+            "release_metrics": self.release_metrics,
+            "shared_noise": self.shared_noise,
+            "non_private_outputs": outputs,
+        }
 
     def _client_level(self, rounds: int):
         dp = self.mechanism
@@ -94,20 +198,24 @@ class PrivacyPlan:
             cohort=self.clients_per_round if self.sampling == "fixed" else None,
         )
 
-    def _sample_level(self, participation: np.ndarray):
+    def _sample_level(self, participation: np.ndarray, steps: np.ndarray | None):
         """The worst client's report over every client that took part (``None``: none did)."""
-        steps = np.asarray(participation) * self.steps_per_round
+        if steps is None:  # every participation a full one
+            steps = np.asarray(participation) * self.steps_per_round
         return worst_account(
             self.mechanism.noise_multiplier, self.rates, steps, self.delta, self.accountant
         )
 
     def report(
-        self, rounds: int, participation: np.ndarray, final_clip: float | None = None
+        self, rounds: int, participation: np.ndarray, final_clip: float | None = None,
+        steps: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """What was spent after ``rounds`` rounds (``participation``: rounds per client).
 
         ``final_clip``: the clipping bound the run ended with under adaptive clipping (the
-        simulator state's ``clip``), reported beside the initial ``clip``.
+        simulator state's ``clip``), reported beside the initial ``clip``. ``steps``
+        (``dp_sample``): the DP-SGD steps each client actually took (``ServerState.dp_steps``;
+        a partial straggler takes fewer); default: ``participation * steps_per_round``.
         """
         base = {
             "mechanism": self.name,
@@ -131,7 +239,7 @@ class PrivacyPlan:
         rep = (
             self._client_level(rounds)
             if self.name == "dp_client"
-            else self._sample_level(participation)
+            else self._sample_level(participation, steps)
         )
         if rep is None:
             return {**base, "epsilon": 0.0}
@@ -219,7 +327,7 @@ def build_privacy(
         ``noise_multiplier``, a target that cannot be reached in ``rounds`` rounds, a
         sampling scheme the accountant does not cover, or ``dp_sample`` with a ``sampling``
         or ``adaptive_clip`` setting it would ignore (it always Poisson-samples examples and
-        clips at a fixed bound).
+        clips at a fixed bound), ``shared_noise`` or ``release_metrics`` not a boolean.
     """
     cfg = cfg or {"name": "none"}
     name = cfg.get("name", "none")
@@ -272,6 +380,13 @@ def build_privacy(
     if not 0 < delta < 1:
         raise ConfigError("privacy.delta", delta, "in (0, 1)")
 
+    switches = {}
+    for key, default in (("shared_noise", False), ("release_metrics", True)):
+        value = cfg.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"privacy.{key}", value, "true or false")
+        switches[key] = value
+
     if name == "dp_client":
         rate = clients_per_round / num_clients
         cohort = clients_per_round if sampling == "fixed" else None
@@ -289,7 +404,7 @@ def build_privacy(
         if adaptive.get("enabled"):
             mech = _adaptive(mech, adaptive)
         return PrivacyPlan(name, mech, delta, accountant, sampling, target, num_clients,
-                           clients_per_round)
+                           clients_per_round, **switches)
 
     rates = np.minimum(1.0, batch_size / sizes)
     steps_per_round = local_epochs * np.ceil(sizes / batch_size).astype(int)
@@ -300,4 +415,4 @@ def build_privacy(
     buffer = max(1, min(buffer, int(sizes.max())))
     mech = SampleDP(clip, noise, buffer)
     return PrivacyPlan(name, mech, delta, accountant, "poisson", target, num_clients,
-                       clients_per_round, sizes, steps_per_round, rates)
+                       clients_per_round, sizes, steps_per_round, rates, **switches)
