@@ -3,11 +3,13 @@
 Bad input ends the run before any training with one line on stderr naming the key, the value and
 what is allowed, and exit status 2: a misspelt key (with the nearest valid one), a value of the
 wrong type or an unknown group option (with the available options) before Hydra composes the
-config (:mod:`fedbench.config_check`), a value out of range when the run checks its settings.
+config (:mod:`fedbench.config_check`), a run directory fedbench cannot write to before Hydra
+writes there, a value out of range when the run checks its settings.
 
-In a sweep (``fedbench -m``) a job never ends the sweep: a finished job is skipped, a failing one
-(bad input included) leaves ``error.json`` in its directory, and after the last job the command
-lists the failures and exits with status 1 (:mod:`fedbench.sweep`).
+In a sweep (``fedbench -m``) a job never ends the sweep: a finished job is skipped, an
+interrupted one continues from its checkpoint, a failing one (bad input included) leaves
+``error.json`` in its directory, and after the last job the command lists the failures and exits
+with status 1 (:mod:`fedbench.sweep`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def _sweep_job(cfg: DictConfig) -> str:
     """One job of a sweep; returns ``skipped``, ``failed`` or the run's status.
 
     The job's directory depends only on its overrides, so a finished run there is this job
-    done before: it is skipped. Any exception is written to ``error.json`` and the sweep goes on.
+    done before: it is skipped; an unfinished one with a checkpoint of the same config continues
+    from it (:mod:`fedbench.checkpoint`). Any exception is written to ``error.json`` and the
+    sweep goes on.
     """
     from fedbench import sweep
 

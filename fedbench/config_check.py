@@ -56,8 +56,13 @@ def check_command_line(
     Command lines that ask Hydra for help or information, or point it at other configs
     (``--config-dir``, ``--config-name``, ``hydra.searchpath``), are left to Hydra.
 
+    The run directory (``hydra.run.dir``; a sweep's ``hydra.sweep.dir``) must be one fedbench
+    can write to, before Hydra writes its logs there
+    (:func:`fedbench.checkpoint.check_writable`).
+
     Raises:
-      ConfigError: (or its :class:`OverrideError`) naming the first bad override.
+      ConfigError: (or its :class:`OverrideError`) naming the first bad override, or an
+        unwritable run directory.
       SystemExit: with status 2 from :mod:`argparse` for options Hydra does not know.
     """
     from hydra._internal.utils import get_args_parser
@@ -66,7 +71,10 @@ def check_command_line(
     if (args.help or args.hydra_help or args.info or args.shell_completion or args.config_path
             or args.config_name or args.config_dir or args.experimental_rerun):
         return
-    check_overrides(args.overrides, conf_dir, config_name=config_name, multirun=args.multirun)
+    cfg = check_overrides(args.overrides, conf_dir, config_name=config_name,
+                          multirun=args.multirun)
+    if cfg is not None:
+        _check_output_dir(cfg, args.multirun)
 
 
 def check_overrides(
@@ -83,6 +91,10 @@ def check_overrides(
       config_name: the primary config.
       multirun: whether the overrides are those of a sweep (``-m``); without it a sweep
         override (``seed=0,1``) is an error.
+
+    Returns:
+      The composed config with Hydra's settings (each sweep at its first value), or ``None``
+      where the overrides name other config sources (left to Hydra).
 
     Raises:
       ConfigError: (or its :class:`OverrideError`) naming the first bad override.
@@ -140,12 +152,26 @@ def check_overrides(
             first_choice.get(id(o)) or _first(o) for o in parsed if not o.is_interval_sweep()
         ]
         try:
-            compose(config_name, overrides=everything, return_hydra_config=True)
+            return compose(config_name, overrides=everything, return_hydra_config=True)
         except Exception as err:  # noqa: BLE001
             raise _one_line(err, everything) from None
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """The run (or sweep) directory Hydra is about to write to must be writable."""
+    from fedbench.checkpoint import check_writable
+
+    mode = str(OmegaConf.select(cfg, "hydra.mode", default=None) or "")
+    key = "hydra.sweep.dir" if multirun or mode.endswith("MULTIRUN") else "hydra.run.dir"
+    try:
+        path = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - interpolations only Hydra's run can resolve: its checks
+        return
+    if path:
+        check_writable(path, key)
 
 
 def _parse(line: str):

@@ -1,7 +1,10 @@
 """Evaluation of the model(s) a run has trained: one code path for every algorithm.
 
-Which model scores a client is asked once (:meth:`Evaluation.per_client_models`): the global
-model, or each client's own (``params`` with a leading ``[num_clients]`` axis, e.g. ``local``).
+Which model scores a client is asked once (:meth:`Evaluation.per_client_models`,
+:meth:`Evaluation.evaluated_params`): the global model, or each client's own (params with a
+leading ``[num_clients]`` axis): ``local``'s own models, an algorithm's ``client_models(params,
+server_state, store entries)`` (Ditto's personal models, FedPer's global body with each client's
+head), or the global model fine-tuned for ``finetune_steps`` local steps at each client.
 Metrics: ``train_*`` over every client's training data (example-weighted), ``test_*`` on the
 pooled test set, ``client_*`` on each client's own test split; survival data report Harrell's
 C-index. :meth:`Evaluation.site_results` answers Pati et al. 2022's (FeTS) question per site.
@@ -17,8 +20,8 @@ import numpy as np
 import optax
 
 from fedbench.dataset.federated import FederatedData
-from fedbench.local import map_over_clients
-from fedbench.task import concordance_index, cox_terms
+from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
+from fedbench.task import batch_loss_fn, concordance_index, cox_terms
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -32,8 +35,40 @@ class Evaluation:
 
     @property
     def per_client_models(self) -> bool:
-        """True when ``state.params`` holds one model per client (leading client axis)."""
-        return self.algorithm.personal
+        """True when each client is scored with its own model (:meth:`evaluated_params` has a
+        leading client axis)."""
+        alg = self.algorithm
+        return alg.personal or alg.client_models is not None or alg.finetune_steps > 0
+
+    def evaluated_params(self, state):
+        """The model(s) evaluation scores: ``state.params`` (the global model, or for
+        ``local`` its per-client stack), the algorithm's ``client_models`` stack, or the
+        global model after ``finetune_steps`` local SGD steps at every client (client lr and
+        batch size, key ``fold_in(fold_in(run_key, round), 0xF17E)``)."""
+        alg = self.algorithm
+        if alg.client_models is None and alg.finetune_steps == 0:
+            return state.params
+        if not hasattr(self, "_client_models"):
+            self._client_models = jax.jit(self._client_models_impl)
+        store = None if state.store is None else state.store["algorithm"]
+        return self._client_models(state.params, state.server, store, state.key, state.round)
+
+    def _client_models_impl(self, params, server, entries, key, round_):
+        alg = self.algorithm
+        if alg.client_models is not None:
+            return alg.client_models(params, server, entries)
+        data, steps = self.data, alg.finetune_steps
+        smallest = int(np.min(np.asarray(data.train_counts)))
+        batch = self.settings.batch_size
+        update = make_local_update(
+            self.apply_fn, lr=self.settings.lr, batch_size=batch, local_steps=steps,
+            local_epochs=epochs_for_steps(steps, smallest, batch), loss_fn=batch_loss_fn(data.task),
+        )
+        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, round_), 0xF17E),
+                                data.num_clients)
+        deltas, _ = map_over_clients(update, "map", (None, 0, 0, 0, 0))(
+            params, data.train_x, data.train_y, data.train_counts, keys)
+        return jax.tree.map(lambda p, d: p + d, params, deltas)
 
     def _sums(self, params, x, y, count):
         """Sum of losses and of correct predictions over the first ``count`` rows, chunked."""
@@ -155,8 +190,8 @@ class Evaluation:
         }
 
     def _site_outputs_impl(self, params, data: FederatedData):
-        """Outputs of the model(s) on every site's test split and on the pooled test set; for
-        ``local`` a leading axis over the site models."""
+        """Outputs of the model(s) on every site's test split and on the pooled test set; with
+        per-client models (``local``, Ditto, FedPer, finetune) a leading axis over them."""
         def one(p):
             per_site = jax.lax.map(lambda x: self._outputs(p, x), data.test_x)
             return per_site, self._outputs(p, data.pooled_test_x)
@@ -186,15 +221,16 @@ class Evaluation:
         at least as good on each institution's data as that institution's own model?
 
         Returns ``metric`` (``accuracy`` or ``cindex``), ``test_sizes``, ``own`` (for each site,
-        the metric on its own test split of the model that site uses: the global model, or for
-        ``local`` its own model) and ``pooled`` (the pooled test set; for ``local`` the mean over
-        site models). For ``local`` also ``matrix[k][j]``: site ``k``'s model on site ``j``'s
-        test split, and ``pooled_by_model``. Binary classification adds ``auc``: the same
+        the metric on its own test split of the model that site uses: the global model, or its
+        own (``local``, Ditto, FedPer, finetune)) and ``pooled`` (the pooled test set; with
+        per-client models the mean over them). With per-client models also ``matrix[k][j]``:
+        site ``k``'s model on site ``j``'s test split, and ``pooled_by_model``. Binary classification adds ``auc``: the same
         entries with ROC AUC in place of accuracy.
         """
         if not hasattr(self, "_site_outputs"):
             self._site_outputs = jax.jit(self._site_outputs_impl)
-        per_site, pooled = jax.device_get(self._site_outputs(state.params, self.data))
+        per_site, pooled = jax.device_get(self._site_outputs(self.evaluated_params(state),
+                                                             self.data))
         per_site, pooled = np.asarray(per_site), np.asarray(pooled)
         counts = np.asarray(self.data.test_counts)
         test_y, pooled_y = np.asarray(self.data.test_y), np.asarray(self.data.pooled_test_y)
@@ -225,7 +261,8 @@ class Evaluation:
     def evaluate(self, state, min_client_test: int = 1) -> dict[str, Any]:
         """Metrics of the current model(s).
 
-        ``test_*`` are on the pooled test set (for ``local``: the mean over client models);
+        ``test_*`` are on the pooled test set (with per-client models, :meth:`evaluated_params`:
+        the mean over them);
         ``train_*`` over all clients' training data, weighted by example counts;
         ``client_accuracy_mean`` / ``client_accuracy_p10``: mean over clients with a non-empty
         test split, and 10th percentile over clients with at least ``min_client_test`` test
@@ -233,7 +270,7 @@ class Evaluation:
         clients with a test split left out of the percentile. Survival data report
         ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
         """
-        raw = jax.device_get(self._evaluate(state.params, self.data))
+        raw = jax.device_get(self._evaluate(self.evaluated_params(state), self.data))
         extra = {}
         if state.clip is not None:
             extra["clip"] = float(state.clip)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedbench.compression.traffic import add_bits
 from fedbench.local import map_over_clients
 from fedbench.store import gather, scatter
 from fedbench.stragglers import straggler_plan
@@ -31,8 +32,11 @@ def federated_round(sim, state, data):
     counts = data.train_counts[ids]
     keys = jax.random.split(clients_key, ids.shape[0])
     epochs, keep = straggler_plan(
-        sim.straggler_key(state), ids.shape[0], sim.local_epochs, sim.stragglers
+        sim.straggler_key(state), ids.shape[0], sim.local_epochs, sim.stragglers,
+        independent=sim.independent_stragglers,
     )
+    # Every sampled client downloads the model, dropped stragglers too (padding does not).
+    downloads = state.downloads.at[ids].add(valid.astype(jnp.int32))
     valid = valid & keep
     entries = gather(state.store, ids, like=sim.store_template)
     context = (alg.client_context(state.server, entries["algorithm"])
@@ -46,11 +50,20 @@ def federated_round(sim, state, data):
         state.params, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
         entries["transforms"], round_info,
     )
-    uploads, new_entries = alg.client_finish(deltas, stats, entries["algorithm"], state.server,
-                                             valid, sim.settings.lr)
+    own = entries["algorithm"]
+    if alg.personal_pass is not None:  # a second local pass that never leaves the site (Ditto)
+        own = sim.personal_update(state.params, data.train_x[ids], data.train_y[ids], counts,
+                                  keys, epochs, context, own)
+    uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid,
+                                             sim.settings.lr)
     uploads = {**uploads, "delta": sent}
     overflow = state.overflow + overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
     participation = state.participation.at[ids].add(valid.astype(jnp.int32))
+    # DP-SGD's accountant counts the steps each client actually took (partial stragglers).
+    dp_steps = (None if state.dp_steps is None
+                else state.dp_steps.at[ids].add(jnp.where(valid, stats.num_steps, 0)))
+    # Compressed uploads: the exact encoded bits of every message that counted.
+    bits_up = None if state.bits_up is None else add_bits(state.bits_up, infos["bits"], valid)
     weights = jnp.where(valid, counts, 0)
     aggregates, clip = sim.aggregate(state, uploads, weights, stats, valid, infos)
     clock = state.clock + jnp.max(jnp.where(valid, sim.durations(ids, counts, epochs), 0.0))
@@ -62,4 +75,6 @@ def federated_round(sim, state, data):
     return state.replace(
         params=params, opt_state=opt_state, round=state.round + 1, overflow=overflow,
         participation=participation, store=store, server=server, clock=clock, clip=clip,
+        dp_steps=dp_steps,
+        downloads=downloads, bits_up=bits_up,
     )

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.algorithm import build_algorithm, check_client_dp
+from fedbench.checkpoint import RunCheckpoints
+from fedbench.compression import build_compression, total_bits
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
@@ -177,10 +179,13 @@ def _print_progress(metrics: dict[str, Any], rounds: int, rate: float | None) ->
     speed = f"{rate:8.1f} rounds/s" if rate else "   (compiling)"
     eps = f" | epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else ""
     name, short = ("cindex", "C-index") if "test_cindex" in metrics else ("accuracy", "acc")
+    # Without privacy.release_metrics the training loss and client metrics are not shown.
+    train = f" | train loss {metrics['train_loss']:.4f}" if "train_loss" in metrics else ""
+    p10 = metrics.get(f"client_{name}_p10")
+    client = f" | client {short} p10 {p10:.4f}" if p10 is not None else ""
     print(
-        f"round {metrics['round']:>5}/{rounds} | test {short} {metrics['test_' + name]:.4f} | "
-        f"train loss {metrics['train_loss']:.4f} | client {short} p10 "
-        f"{metrics['client_' + name + '_p10']:.4f}{eps} | {speed}",
+        f"round {metrics['round']:>5}/{rounds} | test {short} {metrics['test_' + name]:.4f}"
+        f"{train}{client}{eps} | {speed}",
         flush=True,
     )
 
@@ -223,6 +228,7 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     settings = validate(cfg)
+    checkpoints = RunCheckpoints(out_dir, cfg)  # checkpoint settings; out_dir writable
     algorithm = build_algorithm(
         {**cfg["algorithm"], "site_speed": cfg.get("site_speed", 0.0)}, cfg["clients_per_round"]
     )
@@ -232,6 +238,8 @@ def run_experiment(
         )
     if (cfg.get("privacy") or {}).get("name") == "dp_client":
         check_client_dp(algorithm)  # every release privatised, or refused before any work
+    compressor = build_compression(cfg.get("compression"), (cfg.get("privacy") or {}).get("name"),
+                                   algorithm.kind)  # uplink compression (after DP clipping)
     raw = load_dataset(cfg["dataset"])
     data, partition_stats = build_federated(
         raw,
@@ -243,7 +251,7 @@ def run_experiment(
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
     _check_task_and_schedule(cfg, settings, algorithm, data.task)
-    from fedbench.privacy.plan import build_privacy  # imports dp-accounting only when needed
+    from fedbench.privacy.plan import build_privacy, noise_salt  # dp-accounting only when needed
 
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
         print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
@@ -262,7 +270,13 @@ def run_experiment(
         privacy=privacy.mechanism if privacy else None,
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
         store_dtype=_store_dtype(cfg),
+        transforms=(compressor.transform(),) if compressor is not None else (),
+        # DP noise keyed by the whole config too: runs that differ in any setting draw
+        # independent noise (privacy.shared_noise=true: seed and round only).
+        noise_salt=noise_salt(cfg) if privacy and not privacy.shared_noise else None,
     )
+    if privacy is not None and not privacy.release_metrics:
+        partition_stats = {}  # client sizes and label histograms: not covered by epsilon
 
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
     model_bytes = sum(
@@ -274,19 +288,28 @@ def run_experiment(
         if not _finite(state):
             metrics = _without_model_metrics(metrics)
         if algorithm.kind in ("federated", "async"):
-            # Exact model traffic so far: every participation downloads the server model and
-            # uploads one update (uncompressed float32).
-            exchanged = int(np.asarray(state.participation).sum()) * model_bytes
-            metrics["bytes_up"] = exchanged
-            metrics["bytes_down"] = exchanged
+            # Exact model traffic so far (uncompressed float32): every update that arrived was
+            # uploaded; every client that started downloaded the server model, including
+            # dropped stragglers and FedBuff clients still in flight.
+            metrics["bytes_up"] = int(np.asarray(state.participation).sum()) * model_bytes
+            if state.bits_up is not None:
+                # Compressed deltas (fedbench.compression): their exact encoded bits, in whole
+                # bytes; any other release (SCAFFOLD's control variates) dense float32.
+                others = model_bytes // len(algorithm.releases) * (len(algorithm.releases) - 1)
+                metrics["bytes_up"] = (-(-total_bits(state.bits_up) // 8)
+                                       + int(np.asarray(state.participation).sum()) * others)
+            metrics["bytes_down"] = int(np.asarray(state.downloads).sum()) * model_bytes
         if privacy is not None:
             if int(state.overflow):
                 raise BufferOverflowError(
                     f"{int(state.overflow)} Poisson-sampled cohorts/batches exceeded their "
                     "buffer; the run is stopped instead of dropping sampled units"
                 )
-            spent = privacy.report(int(state.round), np.asarray(state.participation))
+            spent = privacy.report(int(state.round), np.asarray(state.participation),
+                                   steps=_dp_steps(state))
             metrics["epsilon"] = spent["epsilon"]
+            # privacy.release_metrics=false: only what epsilon covers and the pooled test set.
+            metrics = privacy.released(metrics)
         return metrics
 
     num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
@@ -294,7 +317,7 @@ def run_experiment(
         if cfg.get("site_speed", 0.0):
             raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
         return _run_replicas(cfg, out_dir, sim, evaluate, partition_stats, privacy, progress,
-                             tracker, num_seeds)
+                             tracker, num_seeds, checkpoints)
 
     tracker = tracker if tracker is not None else build_tracker(cfg.get("tracking"), out_dir)
     tracker.start(cfg, partition_stats)
@@ -302,37 +325,57 @@ def run_experiment(
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     compile_before, _ = CompileCounter.snapshot()
     state = sim.init()
-    history = [evaluate(state)]
-    tracker.log(history[-1], int(state.round))
+    restored = checkpoints.restore(state)  # None: start afresh
+    if restored is None:
+        status, run_wall, compile_earlier = "completed", 0.0, 0.0
+        history = [evaluate(state)]
+    else:  # the history so far; metrics.jsonl loses any rows written after the checkpoint
+        state, host = restored
+        history, status = host["history"], host["status"]
+        run_wall, compile_earlier = host["run_seconds"], host["compile_seconds"]
+        write_jsonl(out_dir / "metrics.jsonl", history)
+    for row in history:
+        tracker.log(row, row["round"])
     if progress:
+        if restored is not None:
+            print(f"fedbench: resuming from round {int(state.round)} ({checkpoints.directory})",
+                  flush=True)
         progress(history[-1], rounds, None)
-    run_wall = 0.0  # wall time inside the round loop, compilation excluded
-    status = "completed"
-    while int(state.round) < rounds:
-        block = min(eval_every, rounds - int(state.round))
+    # run_wall: wall time inside the round loop, compilation excluded
+    while int(state.round) < rounds and status == "completed":
+        block = checkpoints.next_stop(int(state.round), rounds, eval_every) - int(state.round)
         compiled_before, _ = CompileCounter.snapshot()
         start = time.perf_counter()
         state = jax.block_until_ready(sim.run(state, block))
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
-        history.append(evaluate(state))
-        tracker.log(history[-1], int(state.round))
-        write_jsonl(out_dir / "metrics.jsonl", history)
-        if progress:
-            progress(history[-1], rounds, int(state.round) / run_wall if run_wall > 0 else None)
-        if not (_finite(state) and math.isfinite(history[-1]["train_loss"])):
-            status = "diverged"
+        done = int(state.round)
+        evaluated = done % eval_every == 0 or done == rounds
+        if evaluated:
+            history.append(evaluate(state))
+            tracker.log(history[-1], done)
+            write_jsonl(out_dir / "metrics.jsonl", history)
+            if not (_finite(state) and _loss_finite(history[-1])):
+                status = "diverged"
+        if checkpoints.due(done, rounds, evaluated, finished=status != "completed"):
+            checkpoints.save(done, state, {
+                "history": history, "status": status, "run_seconds": run_wall,
+                "compile_seconds": compile_earlier + CompileCounter.snapshot()[0] - compile_before,
+            })
+        if evaluated and progress:
+            progress(history[-1], rounds, done / run_wall if run_wall > 0 else None)
+        if status == "diverged":
             print(
-                f"fedbench: training diverged by round {int(state.round)} (parameters or training "
+                f"fedbench: training diverged by round {done} (parameters or training "
                 "loss not finite); stopping. Lower lr (or algorithm.server_lr), or for DP raise "
                 "the number of clients per round or privacy.target_epsilon.",
                 file=sys.stderr,
                 flush=True,
             )
-            break
+    checkpoints.close()
     write_jsonl(out_dir / "metrics.jsonl", history)
     # Tracing, lowering and XLA compilation of the round loop and of evaluation.
-    compile_seconds = CompileCounter.snapshot()[0] - compile_before
+    compile_seconds = compile_earlier + CompileCounter.snapshot()[0] - compile_before
     run_seconds = max(run_wall, 1e-9)
     timing = {
         "compile_seconds": compile_seconds,
@@ -361,26 +404,48 @@ def _replica_tracker(tracker: Tracker | None, cfg: Mapping[str, Any], out_dir: P
 
 def _run_summary(status, final, config, timing, partition_stats, sim: Simulator, state,
                  privacy) -> dict[str, Any]:
-    """The contents of a run's ``summary.json``."""
-    return {
+    """The contents of a run's ``summary.json``.
+
+    Under ``privacy.release_metrics=false`` ``final`` is already without the private metrics
+    and ``partition_stats`` and ``sites`` are ``null``; the ``privacy`` block says what epsilon
+    covers and lists the outputs it does not (:meth:`fedbench.privacy.plan.PrivacyPlan.disclosure`).
+    """
+    released = privacy is None or privacy.release_metrics
+    summary = {
         "status": status,
         "final": final,
         "config": config,
         "timing": timing,
-        "partition_stats": partition_stats,
-        "sites": sim.site_results(state) if status == "completed" else None,
+        "partition_stats": partition_stats if released else None,
+        "sites": sim.site_results(state) if status == "completed" and released else None,
         "privacy": (privacy.report(int(state.round), np.asarray(state.participation),
-                                   None if state.clip is None else float(state.clip))
+                                   None if state.clip is None else float(state.clip),
+                                   steps=_dp_steps(state))
                     if privacy is not None else None),
         "client_axis": sim.client_axis,
         "versions": package_versions(),
         "device": device_info(),
         "python": sys.version.split()[0],
     }
+    if privacy is not None:
+        summary["privacy"].update(privacy.disclosure(summary))
+    return summary
 
 
 def _finite(state) -> bool:
     return all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
+
+
+def _loss_finite(metrics: Mapping[str, Any]) -> bool:
+    """The training loss is finite (the pooled test loss where privacy.release_metrics=false
+    leaves the training loss out)."""
+    loss = metrics.get("train_loss", metrics.get("test_loss", 0.0))
+    return loss is not None and math.isfinite(loss)
+
+
+def _dp_steps(state) -> np.ndarray | None:
+    """DP-SGD steps each client took (``dp_sample``), for the accountant; else ``None``."""
+    return None if state.dp_steps is None else np.asarray(state.dp_steps)
 
 
 def _without_model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +454,8 @@ def _without_model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats, privacy,
-                  progress, tracker, num_seeds: int) -> dict[str, Any]:
+                  progress, tracker, num_seeds: int,
+                  checkpoints: RunCheckpoints) -> dict[str, Any]:
     """``seeds`` independent runs (seeds ``seed .. seed + seeds - 1``) as one compiled program.
 
     The replicas share the data, partition and sites (partition seed: ``partition.seed``, else
@@ -397,6 +463,7 @@ def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats,
     replica ``s`` is bit-for-bit the single run with ``seed=s`` and that ``partition.seed``
     (tested). Each writes its own run directory ``<out_dir>/seed=<s>/`` (metrics.jsonl,
     summary.json with its own config); ``<out_dir>/summary.json`` lists them (``replicas``).
+    The job's checkpoints (``<out_dir>/checkpoints``) hold the stacked states.
     """
     base = cfg["seed"]
     seeds = [base + i for i in range(num_seeds)]
@@ -411,37 +478,56 @@ def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats,
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     compile_before, _ = CompileCounter.snapshot()
     states = sim.init_replicas(seeds)
-    histories = [[evaluate(sim.replica(states, i))] for i in range(num_seeds)]
-    statuses = ["completed"] * num_seeds
+    restored = checkpoints.restore(states)  # None: start afresh
+    if restored is None:
+        histories = [[evaluate(sim.replica(states, i))] for i in range(num_seeds)]
+        statuses = ["completed"] * num_seeds
+        run_wall, done, compile_earlier = 0.0, 0, 0.0
+    else:
+        states, host = restored
+        histories, statuses = host["histories"], host["statuses"]
+        run_wall, done = host["run_seconds"], host["round"]
+        compile_earlier = host["compile_seconds"]
+        for d, h in zip(dirs, histories):
+            write_jsonl(d / "metrics.jsonl", h)  # without rows written after the checkpoint
+        if progress:
+            print(f"fedbench: resuming from round {done} ({checkpoints.directory})", flush=True)
     for t, h in zip(trackers, histories):
-        t.log(h[-1], 0)
-    run_wall, done = 0.0, 0
+        for row in h:
+            t.log(row, row["round"])
     while done < rounds and "completed" in statuses:
-        block = min(eval_every, rounds - done)
+        block = checkpoints.next_stop(done, rounds, eval_every) - done
         compiled_before, _ = CompileCounter.snapshot()
         start = time.perf_counter()
         states = jax.block_until_ready(sim.run_replicas(states, block))
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
         done += block
-        for i in range(num_seeds):
+        evaluated = done % eval_every == 0 or done == rounds
+        for i in range(num_seeds if evaluated else 0):
             if statuses[i] != "completed":
                 continue  # a diverged replica keeps its last finite record
             state = sim.replica(states, i)
             histories[i].append(evaluate(state))
             trackers[i].log(histories[i][-1], done)
             write_jsonl(dirs[i] / "metrics.jsonl", histories[i])
-            if not (_finite(state) and math.isfinite(histories[i][-1]["train_loss"])):
+            if not (_finite(state) and _loss_finite(histories[i][-1])):
                 statuses[i] = "diverged"
                 print(f"fedbench: seed {seeds[i]} diverged by round {done}", file=sys.stderr, flush=True)
-        if progress:
+        if checkpoints.due(done, rounds, evaluated, finished="completed" not in statuses):
+            checkpoints.save(done, states, {
+                "histories": histories, "statuses": statuses, "run_seconds": run_wall,
+                "compile_seconds": compile_earlier + CompileCounter.snapshot()[0] - compile_before,
+            })
+        if progress and evaluated:
             key = "test_cindex" if "test_cindex" in histories[0][-1] else "test_accuracy"
             values = [h[-1][key] for h in histories]
             print(f"round {done:>5}/{rounds} | {key} over {num_seeds} seeds: mean "
                   f"{np.mean(values):.4f}, min {np.min(values):.4f}, max {np.max(values):.4f} | "
                   f"{done * num_seeds / run_wall if run_wall > 0 else float('nan'):8.1f} "
                   "rounds/s (all seeds)", flush=True)
-    compile_seconds = CompileCounter.snapshot()[0] - compile_before
+    checkpoints.close()
+    compile_seconds = compile_earlier + CompileCounter.snapshot()[0] - compile_before
     run_seconds = max(run_wall, 1e-9)
     timing = {
         "compile_seconds": compile_seconds,

@@ -41,6 +41,7 @@ from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
 from fedbench.algorithm.fednova import fednova_mean
+from fedbench.compression.traffic import zero_bits
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
@@ -62,7 +63,7 @@ from fedbench.privacy.mechanisms import (
 )
 from fedbench.round import federated_round
 from fedbench.store import init_store
-from fedbench.stragglers import Stragglers, straggler_plan
+from fedbench.stragglers import Stragglers, report_share, straggler_plan
 from fedbench.task import batch_loss_fn
 from fedbench.transforms import UpdateTransform, chain, clip_by_norm, identity
 
@@ -133,6 +134,9 @@ class ServerState:
     clock: Any = None  # simulated wall-clock time (units: one local step of a speed-1 site)
     inflight: Any = None  # FedBuff: the clients training right now (fedbench.algorithm.fedbuff)
     clip: Any = None  # DP-FedAvg's current clipping bound under adaptive clipping
+    downloads: Any = None  # [num_clients] int32: server-model downloads (every client started)
+    bits_up: Any = None  # bits the clients' compressed uploads took (fedbench.compression.traffic)
+    dp_steps: Any = None  # [num_clients] int32 under DP-SGD: steps taken in updates that arrived
 
     @property
     def controls(self):
@@ -163,6 +167,11 @@ class Simulator(Evaluation):
 
     ``trace_count`` counts how often the round program was traced (a new trace means a new
     compilation); tests assert it stays at one across blocks of different lengths.
+
+    ``noise_salt``: a 32-bit integer folded into every DP noise key, client-level and DP-SGD's
+    (never into sampling, minibatch or straggler keys); ``fedbench.run`` passes the hash of the
+    run's config (:func:`fedbench.privacy.plan.noise_salt`) unless ``privacy.shared_noise``.
+    ``None``: the noise depends on the seed and the round only.
     """
 
     def __init__(
@@ -176,11 +185,24 @@ class Simulator(Evaluation):
         stragglers: Stragglers | None = None,
         transforms: tuple[UpdateTransform, ...] = (),
         store_dtype: Any = None,
+        noise_salt: int | None = None,
     ):
+        # Under client-level DP a Poisson cohort's stragglers are drawn independently, and the
+        # noisy sum is divided by the expected number of updates that arrive (fedbench.stragglers).
+        self.independent_stragglers = (isinstance(privacy, ClientDP)
+                                       and privacy.sampling == "poisson")
         if isinstance(privacy, ClientDP):
             check_client_dp(algorithm)
+            share = report_share(stragglers, settings.clients_per_round,
+                                 self.independent_stragglers)
+            if share <= 0:
+                raise ConfigError("stragglers.fraction", stragglers.fraction,
+                                  "below 1 with privacy=dp_client and policy drop (no update "
+                                  "would arrive)")
+            privacy = dataclasses.replace(privacy, report_share=share)
         self.privacy = privacy
         self.stragglers = stragglers
+        self.noise_salt = noise_salt
         self.model = model
         self.algorithm = algorithm
         self.data = data
@@ -206,7 +228,7 @@ class Simulator(Evaluation):
             estimator = dp_sgd_estimator(
                 apply_fn, batch_size=batch, clip=privacy.clip,
                 noise_multiplier=privacy.noise_multiplier, buffer=privacy.buffer,
-                loss_fn=batch_loss_fn(data.task),
+                loss_fn=batch_loss_fn(data.task), noise_salt=noise_salt,
             )
         self.local_update = make_local_update(
             apply_fn,
@@ -219,9 +241,18 @@ class Simulator(Evaluation):
             grad_adjust=algorithm.grad_adjust,
             estimator=estimator,
         )
+        # A second local pass whose model never leaves the site (Ditto's v_k): same schedule,
+        # plain minibatch gradients, the algorithm's personal objective (personal_update).
+        self.personal_local_update = None if algorithm.personal_pass is None else make_local_update(
+            apply_fn, lr=settings.lr, local_epochs=order_epochs, batch_size=batch,
+            unroll=settings.unroll, loss_fn=batch_loss_fn(data.task),
+            local_steps=settings.local_steps, grad_adjust=algorithm.personal_pass.grad_adjust,
+        )
         # What leaves a site: DP-FedAvg's clipping first, then any other transform.
         clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
+        # Transforms that report each message's encoded size (compressors): the state counts them.
+        self.counts_bits = algorithm.kind == "federated" and self._reports_bits()
         if algorithm.kind == "centralized":
             pooled_x, pooled_y = data.pooled_train()
             self.pooled_x, self.pooled_y = jnp.asarray(pooled_x), jnp.asarray(pooled_y)
@@ -238,11 +269,34 @@ class Simulator(Evaluation):
 
     # -- the pieces of a round ----------------------------------------------------------------
     def client_update(self, params, x, y, count, key, epochs, context, transform_state, info):
-        """One client: local training, then its delta through the update transforms.
-        Returns ``(delta, sent, stats, transform_state, transform_info)``."""
-        delta, stats = self.local_update(params, x, y, count, key, epochs, context)
-        sent, transform_state, out = self.transform.update(delta, transform_state, info)
+        """One client: local training, then its delta through the update transforms (which see
+        ``info`` plus the client's own ``"key"``, e.g. for random compression).
+        Returns ``(delta, sent, stats, transform_state, transform_info)``. Training starts at
+        the algorithm's ``client_start`` (FedPer: its own head) and only its ``shared`` part of
+        the delta enters the transforms (FedPer: the body)."""
+        alg = self.algorithm
+        start = params if alg.client_start is None else alg.client_start(params, context)
+        delta, stats = self.local_update(start, x, y, count, key, epochs, context)
+        info = {**info, "key": jax.random.fold_in(key, 0xC0DEC)}  # the client's own randomness
+        shared = delta if alg.shared is None else alg.shared(delta)
+        sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
+
+    def personal_update(self, params, x, y, counts, keys, epochs, context, entries):
+        """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's
+        ``v_k``): each client trains from ``start(params, context)`` on its own data with its
+        own minibatch order (``fold_in(key, 0xD1770)``); nothing of it is sent."""
+        personal = self.algorithm.personal_pass
+
+        def one(x, y, count, key, epochs, context):
+            start = personal.start(params, context)
+            delta, _ = self.personal_local_update(start, x, y, count,
+                                                  jax.random.fold_in(key, 0xD1770), epochs, params)
+            return delta
+
+        deltas = map_over_clients(one, self.client_axis, (0,) * 6)(x, y, counts, keys, epochs,
+                                                                  context)
+        return personal.keep(entries, deltas)
 
     def sample_cohort(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
@@ -280,6 +334,17 @@ class Simulator(Evaluation):
         alg = self.algorithm.client_state
         return {"algorithm": alg(params) if alg is not None else None,
                 "transforms": self.transform.init(params)}
+
+    def _reports_bits(self) -> bool:
+        """Whether the update transforms' info has ``"bits"`` (traced on shapes only)."""
+        shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self.data.train_x[0, :1])
+        info = {"clip": jnp.float32(1.0)} if isinstance(self.privacy, ClientDP) else {}
+        info["key"] = jax.random.PRNGKey(0)
+        shared = getattr(self.algorithm, "shared", None)  # what enters the transforms
+        delta = shapes["params"] if shared is None else shared(shapes["params"])
+        out = jax.eval_shape(lambda d, s: self.transform.update(d, s, info)[2],
+                             delta, self.store_template["transforms"])
+        return "bits" in out
 
     # -- state -------------------------------------------------------------------------------
     def init(self, seed: int | None = None) -> ServerState:
@@ -323,10 +388,17 @@ class Simulator(Evaluation):
             clock=jnp.zeros((), jnp.float32) if self.algorithm.kind in ("federated", "async")
             else None,
         )
+        state = state.replace(downloads=jnp.zeros((self.data.num_clients,), jnp.int32))
+        if self.counts_bits:
+            state = state.replace(bits_up=zero_bits())
         if self.algorithm.kind == "async":
-            state = state.replace(inflight=self.start_inflight(state))
+            flight = self.start_inflight(state)
+            state = state.replace(inflight=flight,
+                                  downloads=state.downloads.at[flight["ids"]].add(1))
         if isinstance(self.privacy, ClientDP) and self.privacy.adaptive:
             state = state.replace(clip=jnp.asarray(self.privacy.clip, jnp.float32))
+        if isinstance(self.privacy, SampleDP):
+            state = state.replace(dp_steps=jnp.zeros((self.data.num_clients,), jnp.int32))
         return state
 
     # -- rounds ------------------------------------------------------------------------------
@@ -342,8 +414,11 @@ class Simulator(Evaluation):
         return tuple(jax.random.split(key))
 
     def noise_key(self, state: ServerState) -> jax.Array:
-        """The key of the round's DP noise, independent of sampling and client keys."""
-        return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
+        """The key of the round's client-level DP noise, independent of sampling and client
+        keys: ``fold_in(fold_in(run_key, r), 0x5EED)`` with the simulator's ``noise_salt``
+        folded in (:func:`fedbench.privacy.plan.noise_salt`; ``None``: seed and round only)."""
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
+        return key if self.noise_salt is None else jax.random.fold_in(key, self.noise_salt)
 
     def durations(self, ids: jax.Array, counts: jax.Array, epochs) -> jax.Array:
         """Simulated time a client needs: its local steps times its site's seconds per step."""

@@ -94,9 +94,11 @@ def test_compact_store_dtype(uneven_data):
 # What each privacy mode allows, from the algorithms' papers and DP-FedAvg's analysis:
 # client-level DP privatises one clipped delta per client in a synchronous round; SCAFFOLD also
 # releases control deltas, FedNova rescales clipped deltas by data-dependent step ratios, FedDyn
-# keeps a server state of raw deltas; FedBuff and the baselines have no synchronous release.
+# keeps a server state of raw deltas; FedPer stores heads relative to the global head the noise
+# would perturb (Ditto and finetune release only FedAvg's delta); FedBuff and the baselines have
+# no synchronous release.
 REFUSED = {
-    "dp_client": {"scaffold", "fednova", "feddyn", "fedbuff", "centralized", "local"},
+    "dp_client": {"scaffold", "fednova", "feddyn", "fedper", "fedbuff", "centralized", "local"},
     "dp_sample": {"fedbuff", "centralized", "local"},
     "none": set(),
 }

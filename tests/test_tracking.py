@@ -112,7 +112,8 @@ def test_disabled_default_writes_and_imports_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` would now fail
     monkeypatch.delenv("WANDB_DIR", raising=False)
-    cfg = compose(TINY[:1] + ["rounds=1"] + TINY[1:])
+    # checkpoint_every=0: no checkpoints/ either (they are the run's, not the tracker's files).
+    cfg = compose(TINY[:1] + ["rounds=1", "checkpoint_every=0"] + TINY[1:])
     assert cfg["tracking"] == {"name": "disabled"}
     run_experiment(cfg, tmp_path / "run", progress=None)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["metrics.jsonl", "run", "summary.json"]

@@ -16,6 +16,8 @@ References:
   FedNova: J. Wang et al., NeurIPS 2020, Eq. 6-7.
   FedDyn: D. A. E. Acar et al., ICLR 2021, Algorithm 1.
   FedBuff: J. Nguyen et al., AISTATS 2022, Algorithm 1.
+  Ditto: T. Li, S. Hu, A. Beirami, V. Smith, ICML 2021, Algorithm 1.
+  FedPer: M. G. Arivazhagan et al., arXiv:1912.00818, 2019.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedbench.algorithm import baselines, fedavg, fedavgm, fedbuff, feddyn, fednova, fedopt, scaffold
+from fedbench.algorithm import (
+    baselines, fedavg, fedavgm, fedbuff, feddyn, fednova, fedopt, personalised, scaffold,
+)
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
 from fedbench.algorithm.fednova import fednova_mean
 from fedbench.algorithm.fedopt import FedOptState, scale_by_fedopt
@@ -44,6 +48,9 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fednova": fednova.fednova,
     "feddyn": feddyn.feddyn,
     "fedbuff": fedbuff.fedbuff,
+    "ditto": personalised.ditto,
+    "fedper": personalised.fedper,
+    "finetune": personalised.finetune,
     "centralized": baselines.centralized,
     "local": baselines.local,
 }

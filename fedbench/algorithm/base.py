@@ -18,6 +18,19 @@ algorithm is data (an :class:`Algorithm`) holding pure functions over a leading 
 * ``server_update(params, opt_state, server_state, aggregates, optimizer)``: the new server
   model (an optax server optimiser on the negated mean delta by default).
 
+Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pieces:
+
+* ``client_start(params, context)``: where a client's local training starts (default: the
+  server model; FedPer: the global body with the client's own head);
+* ``shared(delta)``: the part of a client's delta that leaves the site, before the update
+  transforms (default: all of it; FedPer: the body, the head zeroed);
+* ``personal_pass``: a second local pass at each sampled client whose model never leaves the
+  site (Ditto's ``v_k``; :class:`PersonalPass`);
+* ``client_models(params, store) -> [num_clients, ...] params``: the model each client is
+  evaluated with (default ``None``: the global model for everyone);
+* ``finetune_steps``: evaluate each client with the global model after that many local SGD
+  steps on its own training data.
+
 ``releases`` names everything a client sends; under client-level DP every released quantity
 must pass through the clip-and-noise mechanism, so only algorithms releasing ``("delta",)``
 with an aggregation DP can replace are allowed (:func:`check_client_dp`).
@@ -27,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +77,21 @@ def send_delta(deltas, stats, entries, server_state, valid, lr):
     return {"delta": deltas}, entries
 
 
+class PersonalPass(NamedTuple):
+    """A second local pass at each sampled client whose model never leaves the site.
+
+    ``start(params, context) -> params``: where it starts (the client's personal model);
+    ``grad_adjust(grads, params, start, params_server)``: its objective's extra gradient (the
+    last argument is the server model the client received); ``keep(entries, deltas) ->
+    entries``: the cohort's new store entries from the pass's deltas (``trained - start``).
+    It runs the same local schedule as the global pass, with its own minibatch order.
+    """
+
+    start: Callable[[Params, Any], Params]
+    grad_adjust: Callable[[Params, Params, Params, Params], Params]
+    keep: Callable[[Any, Params], Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
     """An algorithm: its settings and the pure functions the round is built from.
@@ -81,6 +109,8 @@ class Algorithm:
         evaluation scores each client with its own.
       releases: what each client sends the server.
       dp_client: why client-level DP cannot privatise this algorithm's releases (None: it can).
+      client_start, shared, personal_pass, client_models, finetune_steps: personalisation
+        (see the module docstring; :mod:`fedbench.algorithm.personalised`).
     """
 
     name: str
@@ -101,6 +131,11 @@ class Algorithm:
     server_update: Callable = optimizer_update
     releases: tuple[str, ...] = ("delta",)
     dp_client: str | None = None
+    client_start: Callable[[Params, Any], Params] | None = None
+    shared: Callable[[Params], Params] | None = None
+    personal_pass: PersonalPass | None = None
+    client_models: Callable[[Params, Any], Params] | None = None
+    finetune_steps: int = 0
 
     # Read-only descriptions kept for reports and the reference loop (nothing in the round
     # tests them).
