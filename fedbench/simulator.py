@@ -251,6 +251,7 @@ class Simulator(Evaluation):
         # What leaves a site: DP-FedAvg's clipping first, then any other transform.
         clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
+        self.store_template = self._make_store_template()
         # Transforms that report each message's encoded size (compressors): the state counts them.
         self.counts_bits = algorithm.kind == "federated" and self._reports_bits()
         if algorithm.kind == "centralized":
@@ -326,18 +327,24 @@ class Simulator(Evaluation):
         return (self.algorithm.aggregate(uploads, weights, stats, valid, self.data.num_clients),
                 state.clip)
 
-    @property
-    def store_template(self) -> dict[str, Any]:
-        """One client's store entry in its computation dtype (zeros of the model's shapes)."""
-        shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self.data.train_x[0, :1])
-        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
+    def param_shapes(self):
+        """The model's parameter shapes (``jax.ShapeDtypeStruct``s), from shapes alone: no data
+        array may be touched here, or a call under ``jit`` would bake it in as a constant."""
+        x = self.data.train_x
+        example = jax.ShapeDtypeStruct((1,) + tuple(x.shape[2:]), x.dtype)
+        return jax.eval_shape(self.model.init, jax.random.PRNGKey(0), example)["params"]
+
+    def _make_store_template(self) -> dict[str, Any]:
+        """One client's store entry in its computation dtype (zeros of the model's shapes);
+        built once, outside any trace (:attr:`store_template`)."""
+        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.param_shapes())
         alg = self.algorithm.client_state
         return {"algorithm": alg(params) if alg is not None else None,
                 "transforms": self.transform.init(params)}
 
     def _reports_bits(self) -> bool:
         """Whether the update transforms' info has ``"bits"`` (traced on shapes only)."""
-        shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self.data.train_x[0, :1])
+        shapes = {"params": self.param_shapes()}
         info = {"clip": jnp.float32(1.0)} if isinstance(self.privacy, ClientDP) else {}
         info["key"] = jax.random.PRNGKey(0)
         shared = getattr(self.algorithm, "shared", None)  # what enters the transforms

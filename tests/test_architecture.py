@@ -134,3 +134,18 @@ def test_algorithm_and_privacy_run_or_are_refused_before_training(algorithm, pri
         summary = run_experiment(cfg, tmp_path, progress=None)
         assert summary["status"] in ("completed", "diverged")
         assert summary["final"]["round"] == 1
+
+
+@pytest.mark.parametrize("algorithm_cfg", [{"name": "fedavg"}, {"name": "scaffold"}],
+                         ids=lambda c: c["name"])
+def test_the_round_program_takes_the_data_as_an_argument_not_a_constant(algorithm_cfg):
+    """A concrete data array touched while tracing (e.g. ``data.train_x[0, :1]``) is baked into
+    the program as a constant: megabytes of HLO and seconds of compilation per run."""
+    from conftest import make_uneven_data
+
+    data = make_uneven_data(sizes=(400,) * 8, features=512, seed=3)  # train_x: 8 x 400 x 512
+    sim = _sim(data, algorithm_cfg)
+    state = sim.init()
+    text = sim._run.lower(state, sim._payload(), jnp.int32(0)).as_text()
+    data_bytes = np.asarray(data.train_x).nbytes
+    assert len(text) < data_bytes / 10, (len(text), data_bytes)
