@@ -1,0 +1,145 @@
+"""Checks of the top-level settings, before any data is loaded or anything compiled.
+
+Each function raises :class:`~fedbench.errors.ConfigError` naming the key, the value and what is
+allowed. Group settings (dataset, partition, model, algorithm, privacy, compression) are checked
+by their own builders, which :func:`fedbench.run.run_experiment` calls before any training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from fedbench.errors import ConfigError
+from fedbench.simulator import CLIENT_AXES, Settings, Stragglers
+
+
+def _integer(cfg: Mapping[str, Any], key: str, minimum: int, what: str | None = None) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, what or f"an integer >= {minimum}")
+    return value
+
+
+def _positive_float(cfg: Mapping[str, Any], key: str) -> float:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, value, "a number > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(key, value, "a finite number > 0")
+    return float(value)
+
+
+def validate(cfg: Mapping[str, Any]) -> Settings:
+    """Checks the top-level keys and returns the simulator :class:`Settings`.
+
+    Group settings (dataset, partition, model, algorithm) are checked by their own builders,
+    which :func:`run_experiment` calls before any training.
+
+    Raises:
+      ConfigError: naming the key, the value and what is allowed.
+    """
+    num_clients = _integer(cfg, "num_clients", 1)
+    _integer(
+        cfg,
+        "clients_per_round",
+        1,
+        f"an integer in [1, num_clients={num_clients}]",
+    )
+    if cfg["clients_per_round"] > num_clients:
+        raise ConfigError(
+            "clients_per_round",
+            cfg["clients_per_round"],
+            f"<= num_clients={num_clients} (clients are sampled without replacement)",
+        )
+    _integer(cfg, "rounds", 1)
+    _integer(cfg, "eval_every", 1)
+    _integer(cfg, "local_epochs", 1)
+    _integer(cfg, "batch_size", 1)
+    _integer(cfg, "seed", 0, "a non-negative integer")
+    _integer(cfg, "unroll", 1)
+    lr = _positive_float(cfg, "lr")
+    local_steps = cfg.get("local_steps")
+    if local_steps is not None:
+        local_steps = _integer(cfg, "local_steps", 1, "null (local_epochs epochs) or an integer >= 1")
+    axis = cfg.get("client_axis", "auto")
+    if axis not in CLIENT_AXES:
+        raise ConfigError("client_axis", axis, "one of: " + ", ".join(CLIENT_AXES))
+    return Settings(
+        clients_per_round=cfg["clients_per_round"],
+        local_epochs=cfg["local_epochs"],
+        batch_size=cfg["batch_size"],
+        lr=lr,
+        client_axis=axis,
+        unroll=cfg["unroll"],
+        local_steps=local_steps,
+    )
+
+
+def _store_dtype(cfg: Mapping[str, Any]):
+    """``client_store_dtype``: the dtype of the per-client store's floating entries."""
+    name = cfg.get("client_store_dtype", "float32")
+    if name not in ("float32", "bfloat16"):
+        raise ConfigError("client_store_dtype", name, "one of: float32, bfloat16")
+    return None if name == "float32" else jnp.bfloat16
+
+
+def build_stragglers(
+    cfg: Mapping[str, Any] | None, settings: Settings, kind: str
+) -> Stragglers | None:
+    """Validates the ``stragglers`` settings (Li et al. 2020, Sec. 5.2).
+
+    Raises:
+      ConfigError: fraction outside [0, 1], unknown policy, ``partial`` with one local epoch,
+        stragglers on the centralized/local baselines.
+    """
+    if not cfg:
+        return None
+    fraction = cfg.get("fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError("stragglers.fraction", fraction, "a number in [0, 1]")
+    policy = cfg.get("policy", "drop")
+    if policy not in ("drop", "partial"):
+        raise ConfigError("stragglers.policy", policy, "one of: drop, partial")
+    if fraction == 0:
+        return None
+    if kind != "federated":
+        raise ConfigError(
+            "stragglers.fraction", fraction,
+            "0 for centralized, local and fedbuff (stragglers apply to synchronous rounds; "
+            "fedbuff models slow sites with site_speed)",
+        )
+    if policy == "partial" and settings.local_epochs < 2:
+        raise ConfigError(
+            "stragglers.policy", policy,
+            f"drop when local_epochs={settings.local_epochs} (partial stragglers run 1..E-1 epochs)",
+        )
+    return Stragglers(float(fraction), policy)
+
+
+def _check_task_and_schedule(cfg: Mapping[str, Any], settings: Settings, algorithm, task: str) -> None:
+    """Combinations the simulator would otherwise get silently wrong.
+
+    Raises:
+      ConfigError: DP-SGD on a survival task (the Cox partial likelihood couples the examples
+        of a batch, so per-example clipping bounds nothing); ``local_steps`` with FedSGD's full
+        batch, partial stragglers (which set epochs) or DP-SGD (accounted per epoch).
+    """
+    privacy = (cfg.get("privacy") or {}).get("name", "none")
+    if task == "survival" and privacy == "dp_sample":
+        raise ConfigError(
+            "privacy.name", privacy,
+            "none or dp_client for survival data (the Cox partial likelihood is not a sum of "
+            "per-example losses, so DP-SGD's per-example clipping would not bound sensitivity)",
+        )
+    if settings.local_steps is None:
+        return
+    if algorithm.full_batch:
+        raise ConfigError("local_steps", settings.local_steps, "null for fedsgd (one full-batch step)")
+    if privacy == "dp_sample":
+        raise ConfigError("local_steps", settings.local_steps, "null with privacy=dp_sample (accounted per epoch)")
+    if (cfg.get("stragglers") or {}).get("policy") == "partial" and (cfg.get("stragglers") or {}).get("fraction", 0):
+        raise ConfigError("local_steps", settings.local_steps, "null with partial stragglers (they run fewer epochs)")
