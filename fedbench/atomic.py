@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +36,34 @@ def json_ready(value: Any, key: str | None = None) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file in the same folder, then renames it over ``path``.
+def write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed over it.
 
-    A reader (or a crash) never sees a half-written file.
+    A reader (or a crash) never sees a half-written file; on failure the temporary file goes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` atomically (:func:`write_with`), flushed to disk before the rename."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_with(path, write)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -42,27 +42,16 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fedbench.atomic import write_with
+from fedbench.metric_names import MODEL_METRICS  # a diverged evaluation has none of them
+
 RUN_FILES = ("summary.json", "metrics.jsonl", "error.json")
-#: Metrics computed from the model, as ``fedbench.run.MODEL_METRICS`` (not imported: collect does
-#: not load JAX; a test keeps the two equal). A diverged evaluation has none of them.
-MODEL_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "test_cindex",
-    "client_accuracy_mean",
-    "client_accuracy_p10",
-    "client_cindex_mean",
-    "client_cindex_p10",
-)
 _SKIP_DIRS = {".hydra", ".submitit", "wandb", "__pycache__", ".git"}
 
 
@@ -303,27 +292,13 @@ def summarize(
     return out
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save(table: pd.DataFrame, prefix: str | Path) -> tuple[Path, Path]:
     """Writes ``PREFIX.parquet`` and ``PREFIX.csv`` atomically; returns their paths."""
     prefix = Path(prefix)
     parquet = prefix.with_name(prefix.name + ".parquet")
     csv = prefix.with_name(prefix.name + ".csv")
-    _write_atomic(parquet, lambda tmp: table.to_parquet(tmp, index=False))
-    _write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False))
+    write_with(parquet, lambda tmp: table.to_parquet(tmp, index=False))
+    write_with(csv, lambda tmp: table.to_csv(tmp, index=False))
     return parquet, csv
 
 

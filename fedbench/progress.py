@@ -4,21 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-METRIC_KEYS = (
-    "round",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "test_cindex",
-    "client_accuracy_mean",
-    "client_accuracy_p10",
-    "client_accuracy_p10_skipped",
-    "client_cindex_mean",
-    "client_cindex_p10",
-    "bytes_up",
-    "bytes_down",
-)
+from fedbench.metric_names import METRIC_KEYS
 
 
 def _print_progress(metrics: dict[str, Any], rounds: int, rate: float | None) -> None:

@@ -26,6 +26,7 @@ from fedbench.compression import build_compression, total_bits
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
+from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
 from fedbench.results import (
     CompileCounter,
@@ -34,7 +35,7 @@ from fedbench.results import (
     write_json,
     write_jsonl,
 )
-from fedbench.progress import METRIC_KEYS, _print_progress, _print_table  # noqa: F401
+from fedbench.progress import _print_progress, _print_table
 from fedbench.simulator import Simulator
 from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: public here too)
     _check_task_and_schedule,
@@ -45,20 +46,6 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
 )
 from fedbench.tracking import Tracker, build_tracker
 
-#: Metrics computed from the model's parameters: NaN (null in JSON) at an evaluation whose
-#: parameters are not finite (argmax of NaN logits picks one class, which is no accuracy).
-#: ``fedbench.collect.MODEL_METRICS`` repeats this list (collect does not import JAX; tested).
-MODEL_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "test_cindex",
-    "client_accuracy_mean",
-    "client_accuracy_p10",
-    "client_cindex_mean",
-    "client_cindex_p10",
-)
 #: Clients with fewer test examples than this are left out of ``client_accuracy_p10`` (their
 #: number is ``client_accuracy_p10_skipped``): on 5 examples one error moves the accuracy by 20
 #: points, so a few tiny test splits set the 10th percentile on their own.
