@@ -37,7 +37,7 @@ def collect(sweeps: Path) -> list[dict]:
             rows.append({
                 "mechanism": p["mechanism"],
                 "target_epsilon": math.inf if target is None else target,
-                "epsilon": math.inf if p["epsilon"] is None else p["epsilon"],
+                "epsilon": math.inf if p["epsilon"] is None else float(p["epsilon"]),  # "inf" too
                 "delta": p["delta"],
                 "noise_multiplier": p["noise_multiplier"],
                 "accountant": p["accountant"],
