@@ -51,14 +51,16 @@ class Evaluation:
         if not hasattr(self, "_client_models"):
             self._client_models = jax.jit(self._client_models_impl)
         store = None if state.store is None else state.store["algorithm"]
-        return self._client_models(state.params, state.server, store, state.key, state.round)
+        return self._client_models(state.params, state.server, store, state.key, state.round,
+                                   self.data)
 
-    def _client_models_impl(self, params, server, entries, key, round_):
+    def _client_models_impl(self, params, server, entries, key, round_, data):
+        # ``data`` is an argument: a concrete array closed over would be baked into the program.
         alg = self.algorithm
         if alg.client_models is not None:
             return alg.client_models(params, server, entries)
-        data, steps = self.data, alg.finetune_steps
-        smallest = int(np.min(np.asarray(data.train_counts)))
+        steps = alg.finetune_steps
+        smallest = int(np.min(np.asarray(self.data.train_counts)))  # host-side, a shape constant
         batch = self.settings.batch_size
         update = make_local_update(
             self.apply_fn, lr=self.settings.lr, batch_size=batch, local_steps=steps,

@@ -4,11 +4,10 @@ It shares nothing with :mod:`fedbench.simulator` or the algorithms' code but the
 which it writes out itself (round ``r`` uses ``fold_in(run_key, r)``; clients are drawn with
 ``jax.random.choice`` without replacement; epoch ``e`` of a client orders its ``n`` examples by
 ``argsort(uniform(fold_in(client_key, e), (n,)))``; the straggler draw and FedBuff's arrivals
-use the ``jax.random`` calls listed where they are made). No padding, no masks, no vmap/scan, no
-optax: each client trains on its own unpadded arrays with one Python-level SGD step per
-minibatch, and every server update is written out from its paper in float64 NumPy with the
-algorithm's configured ``settings``. Tests check the vectorised simulator against it; it is slow
-by design and meant for small problems only.
+use the ``jax.random`` calls listed where they are made). No padding, masks, vmap/scan or optax
+optimiser: each client trains on its own unpadded arrays, one Python-level SGD step per
+minibatch; every server update is written out from its paper in float64 NumPy from the
+algorithm's ``settings``. Slow by design, for small problems only.
 """
 
 from __future__ import annotations
@@ -16,21 +15,21 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedbench.algorithm import Algorithm
-from fedbench.dataset.federated import FederatedData
+if TYPE_CHECKING:  # argument types only: nothing of the code it checks runs here
+    from fedbench.algorithm import Algorithm
+    from fedbench.dataset.federated import FederatedData
 
 
 def _cox_nll_loop(scores, target):
     """Negative Breslow partial log-likelihood averaged over the batch, one term at a time."""
-    s = scores.reshape(-1)
-    total = 0.0
+    s, total = scores.reshape(-1), 0.0
     for i in range(s.shape[0]):
         at_risk = target[:, 1] >= target[i, 1]
         term = jnp.log(jnp.sum(jnp.where(at_risk, jnp.exp(s), 0.0))) - s[i]
@@ -66,10 +65,8 @@ def client_sgd(
     task: str = "classification",
     local_steps: int | None = None,
 ) -> tuple[Any, int]:
-    """Local SGD of one client, one minibatch at a time. Returns ``(params, steps_taken)``.
-
-    ``correction`` (SCAFFOLD's ``c - c_i``) is added to every minibatch gradient. With
-    ``local_steps`` the client runs epochs until it has taken exactly that many steps.
+    """Local SGD of one client, one minibatch at a time; ``(params, steps_taken)``. ``correction``
+    (SCAFFOLD's ``c - c_i``) is added to every gradient; ``local_steps``: exactly that many steps.
     """
     anchor = params
     grad_fn = _grad_fn(apply_fn, task)
@@ -168,10 +165,8 @@ def run_reference(
       the participants' models;
     * stragglers (:func:`straggler_draw`): a dropped straggler's update never arrives.
 
-    Args:
-      params: initial server parameters (for ``local``: a list of per-client parameters).
-      run_key: the base key (``ServerState.key`` of the simulator).
-      stragglers: a :class:`fedbench.stragglers.Stragglers` (``fraction``, ``policy``) or None.
+    ``params``: initial server parameters (``local``: a list of per-client ones); ``run_key``:
+    the simulator's ``ServerState.key``; ``stragglers``: ``fraction`` and ``policy``, or None.
 
     Returns:
       ``(params, history)``; history lists, per round, the sampled ids, kept ids, per-client
@@ -330,10 +325,8 @@ def run_fedbuff_reference(
     ``choice(sample_key, num_clients, (concurrency,), replace=False)`` with ``sample_key,
     clients_key = split(fold_in(run_key, 0))``, trained with ``split(clients_key, concurrency)``.
 
-    Returns:
-      ``(params, log)``, ``log`` one dict per server update: ``clock`` (the time of its last
-      arrival), ``staleness`` (per arrival), ``clients`` (who arrived), ``downloads`` (clients
-      started so far, the first ``concurrency`` included).
+    Returns ``(params, log)``, one log dict per server update: ``clock`` (its last arrival's
+    time), ``staleness`` and ``clients`` per arrival, ``downloads`` (clients started so far).
     """
     settings = dict(algorithm.settings)
     k, m = int(settings["buffer_size"]), int(settings["concurrency"])

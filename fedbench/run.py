@@ -28,15 +28,10 @@ from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
-from fedbench.results import (
-    CompileCounter,
-    device_info,
-    package_versions,
-    write_json,
-    write_jsonl,
-)
 from fedbench.progress import _print_progress, _print_table
+from fedbench.results import CompileCounter, device_info, package_versions, write_json, write_jsonl
 from fedbench.simulator import Simulator
+from fedbench.tracking import Tracker, build_tracker
 from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: public here too)
     _check_task_and_schedule,
     _integer,
@@ -44,7 +39,6 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
     build_stragglers,
     validate,
 )
-from fedbench.tracking import Tracker, build_tracker
 
 #: Clients with fewer test examples than this are left out of ``client_accuracy_p10`` (their
 #: number is ``client_accuracy_p10_skipped``): on 5 examples one error moves the accuracy by 20

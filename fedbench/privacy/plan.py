@@ -35,8 +35,6 @@ then one draw scaled, and two such models released together reveal the noiseless
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -53,63 +51,17 @@ from fedbench.privacy.accounting import (
     default_delta,
     worst_account,
 )
-from fedbench.privacy.mechanisms import poisson_buffer_size
-from fedbench.privacy.mechanisms import ClientDP, SampleDP
+from fedbench.privacy.mechanisms import ClientDP, SampleDP, poisson_buffer_size
+from fedbench.privacy.release import (  # noqa: F401  (noise_salt and the lists: public here too)
+    NOISE_SALT_IGNORED,
+    NOISE_SALT_IGNORED_PRIVACY,
+    PRIVATE_METRICS,
+    PRIVATE_SUMMARY,
+    TEST_METRICS,
+    noise_salt,
+)
 
 PRIVACY = ("none", "dp_client", "dp_sample")
-
-#: ``metrics.jsonl`` entries computed from the clients' data outside the DP mechanism, and what
-#: they reveal; ``privacy.release_metrics=false`` leaves them out (also of ``summary.json``'s
-#: ``final`` and of tracking).
-PRIVATE_METRICS = {
-    "train_loss": "the model's loss on every client's training data",
-    "train_accuracy": "the model's accuracy on every client's training data",
-    "client_accuracy_mean": "the clients' own test splits, client by client",
-    "client_accuracy_p10": "the clients' own test splits, client by client",
-    "client_accuracy_p10_skipped": "how many clients have fewer than 10 test examples",
-    "client_cindex_mean": "the clients' own test splits, client by client",
-    "client_cindex_p10": "the clients' own test splits, client by client",
-    "bytes_up": "participations so far: the exact size of every Poisson cohort",
-    "bytes_down": "participations so far: the exact size of every Poisson cohort",
-    "simulated_time": "the sampled clients' numbers of local steps (their training sizes)",
-}
-#: ``summary.json`` blocks computed from the clients' data (``null`` without release_metrics).
-PRIVATE_SUMMARY = {
-    "partition_stats": "every client's training size and label histogram",
-    "sites": "each site's metric on its own test split, and its train and test sizes",
-}
-#: Metrics on the pooled test set (the union of the clients' test splits, never trained on):
-#: kept with ``release_metrics=false``, but not covered by epsilon either.
-TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
-#: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
-#: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
-#: ``eval_every`` (results do not depend on how rounds are cut into blocks), the checkpoint
-#: settings, tracking and sweep bookkeeping, and the two reporting switches below.
-NOISE_SALT_IGNORED = ("seed", "seeds", "eval_every", "sweep_name", "tracking", "hydra",
-                      "resume", "checkpoint_every")  # a resumed run draws the same noise
-NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics")
-
-
-def noise_salt(cfg: Mapping[str, Any]) -> int:
-    """A 32-bit integer from the SHA-256 of the resolved config's canonical JSON.
-
-    Folded into every DP noise key (client-level noise and DP-SGD's per-step noise, never the
-    sampling keys): runs that differ in any setting draw independent noise, an identical config
-    the same. Left out: :data:`NOISE_SALT_IGNORED` and ``privacy.``
-    :data:`NOISE_SALT_IGNORED_PRIVACY`; ``partition.seed`` is taken as the partition seed used
-    (``partition.seed``, else ``seed``), so a ``seeds=S`` job's replica and the single run with
-    its config get the same salt.
-    """
-    config = {k: v for k, v in cfg.items() if k not in NOISE_SALT_IGNORED}
-    partition = dict(cfg.get("partition") or {})
-    if partition.get("seed") is None:
-        partition["seed"] = cfg.get("seed")
-    config["partition"] = partition
-    privacy = cfg.get("privacy") or {}
-    config["privacy"] = {k: v for k, v in privacy.items() if k not in NOISE_SALT_IGNORED_PRIVACY}
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
-
 
 def _number(cfg: Mapping[str, Any], key: str) -> float | None:
     value = cfg.get(key)
