@@ -19,4 +19,4 @@ MODEL_METRICS = (
 )
 #: The final table a run prints, in this order (``epsilon`` follows when there is one).
 METRIC_KEYS = ("round", *MODEL_METRICS[:7], "client_accuracy_p10_skipped", *MODEL_METRICS[7:],
-               "bytes_up", "bytes_down")
+               "bytes_up", "bytes_down", "compression_ratio", "simulated_seconds")

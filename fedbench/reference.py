@@ -307,6 +307,7 @@ def run_fedbuff_reference(
     local_epochs: int,
     batch_size: int,
     speeds: np.ndarray,
+    durations: np.ndarray | None = None,
 ):
     """Event-driven FedBuff (Nguyen et al. 2022, Algorithm 1): a heap of finish events.
 
@@ -325,6 +326,9 @@ def run_fedbuff_reference(
     ``choice(sample_key, num_clients, (concurrency,), replace=False)`` with ``sample_key,
     clients_key = split(fold_in(run_key, 0))``, trained with ``split(clients_key, concurrency)``.
 
+    ``durations``: each client's job time (e.g. seconds over its site's link, worked out by the
+    caller), in place of its local steps times ``speeds``.
+
     Returns ``(params, log)``, one log dict per server update: ``clock`` (its last arrival's
     time), ``staleness`` and ``clients`` per arrival, ``downloads`` (clients started so far).
     """
@@ -335,6 +339,8 @@ def run_fedbuff_reference(
     num_clients = data.num_clients
 
     def duration(c: int) -> np.float32:
+        if durations is not None:
+            return np.float32(durations[c])
         n = int(data.train_counts[c])
         return np.float32(math.ceil(n / batch_size) * local_epochs) * speeds[c]
 

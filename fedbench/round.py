@@ -18,10 +18,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedbench.algorithm.base import prepare_clients
 from fedbench.compression.traffic import add_bits
 from fedbench.local import map_over_clients
 from fedbench.store import gather, scatter
 from fedbench.stragglers import straggler_plan
+from fedbench.task import batch_loss_fn
 
 
 def federated_round(sim, state, data):
@@ -39,8 +41,16 @@ def federated_round(sim, state, data):
     downloads = state.downloads.at[ids].add(valid.astype(jnp.int32))
     valid = valid & keep
     entries = gather(state.store, ids, like=sim.store_template)
-    context = (alg.client_context(state.server, entries["algorithm"])
-               if alg.client_context is not None else None)
+    own = entries["algorithm"]
+    if alg.client_prepare is not None:  # a choice before training (IFCA's cluster)
+        own = prepare_clients(sim, state.params, data.train_x[ids], data.train_y[ids], counts,
+                              own, batch_loss_fn(data.task))
+    context = alg.client_context(state.server, own) if alg.client_context is not None else None
+    personal = alg.personal_pass
+    if personal is not None and personal.first:  # a local pass before the main one (FedRep)
+        own = sim.personal_update(state.params, data.train_x[ids], data.train_y[ids], counts,
+                                  keys, epochs, context, own)
+        context = alg.client_context(state.server, own)
     round_info = sim.round_info(state)
     client = map_over_clients(
         sim.client_update, sim.client_axis,
@@ -50,10 +60,9 @@ def federated_round(sim, state, data):
         state.params, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
         entries["transforms"], round_info,
     )
-    own = entries["algorithm"]
-    if alg.personal_pass is not None:  # a second local pass that never leaves the site (Ditto)
+    if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
         own = sim.personal_update(state.params, data.train_x[ids], data.train_y[ids], counts,
-                                  keys, epochs, context, own)
+                                  keys, epochs, context, own, deltas)
     uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid,
                                              sim.settings.lr)
     uploads = {**uploads, "delta": sent}
@@ -66,7 +75,8 @@ def federated_round(sim, state, data):
     bits_up = None if state.bits_up is None else add_bits(state.bits_up, infos["bits"], valid)
     weights = jnp.where(valid, counts, 0)
     aggregates, clip = sim.aggregate(state, uploads, weights, stats, valid, infos)
-    clock = state.clock + jnp.max(jnp.where(valid, sim.durations(ids, counts, epochs), 0.0))
+    durations = sim.durations(ids, counts, epochs, sim.upload_bits(infos))
+    clock = state.clock + jnp.max(jnp.where(valid, durations, 0.0))  # the slowest kept client
     params, opt_state, server = alg.server_update(
         state.params, state.opt_state, state.server, aggregates, alg.server_optimizer
     )

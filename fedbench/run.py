@@ -22,10 +22,12 @@ import numpy as np
 
 from fedbench.algorithm import build_algorithm, check_client_dp
 from fedbench.checkpoint import RunCheckpoints
-from fedbench.compression import build_compression, total_bits
+from fedbench.compression import build_compression
+from fedbench.compression.traffic import traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
+from fedbench.links import build_links
 from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
 from fedbench.progress import _print_progress, _print_table
@@ -51,6 +53,7 @@ def run_experiment(
     out_dir: str | Path,
     progress: Callable[[dict[str, Any], int, float | None], None] | None = _print_progress,
     tracker: Tracker | None = None,
+    on_finish: Callable[[Simulator, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Runs one experiment and writes ``metrics.jsonl`` and ``summary.json`` into ``out_dir``.
 
@@ -61,6 +64,8 @@ def run_experiment(
         ``None`` for silence.
       tracker: experiment tracker (:mod:`fedbench.tracking`); ``None``: built from
         ``cfg["tracking"]`` (absent: no tracking).
+      on_finish: called as ``on_finish(simulator, final_state)`` at the end of a single-seed
+        run (``fedbench-compare`` reads per-example test outputs this way).
 
     Returns:
       The summary written to ``summary.json``.
@@ -116,6 +121,7 @@ def run_experiment(
         # DP noise keyed by the whole config too: runs that differ in any setting draw
         # independent noise (privacy.shared_noise=true: seed and round only).
         noise_salt=noise_salt(cfg) if privacy and not privacy.shared_noise else None,
+        links=build_links(cfg.get("links"), cfg["num_clients"]),
     )
     if privacy is not None and not privacy.release_metrics:
         partition_stats = {}  # client sizes and label histograms: not covered by epsilon
@@ -130,17 +136,7 @@ def run_experiment(
         if not _finite(state):
             metrics = _without_model_metrics(metrics)
         if algorithm.kind in ("federated", "async"):
-            # Exact model traffic so far (uncompressed float32): every update that arrived was
-            # uploaded; every client that started downloaded the server model, including
-            # dropped stragglers and FedBuff clients still in flight.
-            metrics["bytes_up"] = int(np.asarray(state.participation).sum()) * model_bytes
-            if state.bits_up is not None:
-                # Compressed deltas (fedbench.compression): their exact encoded bits, in whole
-                # bytes; any other release (SCAFFOLD's control variates) dense float32.
-                others = model_bytes // len(algorithm.releases) * (len(algorithm.releases) - 1)
-                metrics["bytes_up"] = (-(-total_bits(state.bits_up) // 8)
-                                       + int(np.asarray(state.participation).sum()) * others)
-            metrics["bytes_down"] = int(np.asarray(state.downloads).sum()) * model_bytes
+            metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links))
         if privacy is not None:
             if int(state.overflow):
                 raise BufferOverflowError(
@@ -231,6 +227,8 @@ def run_experiment(
     tracker.finish(summary)
     if progress:
         _print_table(history[-1], timing)
+    if on_finish is not None:
+        on_finish(sim, state)
     return summary
 
 
@@ -265,6 +263,7 @@ def _run_summary(status, final, config, timing, partition_stats, sim: Simulator,
                                    steps=_dp_steps(state))
                     if privacy is not None else None),
         "client_axis": sim.client_axis,
+        "links": None if sim.links is None else sim.links.summary(),
         "versions": package_versions(),
         "device": device_info(),
         "python": sys.version.split()[0],

@@ -36,14 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.algorithm import Algorithm, check_client_dp
+from fedbench.algorithm.base import check_sample_dp, make_personal_update
 from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
 from fedbench.algorithm.fednova import fednova_mean
-from fedbench.compression.traffic import zero_bits
+from fedbench.compression.traffic import reports_bits, upload_bits, zero_bits
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
+from fedbench.links import Links, client_seconds
 from fedbench.local import (
     ClientStats,
     epoch_order,
@@ -123,6 +125,7 @@ class Simulator(Evaluation):
         transforms: tuple[UpdateTransform, ...] = (),
         store_dtype: Any = None,
         noise_salt: int | None = None,
+        links: Links | None = None,
     ):
         # Under client-level DP a Poisson cohort's stragglers are drawn independently, and the
         # noisy sum is divided by the expected number of updates that arrive (fedbench.stragglers).
@@ -140,6 +143,7 @@ class Simulator(Evaluation):
         self.privacy = privacy
         self.stragglers = stragglers
         self.noise_salt = noise_salt
+        self.links = links  # hospital links: the clock in seconds (fedbench.links)
         self.model = model
         self.algorithm = algorithm
         self.data = data
@@ -160,8 +164,10 @@ class Simulator(Evaluation):
                 smallest = max(1, round(int(np.sum(np.asarray(data.train_counts)))
                                         * settings.clients_per_round / data.num_clients))
             order_epochs = epochs_for_steps(settings.local_steps, smallest, batch)
-        estimator = None
+        estimator = None if algorithm.estimator is None else algorithm.estimator(
+            apply_fn, local_epochs=order_epochs, batch_size=batch, loss_fn=batch_loss_fn(data.task))
         if isinstance(privacy, SampleDP):  # same loop and schedule, DP-SGD's gradients
+            check_sample_dp(algorithm)
             estimator = dp_sgd_estimator(
                 apply_fn, batch_size=batch, clip=privacy.clip,
                 noise_multiplier=privacy.noise_multiplier, buffer=privacy.buffer,
@@ -180,17 +186,18 @@ class Simulator(Evaluation):
         )
         # A second local pass whose model never leaves the site (Ditto's v_k): same schedule,
         # plain minibatch gradients, the algorithm's personal objective (personal_update).
-        self.personal_local_update = None if algorithm.personal_pass is None else make_local_update(
-            apply_fn, lr=settings.lr, local_epochs=order_epochs, batch_size=batch,
-            unroll=settings.unroll, loss_fn=batch_loss_fn(data.task),
-            local_steps=settings.local_steps, grad_adjust=algorithm.personal_pass.grad_adjust,
+        self.personal_local_update = None if algorithm.personal_pass is None else make_personal_update(
+            algorithm.personal_pass, apply_fn, lr=settings.lr, local_epochs=order_epochs,
+            batch_size=batch, unroll=settings.unroll, loss_fn=batch_loss_fn(data.task),
+            local_steps=settings.local_steps,
+            min_count=int(np.min(np.asarray(data.train_counts))),
         )
         # What leaves a site: DP-FedAvg's clipping first, then any other transform.
         clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
         self.store_template = self._make_store_template()
         # Transforms that report each message's encoded size (compressors): the state counts them.
-        self.counts_bits = algorithm.kind == "federated" and self._reports_bits()
+        self.counts_bits = algorithm.kind == "federated" and reports_bits(self)
         if algorithm.kind == "centralized":
             pooled_x, pooled_y = data.pooled_train()
             self.pooled_x, self.pooled_y = jnp.asarray(pooled_x), jnp.asarray(pooled_y)
@@ -202,6 +209,10 @@ class Simulator(Evaluation):
         sigma = getattr(algorithm, "site_speed", 0.0)
         rng = np.random.default_rng([seed, 0x5BEED])
         self.speeds = jnp.asarray(rng.lognormal(0.0, sigma, data.num_clients), jnp.float32)
+        # Dense float32 size of what a client receives (the model and e.g. SCAFFOLD's control
+        # variate) and of what it sends uncompressed (one model-sized tensor per release).
+        model_bits = 32 * sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.param_shapes()))
+        self.dense_bits = model_bits * len(algorithm.releases)
         self._run = jax.jit(self._run_rounds)
         self._evaluate = jax.jit(self._evaluate_impl)
 
@@ -220,21 +231,23 @@ class Simulator(Evaluation):
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
 
-    def personal_update(self, params, x, y, counts, keys, epochs, context, entries):
+    def personal_update(self, params, x, y, counts, keys, epochs, context, entries, deltas=None):
         """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's
-        ``v_k``): each client trains from ``start(params, context)`` on its own data with its
-        own minibatch order (``fold_in(key, 0xD1770)``); nothing of it is sent."""
+        ``v_k``): each client trains from ``start(params, context, delta)`` (``deltas``: the
+        main pass's, None before it) on its own data with its own minibatch order
+        (``fold_in(key, 0xD1770)``; ``same_order``: the main pass's); nothing of it is sent."""
         personal = self.algorithm.personal_pass
 
-        def one(x, y, count, key, epochs, context):
-            start = personal.start(params, context)
-            delta, _ = self.personal_local_update(start, x, y, count,
-                                                  jax.random.fold_in(key, 0xD1770), epochs, params)
+        def one(x, y, count, key, epochs, context, delta):
+            start = personal.start(params, context, delta)
+            key = key if personal.same_order else jax.random.fold_in(key, 0xD1770)
+            delta, _ = self.personal_local_update(start, x, y, count, key, epochs, params)
             return delta
 
-        deltas = map_over_clients(one, self.client_axis, (0,) * 6)(x, y, counts, keys, epochs,
-                                                                  context)
-        return personal.keep(entries, deltas)
+        axes = (0,) * 6 + (None if deltas is None else 0,)
+        out = map_over_clients(one, self.client_axis, axes)(x, y, counts, keys, epochs, context,
+                                                            deltas)
+        return personal.keep(entries, out)
 
     def sample_cohort(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
@@ -279,17 +292,6 @@ class Simulator(Evaluation):
         return {"algorithm": alg(params) if alg is not None else None,
                 "transforms": self.transform.init(params)}
 
-    def _reports_bits(self) -> bool:
-        """Whether the update transforms' info has ``"bits"`` (traced on shapes only)."""
-        shapes = {"params": self.param_shapes()}
-        info = {"clip": jnp.float32(1.0)} if isinstance(self.privacy, ClientDP) else {}
-        info["key"] = jax.random.PRNGKey(0)
-        shared = getattr(self.algorithm, "shared", None)  # what enters the transforms
-        delta = shapes["params"] if shared is None else shared(shapes["params"])
-        out = jax.eval_shape(lambda d, s: self.transform.update(d, s, info)[2],
-                             delta, self.store_template["transforms"])
-        return "bits" in out
-
     # -- state -------------------------------------------------------------------------------
     def init(self, seed: int | None = None) -> ServerState:
         """Initial parameters from ``PRNGKey(seed)`` (default: the simulator's seed); every
@@ -316,7 +318,9 @@ class Simulator(Evaluation):
 
     def _init_from_key(self, key: jax.Array) -> ServerState:
         init_key, run_key = jax.random.split(key)
-        params = self.model.init(init_key, self.data.train_x[0, :1])["params"]
+        init = lambda k: self.model.init(k, self.data.train_x[0, :1])["params"]  # noqa: E731
+        models = self.algorithm.init_models  # e.g. IFCA's K cluster models
+        params = init(init_key) if models is None else models(init, init_key)
         if self.algorithm.personal:
             params = jax.tree.map(
                 lambda p: jnp.broadcast_to(p, (self.data.num_clients,) + p.shape), params
@@ -364,13 +368,21 @@ class Simulator(Evaluation):
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
         return key if self.noise_salt is None else jax.random.fold_in(key, self.noise_salt)
 
-    def durations(self, ids: jax.Array, counts: jax.Array, epochs) -> jax.Array:
-        """Simulated time a client needs: its local steps times its site's seconds per step."""
+    def durations(self, ids: jax.Array, counts: jax.Array, epochs, bits_up=None) -> jax.Array:
+        """Simulated time a client needs: its local steps times its site's speed; with
+        :attr:`links`, in seconds, plus downloading the model and uploading ``bits_up`` (its
+        message's encoded bits; default dense float32) over its site's link
+        (:func:`fedbench.links.client_seconds`)."""
         if self.settings.local_steps is not None:
             steps = jnp.full(counts.shape, self.settings.local_steps)
         else:
             steps = (counts + self.batch_size - 1) // self.batch_size * epochs
-        return steps.astype(jnp.float32) * self.speeds[ids]
+        up = self.dense_bits if bits_up is None else bits_up
+        return client_seconds(self.links, jnp, ids, steps, self.speeds[ids], self.dense_bits, up)
+
+    def upload_bits(self, infos) -> jax.Array | None:
+        """Each cohort client's uploaded bits (:func:`fedbench.compression.traffic.upload_bits`)."""
+        return upload_bits(self, infos)
 
     def start_inflight(self, state: ServerState):
         """FedBuff's clients in flight at time 0 (:func:`fedbench.algorithm.fedbuff.start_inflight`)."""

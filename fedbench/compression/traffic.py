@@ -9,6 +9,8 @@ messages, so no partial sum overflows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,3 +36,48 @@ def total_bits(counter) -> int:
     """The counter's value as a Python ``int``."""
     high, low = (int(v) for v in np.asarray(counter))
     return (high << _LOW_BITS) + low
+
+
+def traffic(state, model_bytes: int, num_releases: int, links=None) -> dict[str, Any]:
+    """A run's traffic so far, for ``metrics.jsonl``.
+
+    ``bytes_up``: every update that arrived, dense float32 (``model_bytes`` covers all
+    ``num_releases`` model-sized tensors a client sends, e.g. SCAFFOLD's control variate too),
+    or for a compressed delta its exact encoded bits in whole bytes plus the other releases
+    dense; ``compression_ratio``: dense float32 over that (with compression only).
+    ``bytes_down``: every client that started downloaded the server model, dropped stragglers
+    and FedBuff clients still in flight included. ``simulated_seconds``: the clock, when the
+    sites have links (:mod:`fedbench.links`; the clock is then in seconds).
+    """
+    uploads = int(np.asarray(state.participation).sum())
+    out: dict[str, Any] = {"bytes_up": uploads * model_bytes}
+    if state.bits_up is not None:
+        others = model_bytes // num_releases * (num_releases - 1)
+        out["bytes_up"] = -(-total_bits(state.bits_up) // 8) + uploads * others
+        out["compression_ratio"] = (uploads * model_bytes / out["bytes_up"]
+                                    if out["bytes_up"] else None)
+    out["bytes_down"] = int(np.asarray(state.downloads).sum()) * model_bytes
+    if links is not None and state.clock is not None:
+        out["simulated_seconds"] = float(state.clock)
+    return out
+
+
+def reports_bits(sim) -> bool:
+    """Whether ``sim``'s update transforms report each message's ``"bits"`` (compressors);
+    traced on shapes only (the ``"clip"`` a DP transform reads is a placeholder)."""
+    info = {"clip": jnp.float32(1.0), "key": jax.random.PRNGKey(0)}
+    params = sim.param_shapes()
+    shared = getattr(sim.algorithm, "shared", None)  # what enters the transforms
+    delta = params if shared is None else shared(params)
+    out = jax.eval_shape(lambda d, s: sim.transform.update(d, s, info)[2],
+                         delta, sim.store_template["transforms"])
+    return "bits" in out
+
+
+def upload_bits(sim, infos) -> jax.Array | None:
+    """Each cohort client's uploaded bits when ``sim``'s transforms count them: the compressed
+    delta plus any other release dense (SCAFFOLD's control variate); else None (dense)."""
+    if not sim.counts_bits:
+        return None
+    releases = len(sim.algorithm.releases)
+    return infos["bits"].astype(jnp.float32) + sim.dense_bits // releases * (releases - 1)
