@@ -18,7 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fedbench.algorithm.base import prepare_clients
+from fedbench.algorithm.base import personal_update, prepare_clients
+from fedbench.compression.downlink import broadcast
 from fedbench.compression.traffic import add_bits
 from fedbench.local import map_over_clients
 from fedbench.store import gather, scatter
@@ -41,15 +42,16 @@ def federated_round(sim, state, data):
     downloads = state.downloads.at[ids].add(valid.astype(jnp.int32))
     valid = valid & keep
     entries = gather(state.store, ids, like=sim.store_template)
+    received = broadcast(sim, state.params, state)  # the model as the clients decode it
     own = entries["algorithm"]
     if alg.client_prepare is not None:  # a choice before training (IFCA's cluster)
-        own = prepare_clients(sim, state.params, data.train_x[ids], data.train_y[ids], counts,
+        own = prepare_clients(sim, received, data.train_x[ids], data.train_y[ids], counts,
                               own, batch_loss_fn(data.task))
     context = alg.client_context(state.server, own) if alg.client_context is not None else None
     personal = alg.personal_pass
     if personal is not None and personal.first:  # a local pass before the main one (FedRep)
-        own = sim.personal_update(state.params, data.train_x[ids], data.train_y[ids], counts,
-                                  keys, epochs, context, own)
+        own = personal_update(sim, received, data.train_x[ids], data.train_y[ids], counts,
+                              keys, epochs, context, own)
         context = alg.client_context(state.server, own)
     round_info = sim.round_info(state)
     client = map_over_clients(
@@ -57,12 +59,12 @@ def federated_round(sim, state, data):
         (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None),
     )
     deltas, sent, stats, transform_states, infos = client(
-        state.params, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
+        received, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
         entries["transforms"], round_info,
     )
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
-        own = sim.personal_update(state.params, data.train_x[ids], data.train_y[ids], counts,
-                                  keys, epochs, context, own, deltas)
+        own = personal_update(sim, received, data.train_x[ids], data.train_y[ids], counts,
+                              keys, epochs, context, own, deltas)
     uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid,
                                              sim.settings.lr)
     uploads = {**uploads, "delta": sent}

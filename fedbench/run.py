@@ -23,6 +23,7 @@ import numpy as np
 from fedbench.algorithm import build_algorithm, check_client_dp
 from fedbench.checkpoint import RunCheckpoints
 from fedbench.compression import build_compression
+from fedbench.compression.downlink import build_downlink
 from fedbench.compression.traffic import traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
@@ -122,6 +123,7 @@ def run_experiment(
         # independent noise (privacy.shared_noise=true: seed and round only).
         noise_salt=noise_salt(cfg) if privacy and not privacy.shared_noise else None,
         links=build_links(cfg.get("links"), cfg["num_clients"]),
+        downlink=build_downlink(cfg.get("compression"), algorithm.kind),
     )
     if privacy is not None and not privacy.release_metrics:
         partition_stats = {}  # client sizes and label histograms: not covered by epsilon
@@ -136,7 +138,8 @@ def run_experiment(
         if not _finite(state):
             metrics = _without_model_metrics(metrics)
         if algorithm.kind in ("federated", "async"):
-            metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links))
+            metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links,
+                                   sim.down_bits))
         if privacy is not None:
             if int(state.overflow):
                 raise BufferOverflowError(

@@ -36,11 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.algorithm import Algorithm, check_client_dp
-from fedbench.algorithm.base import check_sample_dp, make_personal_update
+from fedbench.algorithm.base import check_sample_dp, custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
 from fedbench.algorithm.fednova import fednova_mean
+from fedbench.compression.downlink import download_bits
 from fedbench.compression.traffic import reports_bits, upload_bits, zero_bits
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
@@ -126,6 +127,7 @@ class Simulator(Evaluation):
         store_dtype: Any = None,
         noise_salt: int | None = None,
         links: Links | None = None,
+        downlink=None,
     ):
         # Under client-level DP a Poisson cohort's stragglers are drawn independently, and the
         # noisy sum is divided by the expected number of updates that arrive (fedbench.stragglers).
@@ -144,6 +146,7 @@ class Simulator(Evaluation):
         self.stragglers = stragglers
         self.noise_salt = noise_salt
         self.links = links  # hospital links: the clock in seconds (fedbench.links)
+        self.downlink = downlink  # the model's compressor (fedbench.compression.downlink)
         self.model = model
         self.algorithm = algorithm
         self.data = data
@@ -164,8 +167,7 @@ class Simulator(Evaluation):
                 smallest = max(1, round(int(np.sum(np.asarray(data.train_counts)))
                                         * settings.clients_per_round / data.num_clients))
             order_epochs = epochs_for_steps(settings.local_steps, smallest, batch)
-        estimator = None if algorithm.estimator is None else algorithm.estimator(
-            apply_fn, local_epochs=order_epochs, batch_size=batch, loss_fn=batch_loss_fn(data.task))
+        estimator = custom_estimator(self, order_epochs, batch)  # the algorithm's, or None
         if isinstance(privacy, SampleDP):  # same loop and schedule, DP-SGD's gradients
             check_sample_dp(algorithm)
             estimator = dp_sgd_estimator(
@@ -186,12 +188,7 @@ class Simulator(Evaluation):
         )
         # A second local pass whose model never leaves the site (Ditto's v_k): same schedule,
         # plain minibatch gradients, the algorithm's personal objective (personal_update).
-        self.personal_local_update = None if algorithm.personal_pass is None else make_personal_update(
-            algorithm.personal_pass, apply_fn, lr=settings.lr, local_epochs=order_epochs,
-            batch_size=batch, unroll=settings.unroll, loss_fn=batch_loss_fn(data.task),
-            local_steps=settings.local_steps,
-            min_count=int(np.min(np.asarray(data.train_counts))),
-        )
+        self.personal_local_update = make_personal_update(self, order_epochs, batch)
         # What leaves a site: DP-FedAvg's clipping first, then any other transform.
         clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
@@ -213,6 +210,7 @@ class Simulator(Evaluation):
         # variate) and of what it sends uncompressed (one model-sized tensor per release).
         model_bits = 32 * sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.param_shapes()))
         self.dense_bits = model_bits * len(algorithm.releases)
+        self.down_bits = download_bits(self)
         self._run = jax.jit(self._run_rounds)
         self._evaluate = jax.jit(self._evaluate_impl)
 
@@ -230,24 +228,6 @@ class Simulator(Evaluation):
         shared = delta if alg.shared is None else alg.shared(delta)
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
-
-    def personal_update(self, params, x, y, counts, keys, epochs, context, entries, deltas=None):
-        """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's
-        ``v_k``): each client trains from ``start(params, context, delta)`` (``deltas``: the
-        main pass's, None before it) on its own data with its own minibatch order
-        (``fold_in(key, 0xD1770)``; ``same_order``: the main pass's); nothing of it is sent."""
-        personal = self.algorithm.personal_pass
-
-        def one(x, y, count, key, epochs, context, delta):
-            start = personal.start(params, context, delta)
-            key = key if personal.same_order else jax.random.fold_in(key, 0xD1770)
-            delta, _ = self.personal_local_update(start, x, y, count, key, epochs, params)
-            return delta
-
-        axes = (0,) * 6 + (None if deltas is None else 0,)
-        out = map_over_clients(one, self.client_axis, axes)(x, y, counts, keys, epochs, context,
-                                                            deltas)
-        return personal.keep(entries, out)
 
     def sample_cohort(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
@@ -378,7 +358,7 @@ class Simulator(Evaluation):
         else:
             steps = (counts + self.batch_size - 1) // self.batch_size * epochs
         up = self.dense_bits if bits_up is None else bits_up
-        return client_seconds(self.links, jnp, ids, steps, self.speeds[ids], self.dense_bits, up)
+        return client_seconds(self.links, jnp, ids, steps, self.speeds[ids], self.down_bits, up)
 
     def upload_bits(self, infos) -> jax.Array | None:
         """Each cohort client's uploaded bits (:func:`fedbench.compression.traffic.upload_bits`)."""

@@ -38,7 +38,8 @@ def total_bits(counter) -> int:
     return (high << _LOW_BITS) + low
 
 
-def traffic(state, model_bytes: int, num_releases: int, links=None) -> dict[str, Any]:
+def traffic(state, model_bytes: int, num_releases: int, links=None,
+            down_bits: int | None = None) -> dict[str, Any]:
     """A run's traffic so far, for ``metrics.jsonl``.
 
     ``bytes_up``: every update that arrived, dense float32 (``model_bytes`` covers all
@@ -46,7 +47,8 @@ def traffic(state, model_bytes: int, num_releases: int, links=None) -> dict[str,
     or for a compressed delta its exact encoded bits in whole bytes plus the other releases
     dense; ``compression_ratio``: dense float32 over that (with compression only).
     ``bytes_down``: every client that started downloaded the server model, dropped stragglers
-    and FedBuff clients still in flight included. ``simulated_seconds``: the clock, when the
+    and FedBuff clients still in flight included, each ``down_bits`` (whole bytes; default
+    ``model_bytes``: dense). ``simulated_seconds``: the clock, when the
     sites have links (:mod:`fedbench.links`; the clock is then in seconds).
     """
     uploads = int(np.asarray(state.participation).sum())
@@ -56,7 +58,8 @@ def traffic(state, model_bytes: int, num_releases: int, links=None) -> dict[str,
         out["bytes_up"] = -(-total_bits(state.bits_up) // 8) + uploads * others
         out["compression_ratio"] = (uploads * model_bytes / out["bytes_up"]
                                     if out["bytes_up"] else None)
-    out["bytes_down"] = int(np.asarray(state.downloads).sum()) * model_bytes
+    per_download = model_bytes if down_bits is None else -(-down_bits // 8)
+    out["bytes_down"] = int(np.asarray(state.downloads).sum()) * per_download
     if links is not None and state.clock is not None:
         out["simulated_seconds"] = float(state.clock)
     return out
