@@ -31,6 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fedbench import hparams
 from fedbench.task import masked_cross_entropy
 
 Params = Any
@@ -162,7 +163,8 @@ def make_local_update(
             loss, grads, over = estimator.grad(params, x, y, count, key, aux, s)
             if grad_adjust is not None:
                 grads = grad_adjust(grads, params, server_params, context)
-            params = jax.tree.map(lambda p, g: jnp.where(active, p - lr * g, p), params, grads)
+            rate = hparams.value("lr", lr)  # a replica's own lr in an in-program sweep
+            params = jax.tree.map(lambda p, g: jnp.where(active, p - rate * g, p), params, grads)
             return (params, s + active, loss_sum + jnp.where(active, loss, 0.0),
                     overflow + jnp.where(active, over, 0))
 

@@ -8,7 +8,6 @@ block, and finally writes ``summary.json``. Both files are replaced atomically.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -32,6 +31,7 @@ from fedbench.links import build_links
 from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
 from fedbench.progress import _print_progress, _print_table
+from fedbench.replicas import replica_configs, run_replicas, run_values, simulator_config, swept
 from fedbench.results import CompileCounter, device_info, package_versions, write_json, write_jsonl
 from fedbench.simulator import Simulator
 from fedbench.tracking import Tracker, build_tracker
@@ -75,8 +75,13 @@ def run_experiment(
       ConfigError: for any bad setting, before training starts.
     """
     out_dir = Path(out_dir)
+    job = cfg  # seeds / in-program sweep: several replicas, the program built from the first's
+    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
+    replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None
+    if replicas is not None:
+        cfg = simulator_config(job, replicas)
     settings = validate(cfg)
-    checkpoints = RunCheckpoints(out_dir, cfg)  # checkpoint settings; out_dir writable
+    checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
     algorithm = build_algorithm(
         {**cfg["algorithm"], "site_speed": cfg.get("site_speed", 0.0)}, cfg["clients_per_round"]
     )
@@ -103,16 +108,19 @@ def run_experiment(
 
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
         print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
-    privacy = build_privacy(
-        cfg.get("privacy"),
-        algorithm_kind=algorithm.kind,
-        num_clients=cfg["num_clients"],
-        clients_per_round=settings.clients_per_round,
-        rounds=cfg["rounds"],
-        local_epochs=1 if algorithm.full_batch else settings.local_epochs,
-        batch_size=data.max_train if algorithm.full_batch else settings.batch_size,
-        client_sizes=np.asarray(data.train_counts),
-    )
+    def plan_for(run_cfg):  # the privacy plan of a config (calibrated to its target epsilon)
+        return build_privacy(
+            run_cfg.get("privacy"),
+            algorithm_kind=algorithm.kind,
+            num_clients=run_cfg["num_clients"],
+            clients_per_round=settings.clients_per_round,
+            rounds=run_cfg["rounds"],
+            local_epochs=1 if algorithm.full_batch else settings.local_epochs,
+            batch_size=data.max_train if algorithm.full_batch else settings.batch_size,
+            client_sizes=np.asarray(data.train_counts),
+        )
+
+    privacy = plan_for(cfg)
     sim = Simulator(
         model, algorithm, data, settings, seed=cfg["seed"],
         privacy=privacy.mechanism if privacy else None,
@@ -133,39 +141,42 @@ def run_experiment(
         int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(shapes)
     ) * len(algorithm.releases)  # e.g. SCAFFOLD also sends (and receives) control variates
 
-    def evaluate(state) -> dict[str, Any]:
-        metrics = sim.evaluate(state, min_client_test=MIN_CLIENT_TEST)
-        if not _finite(state):
-            metrics = _without_model_metrics(metrics)
-        if algorithm.kind in ("federated", "async"):
-            metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links,
-                                   sim.down_bits))
-        if privacy is not None:
-            if int(state.overflow):
-                raise BufferOverflowError(
-                    f"{int(state.overflow)} Poisson-sampled cohorts/batches exceeded their "
-                    "buffer; the run is stopped instead of dropping sampled units"
-                )
-            spent = privacy.report(int(state.round), np.asarray(state.participation),
-                                   steps=_dp_steps(state))
-            metrics["epsilon"] = spent["epsilon"]
-            # privacy.release_metrics=false: only what epsilon covers and the pooled test set.
-            metrics = privacy.released(metrics)
-        return metrics
+    def make_evaluate(privacy):  # the metrics of a state, under a replica's privacy plan
+        def evaluate(state) -> dict[str, Any]:
+            metrics = sim.evaluate(state, min_client_test=MIN_CLIENT_TEST)
+            if not _finite(state):
+                metrics = _without_model_metrics(metrics)
+            if algorithm.kind in ("federated", "async"):
+                metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links,
+                                       sim.down_bits))
+            if privacy is not None:
+                if int(state.overflow):
+                    raise BufferOverflowError(
+                        f"{int(state.overflow)} Poisson-sampled cohorts/batches exceeded their "
+                        "buffer; the run is stopped instead of dropping sampled units"
+                    )
+                spent = privacy.report(int(state.round), np.asarray(state.participation),
+                                       steps=_dp_steps(state))
+                metrics["epsilon"] = spent["epsilon"]
+                # privacy.release_metrics=false: only what epsilon covers and the pooled test set.
+                metrics = privacy.released(metrics)
+            return metrics
+        return evaluate
 
-    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
-    if num_seeds > 1:
+    evaluate = make_evaluate(privacy)
+    if replicas is not None:
         if cfg.get("site_speed", 0.0):
             raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
-        return _run_replicas(cfg, out_dir, sim, evaluate, partition_stats, privacy, progress,
-                             tracker, num_seeds, checkpoints)
+        plans = [privacy if not swept(job) else plan_for(c) for _, c in replicas]
+        return run_replicas(job, out_dir, sim, replicas, plans, make_evaluate, partition_stats,
+                            progress, tracker, checkpoints)
 
     tracker = tracker if tracker is not None else build_tracker(cfg.get("tracking"), out_dir)
     tracker.start(cfg, partition_stats)
 
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     compile_before, _ = CompileCounter.snapshot()
-    state = sim.init()
+    state = sim.init(values=run_values(cfg, privacy))  # lr, mu, DP noise as data
     restored = checkpoints.restore(state)  # None: start afresh
     if restored is None:
         status, run_wall, compile_earlier = "completed", 0.0, 0.0
@@ -235,16 +246,6 @@ def run_experiment(
     return summary
 
 
-def _replica_tracker(tracker: Tracker | None, cfg: Mapping[str, Any], out_dir: Path, seed: int) -> Tracker:
-    """A tracked run per seed: the sweep job's tracker settings with ``/seed=<s>`` appended."""
-    if tracker is None or type(tracker) is Tracker:
-        return build_tracker(cfg.get("tracking"), out_dir)
-    replica = copy.copy(tracker)
-    replica.run = None
-    replica.run_name = f"{tracker.run_name or out_dir.parent.name}/seed={seed}"
-    return replica
-
-
 def _run_summary(status, final, config, timing, partition_stats, sim: Simulator, state,
                  privacy) -> dict[str, Any]:
     """The contents of a run's ``summary.json``.
@@ -295,106 +296,3 @@ def _dp_steps(state) -> np.ndarray | None:
 def _without_model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """``metrics`` with every :data:`MODEL_METRICS` entry NaN: those of non-finite parameters."""
     return {k: float("nan") if k in MODEL_METRICS else v for k, v in metrics.items()}
-
-
-def _run_replicas(cfg, out_dir: Path, sim: Simulator, evaluate, partition_stats, privacy,
-                  progress, tracker, num_seeds: int,
-                  checkpoints: RunCheckpoints) -> dict[str, Any]:
-    """``seeds`` independent runs (seeds ``seed .. seed + seeds - 1``) as one compiled program.
-
-    The replicas share the data, partition and sites (partition seed: ``partition.seed``, else
-    ``seed``) and differ in initialisation, client sampling, SGD order, stragglers and DP noise;
-    replica ``s`` is bit-for-bit the single run with ``seed=s`` and that ``partition.seed``
-    (tested). Each writes its own run directory ``<out_dir>/seed=<s>/`` (metrics.jsonl,
-    summary.json with its own config); ``<out_dir>/summary.json`` lists them (``replicas``).
-    The job's checkpoints (``<out_dir>/checkpoints``) hold the stacked states.
-    """
-    base = cfg["seed"]
-    seeds = [base + i for i in range(num_seeds)]
-    part_seed = cfg["partition"].get("seed")
-    part_seed = base if part_seed is None else part_seed
-    configs = [{**cfg, "seed": s, "seeds": 1, "partition": {**cfg["partition"], "seed": part_seed}}
-               for s in seeds]
-    dirs = [out_dir / f"seed={s}" for s in seeds]
-    trackers = [_replica_tracker(tracker, c, d, s) for c, d, s in zip(configs, dirs, seeds)]
-    for t, c in zip(trackers, configs):
-        t.start(c, partition_stats)
-    rounds, eval_every = cfg["rounds"], cfg["eval_every"]
-    compile_before, _ = CompileCounter.snapshot()
-    states = sim.init_replicas(seeds)
-    restored = checkpoints.restore(states)  # None: start afresh
-    if restored is None:
-        histories = [[evaluate(sim.replica(states, i))] for i in range(num_seeds)]
-        statuses = ["completed"] * num_seeds
-        run_wall, done, compile_earlier = 0.0, 0, 0.0
-    else:
-        states, host = restored
-        histories, statuses = host["histories"], host["statuses"]
-        run_wall, done = host["run_seconds"], host["round"]
-        compile_earlier = host["compile_seconds"]
-        for d, h in zip(dirs, histories):
-            write_jsonl(d / "metrics.jsonl", h)  # without rows written after the checkpoint
-        if progress:
-            print(f"fedbench: resuming from round {done} ({checkpoints.directory})", flush=True)
-    for t, h in zip(trackers, histories):
-        for row in h:
-            t.log(row, row["round"])
-    while done < rounds and "completed" in statuses:
-        block = checkpoints.next_stop(done, rounds, eval_every) - done
-        compiled_before, _ = CompileCounter.snapshot()
-        start = time.perf_counter()
-        states = jax.block_until_ready(sim.run_replicas(states, block))
-        run_wall += time.perf_counter() - start
-        run_wall -= CompileCounter.snapshot()[0] - compiled_before
-        done += block
-        evaluated = done % eval_every == 0 or done == rounds
-        for i in range(num_seeds if evaluated else 0):
-            if statuses[i] != "completed":
-                continue  # a diverged replica keeps its last finite record
-            state = sim.replica(states, i)
-            histories[i].append(evaluate(state))
-            trackers[i].log(histories[i][-1], done)
-            write_jsonl(dirs[i] / "metrics.jsonl", histories[i])
-            if not (_finite(state) and _loss_finite(histories[i][-1])):
-                statuses[i] = "diverged"
-                print(f"fedbench: seed {seeds[i]} diverged by round {done}", file=sys.stderr, flush=True)
-        if checkpoints.due(done, rounds, evaluated, finished="completed" not in statuses):
-            checkpoints.save(done, states, {
-                "histories": histories, "statuses": statuses, "run_seconds": run_wall,
-                "compile_seconds": compile_earlier + CompileCounter.snapshot()[0] - compile_before,
-            })
-        if progress and evaluated:
-            key = "test_cindex" if "test_cindex" in histories[0][-1] else "test_accuracy"
-            values = [h[-1][key] for h in histories]
-            print(f"round {done:>5}/{rounds} | {key} over {num_seeds} seeds: mean "
-                  f"{np.mean(values):.4f}, min {np.min(values):.4f}, max {np.max(values):.4f} | "
-                  f"{done * num_seeds / run_wall if run_wall > 0 else float('nan'):8.1f} "
-                  "rounds/s (all seeds)", flush=True)
-    checkpoints.close()
-    compile_seconds = compile_earlier + CompileCounter.snapshot()[0] - compile_before
-    run_seconds = max(run_wall, 1e-9)
-    timing = {
-        "compile_seconds": compile_seconds,
-        "run_seconds": run_seconds,
-        "rounds_per_second": done / run_seconds,
-        "replicas_in_program": num_seeds,
-        "round_program_traces": sim.trace_count,
-    }
-    for i in range(num_seeds):
-        state = sim.replica(states, i)
-        summary = _run_summary(statuses[i], histories[i][-1], configs[i], timing,
-                               partition_stats, sim, state, privacy)
-        write_json(dirs[i] / "summary.json", summary)
-        trackers[i].finish(summary)
-    overall = {
-        "status": "completed" if all(s == "completed" for s in statuses) else "diverged",
-        "replicas": [d.name for d in dirs],
-        "seeds": seeds,
-        "statuses": statuses,
-        "config": dict(cfg),
-        "timing": timing,
-    }
-    write_json(out_dir / "summary.json", overall)
-    if progress:
-        print(f"fedbench: {num_seeds} seeds in one program; per-seed runs in {out_dir}/seed=*", flush=True)
-    return overall

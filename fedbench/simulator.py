@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedbench import hparams
 from fedbench.algorithm import Algorithm, check_client_dp
 from fedbench.algorithm.base import check_sample_dp, custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
@@ -243,7 +244,8 @@ class Simulator(Evaluation):
         """What every client's update transforms see this round (the DP clip bound)."""
         if not isinstance(self.privacy, ClientDP):
             return {}
-        return {"clip": state.clip if self.privacy.adaptive else self.privacy.clip}
+        return {"clip": state.clip if self.privacy.adaptive
+                else hparams.value("clip", self.privacy.clip)}
 
     def aggregate(self, state, uploads, weights, stats, valid, infos):
         """The cohort's uploads -> ``(aggregates, clip)``: the algorithm's aggregation, or under
@@ -273,22 +275,37 @@ class Simulator(Evaluation):
                 "transforms": self.transform.init(params)}
 
     # -- state -------------------------------------------------------------------------------
-    def init(self, seed: int | None = None) -> ServerState:
+    def init(self, seed: int | None = None, values=None) -> ServerState:
         """Initial parameters from ``PRNGKey(seed)`` (default: the simulator's seed); every
-        local model starts from the same."""
-        return self._init_from_key(jax.random.PRNGKey(self.seed if seed is None else seed))
+        local model starts from the same. ``values``: the run's ``hparams``
+        (:func:`fedbench.replicas.run_values`; None: constants in the trace)."""
+        state = self._init_from_key(jax.random.PRNGKey(self.seed if seed is None else seed))
+        return state if not values else state.replace(hparams=hparams.stack([values], 0))
 
-    def init_replicas(self, seeds) -> ServerState:
+    def init_replicas(self, seeds, values=None) -> ServerState:
         """States of several independent runs stacked on a leading replica axis: replica ``i``
-        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings)."""
+        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings) and, with
+        ``values`` (one mapping per replica, :data:`fedbench.hparams.NAMES`), its own values
+        in ``hparams``."""
         keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
-        return jax.vmap(self._init_from_key)(keys)
+        states = jax.vmap(self._init_from_key)(keys)
+        return states if not values else states.replace(hparams=hparams.stack(values))
 
-    def run_replicas(self, states: ServerState, num_rounds: int) -> ServerState:
-        """:meth:`run` for every replica of :meth:`init_replicas` at once, in one compiled
-        program (``jax.vmap`` over the replica axis, e.g. seeds)."""
-        if not hasattr(self, "_run_many"):
-            self._run_many = jax.jit(jax.vmap(self._run_rounds, in_axes=(0, None, None)))
+    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap"
+                     ) -> ServerState:
+        """:meth:`run` for every replica of :meth:`init_replicas` in one compiled program:
+        ``vmap`` (batched over the replica axis: the accelerator's way) or ``map``
+        (``lax.map``: one replica after another, each exactly the program of a single run, so
+        its results are a separate run's bit for bit)."""
+        if axis not in ("vmap", "map"):
+            raise ConfigError("replica_axis", axis, "vmap, map or auto")
+        if getattr(self, "_many_axis", None) != axis:
+            one = lambda s, payload, n: self._run_rounds(s, payload, n)  # noqa: E731
+            if axis == "vmap":
+                many = jax.vmap(one, in_axes=(0, None, None))
+            else:
+                many = lambda s, payload, n: jax.lax.map(lambda r: one(r, payload, n), s)  # noqa: E731
+            self._run_many, self._many_axis = jax.jit(many), axis
         return self._run_many(states, self._payload(), jnp.int32(num_rounds))
 
     @staticmethod
@@ -346,7 +363,8 @@ class Simulator(Evaluation):
         keys: ``fold_in(fold_in(run_key, r), 0x5EED)`` with the simulator's ``noise_salt``
         folded in (:func:`fedbench.privacy.plan.noise_salt`; ``None``: seed and round only)."""
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
-        return key if self.noise_salt is None else jax.random.fold_in(key, self.noise_salt)
+        salt = hparams.value("noise_salt", self.noise_salt)  # a sweep replica's own salt
+        return key if salt is None else jax.random.fold_in(key, salt)
 
     def durations(self, ids: jax.Array, counts: jax.Array, epochs, bits_up=None) -> jax.Array:
         """Simulated time a client needs: its local steps times its site's speed; with
@@ -375,7 +393,12 @@ class Simulator(Evaluation):
     def _run_rounds(self, state: ServerState, payload, num_rounds: jax.Array) -> ServerState:
         self.trace_count += 1
         body = ROUNDS[self.algorithm.kind]
-        return jax.lax.fori_loop(0, num_rounds, lambda _, s: body(self, s, payload), state)
+
+        def one(_, s):
+            with hparams.scope(s.hparams):  # a sweep replica's own lr, mu, clip, noise
+                return body(self, s, payload)
+
+        return jax.lax.fori_loop(0, num_rounds, one, state)
 
     def _payload(self):
         if self.algorithm.kind == "centralized":

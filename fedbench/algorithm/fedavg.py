@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import optax
 
+from fedbench import hparams
 from fedbench.algorithm.base import Algorithm, non_negative
 
 
@@ -32,7 +33,8 @@ def proximal_term(mu: float):
 
     def grad_adjust(grads, params, anchor, context):
         del context
-        return jax.tree.map(lambda g, p, p0: g + mu * (p - p0), grads, params, anchor)
+        m = hparams.value("mu", mu)  # a replica's own mu in an in-program sweep
+        return jax.tree.map(lambda g, p, p0: g + m * (p - p0), grads, params, anchor)
 
     return grad_adjust
 

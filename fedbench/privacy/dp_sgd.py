@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedbench import hparams
 from fedbench.local import GradientEstimator, make_local_update
 from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, sampling_threshold
 from fedbench.task import masked_cross_entropy
@@ -105,18 +106,21 @@ def dp_sgd_estimator(
 
     def grad(params, x, y, count, key, aux, s):
         length = x.shape[0]
+        # A replica's own clip and z * clip (host-computed) in an in-program sweep.
+        bound, std = hparams.value("clip", clip), hparams.value("noise_std", stddev)
         rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
         expected = rate * count
         sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
-        if noise_salt is not None:
-            noise_key = jax.random.fold_in(noise_key, noise_salt)
+        salt = hparams.value("noise_salt", noise_salt)
+        if salt is not None:
+            noise_key = jax.random.fold_in(noise_key, salt)
         chosen = sample_examples(sample_key, count, length, batch_size)
         n_chosen = chosen.sum()
         (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
         valid = jnp.arange(buffer) < n_chosen
-        total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, clip,
+        total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, bound,
                                                 loss_fn)
-        noisy = add_gaussian_noise(total, stddev, noise_key)
+        noisy = add_gaussian_noise(total, std, noise_key)
         grads = jax.tree.map(lambda g: g / expected, noisy)
         loss = jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(valid.sum(), 1)
         return loss, grads, (n_chosen > buffer).astype(jnp.int32)

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedbench import hparams
+
 Params = Any
 
 
@@ -200,6 +202,8 @@ def dp_noisy_mean(
     z = dp.delta_noise_multiplier if dp.adaptive else dp.noise_multiplier
     # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
     stddev = z * bound if z > 0 else 0.0
+    if not dp.adaptive:  # a replica's own z * clip in an in-program sweep (host-computed)
+        stddev = hparams.value("noise_std", stddev)
     noisy = add_gaussian_noise(total, stddev, delta_key if dp.adaptive else key)
     mean = jax.tree.map(lambda t: t / dp.expected_reports, noisy)
     if not dp.adaptive:

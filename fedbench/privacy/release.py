@@ -26,6 +26,8 @@ PRIVATE_METRICS = {
     "bytes_up": "participations so far: the exact size of every Poisson cohort",
     "bytes_down": "participations so far: the exact size of every Poisson cohort",
     "simulated_time": "the sampled clients' numbers of local steps (their training sizes)",
+    "simulated_seconds": "the sampled clients' numbers of local steps (their training sizes)",
+    "compression_ratio": "participations so far: the exact size of every Poisson cohort",
 }
 #: ``summary.json`` blocks computed from the clients' data (``null`` without release_metrics).
 PRIVATE_SUMMARY = {
@@ -38,9 +40,10 @@ TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
 #: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
 #: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
 #: ``eval_every`` (results do not depend on how rounds are cut into blocks), the checkpoint
-#: settings, tracking and sweep bookkeeping, and the two reporting switches below.
-NOISE_SALT_IGNORED = ("seed", "seeds", "eval_every", "sweep_name", "tracking", "hydra",
-                      "resume", "checkpoint_every")  # a resumed run draws the same noise
+#: settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
+#: with its own values set and ``sweep`` as in a plain run), and the two reporting switches below.
+NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "eval_every", "sweep_name",
+                      "tracking", "hydra", "resume", "checkpoint_every")  # a resumed run draws the same noise
 NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics")
 
 

@@ -1,0 +1,269 @@
+"""Several runs as replicas of one compiled program: ``seeds`` and in-program sweeps.
+
+``seeds=S`` runs seeds ``seed .. seed + S - 1``; ``sweep.<name>=[...]`` adds values of a scalar
+hyper-parameter that does not change any shape (:data:`SWEEP_KEYS`): the product of every swept
+list and the seeds runs as ``jax.vmap`` replicas of one round program, each replica's values
+carried in its state (:mod:`fedbench.hparams`). Every replica writes its own run directory
+(``<out_dir>/<name>=<value>,...,seed=<s>/``, or ``seed=<s>/`` for seeds alone) with the config
+of the separate job it stands for, so ``fedbench-collect``, the notebooks and resumable sweeps
+see no difference; replica ``i`` is bit-for-bit that job (tested).
+
+``sweep.target_epsilon`` values are calibrated to noise multipliers per replica before training
+(the same calibration as a separate job); ``sweep.noise_multiplier`` and ``sweep.clip`` set
+them directly. The replicas share the data and partition (``partition.seed``, else ``seed``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fedbench.errors import ConfigError
+
+#: sweep.<name> -> the config path it sets.
+SWEEP_KEYS = {
+    "lr": ("lr",),
+    "mu": ("algorithm", "mu"),
+    "noise_multiplier": ("privacy", "noise_multiplier"),
+    "clip": ("privacy", "clip"),
+    "target_epsilon": ("privacy", "target_epsilon"),
+}
+_PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
+
+
+def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The ``sweep`` keys that hold a list of values, checked."""
+    out = {}
+    for name, values in (cfg.get("sweep") or {}).items():
+        if values is None:
+            continue
+        if name not in SWEEP_KEYS:
+            raise ConfigError(f"sweep.{name}", values, "a key of: " + ", ".join(SWEEP_KEYS))
+        values = [values] if isinstance(values, (str, int, float)) else list(values)
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                             for v in values):
+            raise ConfigError(f"sweep.{name}", values, "a non-empty list of numbers")
+        out[name] = values  # as typed: 2 stays 2, as in a separate job's config
+    privacy = cfg.get("privacy") or {}
+    for name in out:
+        if name in _PRIVATE and privacy.get("name", "none") == "none":
+            raise ConfigError(f"sweep.{name}", out[name], "null without privacy (dp_client or "
+                              "dp_sample)")
+        if name in _PRIVATE and (privacy.get("adaptive_clip") or {}).get("enabled"):
+            raise ConfigError(f"sweep.{name}", out[name], "null with privacy.adaptive_clip "
+                              "(the clip and noise split are state of their own)")
+        if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
+            raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
+    if "target_epsilon" in out and "noise_multiplier" in out:
+        raise ConfigError("sweep.noise_multiplier", out["noise_multiplier"],
+                          "null when sweep.target_epsilon is set (one of them sets the noise)")
+    return out
+
+
+def _set(cfg: dict[str, Any], path: tuple[str, ...], value) -> None:
+    node = cfg
+    for key in path[:-1]:
+        node[key] = dict(node.get(key) or {})
+        node = node[key]
+    node[path[-1]] = value
+
+
+def replica_configs(cfg: Mapping[str, Any], num_seeds: int) -> list[tuple[str, dict[str, Any]]]:
+    """``(directory name, config)`` of every replica: the config a separate job would have
+    (its swept values set, ``seeds: 1``, its ``seed``, the shared ``partition.seed``, an empty
+    ``sweep``)."""
+    grid = swept(cfg)
+    base = cfg["seed"]
+    part_seed = cfg["partition"].get("seed")
+    part_seed = base if part_seed is None else part_seed
+    out = []
+    for combo in itertools.product(*grid.values(), range(base, base + num_seeds)):
+        *values, seed = combo
+        rep = copy.deepcopy(dict(cfg))
+        rep.update(seed=seed, seeds=1, partition={**cfg["partition"], "seed": part_seed})
+        if "sweep" in cfg:
+            rep["sweep"] = {k: None for k in (cfg.get("sweep") or {})}
+        for name, value in zip(grid, values):
+            _set(rep, SWEEP_KEYS[name], value)
+            if name == "target_epsilon":
+                _set(rep, ("privacy", "noise_multiplier"), None)
+            if name == "noise_multiplier":
+                _set(rep, ("privacy", "target_epsilon"), None)
+        parts = [f"{name}={value:g}" for name, value in zip(grid, values)] + [f"seed={seed}"]
+        out.append((",".join(parts), rep))
+    return out
+
+
+def simulator_config(cfg: Mapping[str, Any], replicas) -> dict[str, Any]:
+    """The config the one simulator is built from: the first replica's, with FedProx's ``mu``
+    non-zero if any replica's is (so the proximal term is in the program; each replica then
+    uses its own ``mu``, 0 included)."""
+    out = copy.deepcopy(replicas[0][1])
+    mus = swept(cfg).get("mu")
+    if mus and any(mus):
+        out["algorithm"] = {**out["algorithm"], "mu": max(mus, key=abs)}
+    return out
+
+
+def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
+    """What a run carries in ``ServerState.hparams`` (:mod:`fedbench.hparams`): its client
+    ``lr``, FedProx's ``mu``, and under DP with a fixed clip its ``clip``, noise std
+    ``noise_multiplier * clip`` and noise salt, computed on the host. Every run of
+    ``fedbench`` carries them, plain or replica, so a replica and the separate job it stands
+    for trace the same program (XLA rewrites arithmetic on constants differently from
+    arithmetic on data, so constants in one and data in the other would differ in the last
+    bits)."""
+    values: dict[str, Any] = {"lr": float(run_cfg["lr"])}
+    algorithm = run_cfg.get("algorithm") or {}
+    if algorithm.get("name") == "fedprox" and algorithm.get("mu") is not None:
+        values["mu"] = float(algorithm["mu"])
+    mechanism = None if plan is None else plan.mechanism
+    if mechanism is not None and not getattr(mechanism, "adaptive", False):
+        z, clip = mechanism.noise_multiplier, mechanism.clip
+        values["clip"] = clip
+        values["noise_std"] = z * clip if z > 0 else 0.0
+        if not plan.shared_noise:
+            from fedbench.privacy.release import noise_salt
+
+            values["noise_salt"] = noise_salt(run_cfg)
+    return values
+
+
+def replica_axis(axis: str) -> str:
+    """``auto``: ``map`` on CPU (one replica after another inside the program: no gain from
+    batching on two cores, and each replica is its separate job bit for bit), ``vmap`` on
+    accelerators (benchmarks/NOTES.md)."""
+    if axis not in ("auto", "vmap", "map"):
+        raise ConfigError("replica_axis", axis, "one of: auto, vmap, map")
+    if axis == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return axis
+
+
+def _replica_tracker(tracker, cfg: Mapping[str, Any], out_dir: Path, name: str):
+    """A tracked run per replica: the job's tracker settings with ``/<name>`` appended."""
+    from fedbench.tracking import Tracker, build_tracker
+
+    if tracker is None or type(tracker) is Tracker:
+        return build_tracker(cfg.get("tracking"), out_dir)
+    replica = copy.copy(tracker)
+    replica.run = None
+    replica.run_name = f"{tracker.run_name or out_dir.parent.name}/{name}"
+    return replica
+
+
+def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partition_stats,
+                 progress, tracker, checkpoints) -> dict[str, Any]:
+    """Every replica of :func:`replica_configs` as one compiled program (``jax.vmap`` over the
+    replica axis of the stacked states).
+
+    The replicas share the data, partition and sites and differ in initialisation, client
+    sampling, SGD order, stragglers and DP noise (their seeds) and in their swept values; each
+    writes its own run directory (metrics.jsonl, summary.json with its own config);
+    ``<out_dir>/summary.json`` lists them (``replicas``). The job's checkpoints
+    (``<out_dir>/checkpoints``) hold the stacked states. ``plans``: each replica's privacy
+    plan (its epsilon and disclosure), ``make_evaluate(plan)``: its metrics function.
+    """
+    from fedbench.results import CompileCounter, write_json, write_jsonl
+    from fedbench.run import _finite, _loss_finite, _run_summary
+
+    names = [name for name, _ in replicas]
+    configs = [c for _, c in replicas]
+    seeds = [c["seed"] for c in configs]
+    dirs = [out_dir / name for name in names]
+    evaluators = [make_evaluate(plan) for plan in plans]
+    trackers = [_replica_tracker(tracker, c, d, n) for c, d, n in zip(configs, dirs, names)]
+    for t, c in zip(trackers, configs):
+        t.start(c, partition_stats)
+    rounds, eval_every = cfg["rounds"], cfg["eval_every"]
+    count = len(replicas)
+    axis = replica_axis(cfg.get("replica_axis", "auto"))
+    compile_before, _ = CompileCounter.snapshot()
+    states = sim.init_replicas(seeds, [run_values(c, p) for c, p in zip(configs, plans)])
+    restored = checkpoints.restore(states)  # None: start afresh
+    if restored is None:
+        histories = [[evaluators[i](sim.replica(states, i))] for i in range(count)]
+        statuses = ["completed"] * count
+        run_wall, done, compile_earlier = 0.0, 0, 0.0
+    else:
+        states, host = restored
+        histories, statuses = host["histories"], host["statuses"]
+        run_wall, done = host["run_seconds"], host["round"]
+        compile_earlier = host["compile_seconds"]
+        for d, h in zip(dirs, histories):
+            write_jsonl(d / "metrics.jsonl", h)  # without rows written after the checkpoint
+        if progress:
+            print(f"fedbench: resuming from round {done} ({checkpoints.directory})", flush=True)
+    for t, h in zip(trackers, histories):
+        for row in h:
+            t.log(row, row["round"])
+    while done < rounds and "completed" in statuses:
+        block = checkpoints.next_stop(done, rounds, eval_every) - done
+        compiled_before, _ = CompileCounter.snapshot()
+        start = time.perf_counter()
+        states = jax.block_until_ready(sim.run_replicas(states, block, axis))
+        run_wall += time.perf_counter() - start
+        run_wall -= CompileCounter.snapshot()[0] - compiled_before
+        done += block
+        evaluated = done % eval_every == 0 or done == rounds
+        for i in range(count if evaluated else 0):
+            if statuses[i] != "completed":
+                continue  # a diverged replica keeps its last finite record
+            state = sim.replica(states, i)
+            histories[i].append(evaluators[i](state))
+            trackers[i].log(histories[i][-1], done)
+            write_jsonl(dirs[i] / "metrics.jsonl", histories[i])
+            if not (_finite(state) and _loss_finite(histories[i][-1])):
+                statuses[i] = "diverged"
+                print(f"fedbench: replica {names[i]} diverged by round {done}", file=sys.stderr,
+                      flush=True)
+        if checkpoints.due(done, rounds, evaluated, finished="completed" not in statuses):
+            checkpoints.save(done, states, {
+                "histories": histories, "statuses": statuses, "run_seconds": run_wall,
+                "compile_seconds": compile_earlier + CompileCounter.snapshot()[0] - compile_before,
+            })
+        if progress and evaluated:
+            key = "test_cindex" if "test_cindex" in histories[0][-1] else "test_accuracy"
+            got = [h[-1][key] for h in histories]
+            print(f"round {done:>5}/{rounds} | {key} over {count} replicas: mean "
+                  f"{np.mean(got):.4f}, min {np.min(got):.4f}, max {np.max(got):.4f} | "
+                  f"{done * count / run_wall if run_wall > 0 else float('nan'):8.1f} "
+                  "rounds/s (all replicas)", flush=True)
+    checkpoints.close()
+    compile_seconds = compile_earlier + CompileCounter.snapshot()[0] - compile_before
+    run_seconds = max(run_wall, 1e-9)
+    timing = {
+        "compile_seconds": compile_seconds,
+        "run_seconds": run_seconds,
+        "rounds_per_second": done / run_seconds,
+        "replicas_in_program": count,
+        "replica_axis": axis,
+        "round_program_traces": sim.trace_count,
+    }
+    for i in range(count):
+        state = sim.replica(states, i)
+        summary = _run_summary(statuses[i], histories[i][-1], configs[i], timing,
+                               partition_stats, sim, state, plans[i])
+        write_json(dirs[i] / "summary.json", summary)
+        trackers[i].finish(summary)
+    overall = {
+        "status": "completed" if all(s == "completed" for s in statuses) else "diverged",
+        "replicas": names,
+        "seeds": seeds,
+        "swept": swept(cfg),
+        "statuses": statuses,
+        "config": dict(cfg),
+        "timing": timing,
+    }
+    write_json(out_dir / "summary.json", overall)
+    if progress:
+        print(f"fedbench: {count} replicas in one program; their runs in {out_dir}/*", flush=True)
+    return overall

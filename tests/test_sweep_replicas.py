@@ -1,0 +1,94 @@
+"""In-program sweeps (``sweep.<name>=[...]``, fedbench/replicas.py) against separate jobs.
+
+Independent expectation: each replica's metrics.jsonl is byte for byte the file of the separate
+``fedbench`` job with the same values set on the command line (a run of its own, with constants
+baked into its trace), and its epsilon is what that job's own calibration and accountant give.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose
+
+from fedbench.errors import ConfigError
+from fedbench.run import run_experiment
+
+SMALL = ["rounds=4", "eval_every=2", "clients_per_round=5", "checkpoint_every=0"]
+
+
+def check_against_separate_jobs(tmp_path, job_overrides, replicas):
+    """``replicas``: directory name -> the overrides of the separate job it stands for."""
+    summary = run_experiment(compose(SMALL + job_overrides), tmp_path / "job", progress=None)
+    assert sorted(summary["replicas"]) == sorted(replicas)
+    assert summary["timing"]["round_program_traces"] == 1  # one program for all of them
+    names = sorted(replicas)
+    for name in (names[0], names[-1]):  # the first and the last of the program's replicas
+        overrides = replicas[name]
+        alone = tmp_path / name
+        run_experiment(compose(SMALL + overrides), alone, progress=None)
+        got = (tmp_path / "job" / name / "metrics.jsonl").read_bytes()
+        assert got == (alone / "metrics.jsonl").read_bytes(), name
+        mine = json.loads((tmp_path / "job" / name / "summary.json").read_text())
+        theirs = json.loads((alone / "summary.json").read_text())
+        assert mine["config"] == theirs["config"]
+        assert mine["privacy"] == theirs["privacy"]
+    return summary
+
+
+def test_learning_rates_and_seeds_equal_separate_jobs(tmp_path):
+    check_against_separate_jobs(tmp_path, ["sweep.lr=[0.05,0.2]", "seeds=2"], {
+        f"lr={lr:g},seed={s}": [f"lr={lr}", f"seed={s}", "partition.seed=0"]
+        for lr in (0.05, 0.2) for s in (0, 1)
+    })
+
+
+def test_fedprox_mu_including_zero_equals_separate_jobs(tmp_path):
+    check_against_separate_jobs(tmp_path, ["algorithm=fedprox", "sweep.mu=[0,0.5]"], {
+        f"mu={mu:g},seed=0": ["algorithm=fedprox", f"algorithm.mu={mu}", "partition.seed=0"]
+        for mu in (0, 0.5)
+    })
+
+
+def test_client_dp_noise_multipliers_equal_separate_jobs(tmp_path):
+    dp = ["privacy=dp_client", "privacy.target_epsilon=null", "privacy.clip=0.5"]
+    summary = check_against_separate_jobs(tmp_path, dp + ["sweep.noise_multiplier=[0.3,1.5]"], {
+        f"noise_multiplier={z:g},seed=0": dp + [f"privacy.noise_multiplier={z}",
+                                                "partition.seed=0"]
+        for z in (0.3, 1.5)
+    })
+    eps = [json.loads((tmp_path / "job" / n / "summary.json").read_text())["privacy"]["epsilon"]
+           for n in summary["replicas"]]
+    assert eps[0] > eps[1]  # less noise, more epsilon spent
+
+
+def test_target_epsilons_are_calibrated_per_replica(tmp_path):
+    dp = ["privacy=dp_client", "privacy.clip=1.0"]
+    check_against_separate_jobs(tmp_path, dp + ["sweep.target_epsilon=[2,20]"], {
+        f"target_epsilon={e:g},seed=0": dp + [f"privacy.target_epsilon={e}", "partition.seed=0"]
+        for e in (2, 20)
+    })
+
+
+def test_dp_sgd_clips_equal_separate_jobs(tmp_path):
+    dp = ["privacy=dp_sample", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]
+    check_against_separate_jobs(tmp_path, dp + ["sweep.clip=[0.1,2]"], {
+        f"clip={c:g},seed=0": dp + [f"privacy.clip={c}", "partition.seed=0"] for c in (0.1, 2)
+    })
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["+sweep.batch_size=[5,10]"], "sweep.batch_size"),
+    (["sweep.mu=[0.1]"], "sweep.mu"),
+    (["sweep.noise_multiplier=[1.0]"], "sweep.noise_multiplier"),
+    (["sweep.lr=[fast]"], "sweep.lr"),
+    (["privacy=dp_client", "privacy.adaptive_clip.enabled=true", "sweep.clip=[0.5,1]"],
+     "sweep.clip"),
+    (["privacy=dp_client", "sweep.target_epsilon=[1,2]", "sweep.noise_multiplier=[1.0]"],
+     "sweep.noise_multiplier"),
+])
+def test_bad_sweeps_name_the_key(tmp_path, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        run_experiment(compose(SMALL + overrides), tmp_path, progress=None)
+    assert err.value.key == key
