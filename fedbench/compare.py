@@ -2,7 +2,8 @@
 
 Pati et al. (Nature Communications 13, 7346, 2022) ask whether a federated model is at least as
 good as what any single institution could train alone. ``fedbench-compare`` answers it for any
-dataset and federation: it runs, on the same sites, splits and seeds,
+dataset and federation: it runs, on the same sites and splits (one partition, pinned across the
+training seeds ``--seeds``),
 
 * ``local``: every site trains alone (the spine's ``local`` baseline), giving one model per site;
 * ``centralized``: one model on all sites' training data pooled (the upper reference that
@@ -17,7 +18,10 @@ or the C-index for survival data). Usage::
         partition=natural model=cox clients_per_round=6 batch_size=8 local_steps=100 rounds=5
 
 Writes ``<out>/<algorithm>/seed=<s>/`` run directories, ``<out>/table.csv`` (tidy: one row per
-regime, model, seed and evaluation set) and prints the per-site table and the verdicts.
+regime, model, seed and evaluation set), ``<out>/scores.npz`` (per-example test scores) and
+``<out>/verdicts.json``, and prints the per-site table and the verdicts: each with its test size
+and the paired bootstrap interval of the difference (:mod:`fedbench.compare_verdicts`), the best
+single-site model chosen on held-out training data, not on the test set.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import copy
 import csv
 import functools
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from fedbench.errors import ConfigError
-from fedbench.results import write_atomic
+from fedbench.results import write_atomic, write_json
 
 BASELINES = ("local", "centralized")
 
@@ -82,8 +87,12 @@ def regime_config(
     config_dir: str | Path | None = None,
     config_name: str = "config",
 ) -> dict[str, Any]:
-    """``cfg`` with another algorithm and seed; baselines run without DP and stragglers (the
-    spine rejects both there), on the same data, partition and schedule.
+    """``cfg`` with another algorithm and training seed; baselines run without DP and stragglers
+    (the spine rejects both there), on the same data, partition and schedule.
+
+    The partition is pinned: ``partition.seed`` is the config's ``partition.seed``, else its
+    ``seed``, whatever ``seed`` is, so every training seed sees the same sites, splits and test
+    examples (site ``j`` is one client in every seed; as ``seeds=S`` replicas do).
 
     The config's own algorithm keeps its settings (command-line ``algorithm.*`` overrides
     included); any other named algorithm is composed by Hydra from its
@@ -92,6 +101,7 @@ def regime_config(
     """
     out = copy.deepcopy(cfg)
     out["seed"] = seed
+    out["partition"]["seed"] = partition_seed(cfg)
     if isinstance(algorithm, dict):
         out["algorithm"] = copy.deepcopy(algorithm)
     elif algorithm != cfg["algorithm"]["name"]:
@@ -101,6 +111,12 @@ def regime_config(
         out["stragglers"] = {"fraction": 0.0, "policy": "drop"}
         out["site_speed"] = 0.0
     return out
+
+
+def partition_seed(cfg: dict[str, Any]) -> int:
+    """The one partition seed of a comparison: ``partition.seed``, else the config's ``seed``."""
+    pinned = cfg["partition"].get("seed")
+    return cfg["seed"] if pinned is None else pinned
 
 
 def site_rows(
@@ -139,18 +155,30 @@ def compare(
     metric: str | None = None,
     config_dir: str | Path | None = None,
     config_name: str = "config",
+    val_fraction: float = 0.2,
+    n_boot: int = 2000,
 ) -> list[dict]:
-    """Runs local, centralized and the federated ``algorithms`` for every seed; returns the
-    tidy rows also written to ``<out_dir>/table.csv``.
+    """Runs local, centralized and the federated ``algorithms`` for every training seed (one
+    partition for all, :func:`regime_config`); returns the tidy rows also written to
+    ``<out_dir>/table.csv``.
+
+    Also writes ``<out_dir>/scores.npz`` (every model's per-example test scores,
+    :class:`fedbench.compare_verdicts.Comparison`) and ``<out_dir>/verdicts.json`` (one record
+    per algorithm and test set: test size, both values, their difference and its paired
+    bootstrap interval from ``n_boot`` resamples, the verdict;
+    :func:`fedbench.compare_verdicts.verdicts`). The best single-site model is chosen on
+    ``val_fraction`` of each site's training split held out (0: on the test set, said so).
 
     Every algorithm other than ``cfg``'s own runs with the settings Hydra composes for it from
-    ``<config_dir>/algorithm/<name>.yaml`` (default: fedbench's ``conf/``); see
-    :func:`regime_config`.
+    ``<config_dir>/algorithm/<name>.yaml`` (default: fedbench's ``conf/``).
 
     Raises:
       ConfigError: bad settings (checked by the first run before training), an algorithm name
-        that is one of the baselines or has no config file.
+        that is one of the baselines or has no config file, ``seeds`` other than 1 in ``cfg``,
+        ``val_fraction`` outside [0, 1), ``n_boot`` < 1.
     """
+    from fedbench.compare_verdicts import (Comparison, site_scores, validation_data,
+                                           validation_metric, verdicts)
     from fedbench.run import run_experiment
 
     out_dir = Path(out_dir)
@@ -158,15 +186,26 @@ def compare(
     for name in algorithms:
         if name in BASELINES:
             raise ConfigError("--algorithms", name, "federated algorithms (local and centralized always run)")
-    for regime in [*BASELINES, *algorithms]:  # unknown names fail before any training
+    if cfg.get("seeds") not in (None, 1):
+        raise ConfigError("seeds", cfg["seeds"], "1 with fedbench-compare (training seeds: --seeds 0,1,2)")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0 <= val_fraction < 1:
+        raise ConfigError("--val-fraction", val_fraction, "a number in [0, 1) (0: select on test)")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ConfigError("--bootstrap", n_boot, "an integer >= 1 (number of resamples)")
+    regimes = [*BASELINES, *algorithms]
+    for regime in regimes:  # unknown names fail before any training
         regime_config(cfg, regime, 0, config_dir, config_name)
     seeds = list(seeds if seeds is not None else [cfg["seed"]])
     rows: list[dict] = []
+    scores: dict[str, list] = {regime: [] for regime in regimes}
+    validation: list[np.ndarray] = []
     for seed in seeds:
-        for regime in [*BASELINES, *algorithms]:
+        for regime in regimes:
             run_cfg = regime_config(cfg, regime, seed, config_dir, config_name)
-            summary = run_experiment(run_cfg, out_dir / regime / f"seed={seed}",
-                                     progress=None)
+            run: dict[str, Any] = {}
+            summary = run_experiment(run_cfg, out_dir / regime / f"seed={seed}", progress=None,
+                                     on_finish=lambda sim, state: run.update(sim=sim, state=state))
             if summary["status"] != "completed" or not summary.get("sites"):
                 raise RuntimeError(f"{regime} (seed {seed}) did not complete: {summary['status']}")
             names = summary["partition_stats"].get("client_names") or [
@@ -174,11 +213,28 @@ def compare(
             ]
             new = site_rows(regime, seed, summary["sites"], [str(n) for n in names], metric)
             rows += new
+            kind = new[0]["metric"]
+            per_example, labels, offsets = site_scores(run["sim"], run["state"], kind)
+            scores[regime].append(per_example)
+            if regime == "local":
+                held = validation_data(run["sim"].data, val_fraction, partition_seed(cfg))
+                if held is not None:
+                    validation.append(validation_metric(run["sim"], held, cfg["rounds"], kind))
             if progress:
                 pooled = np.mean([r["value"] for r in new if r["eval_set"] == "pooled"])
                 print(f"fedbench-compare: {regime:<12} seed {seed}: pooled-test "
-                      f"{new[0]['metric']} {pooled:.4f}", flush=True)
+                      f"{kind} {pooled:.4f}", flush=True)
     write_table(out_dir / "table.csv", rows)
+    comparison = Comparison(
+        kind, [str(n) for n in names], offsets, labels,
+        {k: np.stack(v) for k, v in scores.items()},
+        np.stack(validation) if validation else None,
+        run["sim"].data.task == "classification" and run["sim"].data.num_classes == 2,
+        seeds, partition_seed(cfg))
+    comparison.save(out_dir / "scores.npz")
+    write_json(out_dir / "verdicts.json", {
+        "seeds": seeds, "partition_seed": partition_seed(cfg), "val_fraction": val_fraction,
+        "verdicts": verdicts(comparison, algorithms, n_boot)})
     return rows
 
 
@@ -211,44 +267,19 @@ def wide_table(rows: list[dict]) -> tuple[list[str], list[tuple[str, list[float]
     return sets, lines
 
 
-def verdicts(rows: list[dict], algorithms: Sequence[str]) -> list[str]:
-    """The FeTS question in words, from seed-averaged values."""
-    def value(regime: str, model: str | None, eval_set: str) -> float:
-        return _mean([r["value"] for r in rows if r["regime"] == regime and r["eval_set"] == eval_set
-                      and (model is None or r["model"] == model)])
+def print_table(rows: list[dict], report: dict[str, Any] | None = None) -> None:
+    """The seed-averaged table, then the verdicts of ``report`` (``verdicts.json``'s content)."""
+    from fedbench.compare_verdicts import verdict_lines
 
-    sites = [s for s in dict.fromkeys(r["eval_set"] for r in rows) if s != "pooled"]
-    local_models = list(dict.fromkeys(r["model"] for r in rows if r["regime"] == "local"))
-    out = []
-    for alg in algorithms:
-        fed_pooled = value(alg, "global model", "pooled")
-        best = max(local_models, key=lambda m: value("local", m, "pooled"))
-        best_value = value("local", best, "pooled")
-        out.append(
-            f"{alg}: pooled test {fed_pooled:.4f} vs best single-site model ({best}) "
-            f"{best_value:.4f} -> {'at least as good' if fed_pooled >= best_value else 'WORSE'}"
-        )
-        worse = []
-        for k, site in enumerate(sites):
-            own = value("local", local_models[k], site) if k < len(local_models) else float("nan")
-            fed = value(alg, "global model", site)
-            if math.isfinite(own) and math.isfinite(fed) and fed < own:
-                worse.append(f"{site} ({fed:.3f} < {own:.3f})")
-        out.append(
-            f"{alg}: on its own test split, every site's own model is beaten or matched"
-            if not worse else f"{alg}: sites whose own model beats the federated one: " + ", ".join(worse)
-        )
-    return out
-
-
-def print_table(rows: list[dict], algorithms: Sequence[str]) -> None:
     sets, lines = wide_table(rows)
     width = max(len(label) for label, _ in lines)
     print(f"{'':<{width}}  " + "  ".join(f"{s[:10]:>10}" for s in sets))
     for label, values in lines:
         print(f"{label:<{width}}  " + "  ".join(f"{v:>10.4f}" for v in values))
-    for line in verdicts(rows, algorithms):
-        print(line)
+    if report:
+        for line in verdict_lines(report["verdicts"], len(report["seeds"]),
+                                  report["partition_seed"]):
+            print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/compare", help="output directory")
     parser.add_argument("--metric", default=None, choices=["accuracy", "auc"],
                         help="classification metric (default accuracy; auc for binary tasks)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of each site's training split held out to choose the best "
+                             "single-site model (default 0.2; 0: chosen on the test set)")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="bootstrap resamples of each verdict's interval (default 2000)")
     parser.add_argument("--config-dir", default=None, help="config directory (default: conf/)")
     parser.add_argument("--config-name", default="config")
     args = parser.parse_args(argv)
@@ -282,11 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         rows = compare(cfg, args.out, algorithms, seeds, progress=True,
                        metric=None if args.metric == "accuracy" else args.metric,
-                       config_dir=config_dir, config_name=args.config_name)
+                       config_dir=config_dir, config_name=args.config_name,
+                       val_fraction=args.val_fraction, n_boot=args.bootstrap)
     except ConfigError as err:
         print(f"fedbench-compare: config error: {err}", file=sys.stderr)
         return 2
-    print_table(rows, algorithms or [cfg["algorithm"]["name"]])
+    print_table(rows, json.loads((Path(args.out) / "verdicts.json").read_text()))
     print(f"fedbench-compare: wrote {Path(args.out) / 'table.csv'}")
     return 0
 
