@@ -35,6 +35,7 @@ SWEEP_KEYS = {
     "noise_multiplier": ("privacy", "noise_multiplier"),
     "clip": ("privacy", "clip"),
     "target_epsilon": ("privacy", "target_epsilon"),
+    "members": ("members",),  # sub-federations: lists of client indices (fedbench-contribution)
 }
 _PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
 
@@ -48,6 +49,13 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
         if name not in SWEEP_KEYS:
             raise ConfigError(f"sweep.{name}", values, "a key of: " + ", ".join(SWEEP_KEYS))
         values = [values] if isinstance(values, (str, int, float)) else list(values)
+        if name == "members":  # a list of client-index lists, each checked by check_members
+            values = [sorted(int(c) for c in v) if not isinstance(v, (str, int, float)) else v
+                      for v in values]
+            for v in values:
+                check_members(cfg, v, f"sweep.{name}")
+            out[name] = values
+            continue
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float))
                              for v in values):
             raise ConfigError(f"sweep.{name}", values, "a non-empty list of numbers")
@@ -97,9 +105,34 @@ def replica_configs(cfg: Mapping[str, Any], num_seeds: int) -> list[tuple[str, d
                 _set(rep, ("privacy", "noise_multiplier"), None)
             if name == "noise_multiplier":
                 _set(rep, ("privacy", "target_epsilon"), None)
-        parts = [f"{name}={value:g}" for name, value in zip(grid, values)] + [f"seed={seed}"]
+        parts = [f"{name}={_label(value)}" for name, value in zip(grid, values)] + [f"seed={seed}"]
         out.append((",".join(parts), rep))
     return out
+
+
+def _label(value) -> str:
+    if isinstance(value, list):  # members: 0-2-5, or none for the empty federation
+        return "-".join(str(v) for v in value) or "none"
+    return f"{value:g}"
+
+
+def check_members(cfg: Mapping[str, Any], members, key: str = "members") -> None:
+    """``members``: null or a list of distinct client indices; only federated algorithms
+    without DP (a sub-federation's sampling is not what the accountant assumes)."""
+    if members is None:
+        return
+    n = cfg["num_clients"]
+    ok = (not isinstance(members, (str, int, float))
+          and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in members)
+          and len(set(members)) == len(members))
+    if not ok:
+        raise ConfigError(key, members, f"null or a list of distinct client indices in [0, {n})")
+    if (cfg.get("privacy") or {}).get("name", "none") != "none":
+        raise ConfigError(key, members, "null with privacy (a sub-federation's sampling is not "
+                          "the one the accountant assumes)")
+    if (cfg.get("algorithm") or {}).get("name") in ("fedbuff", "centralized", "local"):
+        raise ConfigError(key, members, "null with fedbuff, centralized and local (synchronous "
+                          "federated algorithms only)")
 
 
 def simulator_config(cfg: Mapping[str, Any], replicas) -> dict[str, Any]:
@@ -122,6 +155,10 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
     arithmetic on data, so constants in one and data in the other would differ in the last
     bits)."""
     values: dict[str, Any] = {"lr": float(run_cfg["lr"])}
+    if run_cfg.get("members") is not None:  # a sub-federation: a 0/1 mask over the clients
+        mask = np.zeros(run_cfg["num_clients"], np.float32)
+        mask[list(run_cfg["members"])] = 1.0
+        values["members"] = mask
     algorithm = run_cfg.get("algorithm") or {}
     if algorithm.get("name") == "fedprox" and algorithm.get("mu") is not None:
         values["mu"] = float(algorithm["mu"])

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -31,7 +32,14 @@ from fedbench.links import build_links
 from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
 from fedbench.progress import _print_progress, _print_table
-from fedbench.replicas import replica_configs, run_replicas, run_values, simulator_config, swept
+from fedbench.replicas import (
+    check_members,
+    replica_configs,
+    run_replicas,
+    run_values,
+    simulator_config,
+    swept,
+)
 from fedbench.results import CompileCounter, device_info, package_versions, write_json, write_jsonl
 from fedbench.simulator import Simulator
 from fedbench.tracking import Tracker, build_tracker
@@ -49,39 +57,16 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
 MIN_CLIENT_TEST = 10
 
 
-def run_experiment(
-    cfg: Mapping[str, Any],
-    out_dir: str | Path,
-    progress: Callable[[dict[str, Any], int, float | None], None] | None = _print_progress,
-    tracker: Tracker | None = None,
-    on_finish: Callable[[Simulator, Any], None] | None = None,
-) -> dict[str, Any]:
-    """Runs one experiment and writes ``metrics.jsonl`` and ``summary.json`` into ``out_dir``.
-
-    Args:
-      cfg: the resolved config as plain containers (see ``conf/config.yaml`` for the keys).
-      out_dir: the run directory.
-      progress: called after every evaluation with ``(metrics, rounds, rounds_per_second)``;
-        ``None`` for silence.
-      tracker: experiment tracker (:mod:`fedbench.tracking`); ``None``: built from
-        ``cfg["tracking"]`` (absent: no tracking).
-      on_finish: called as ``on_finish(simulator, final_state)`` at the end of a single-seed
-        run (``fedbench-compare`` reads per-example test outputs this way).
-
-    Returns:
-      The summary written to ``summary.json``.
+def build_simulator(cfg: Mapping[str, Any], progress=None) -> SimpleNamespace:
+    """Everything a run is made of, from a validated config, before any training: ``sim``,
+    ``privacy`` (the plan, or None), ``plan_for(cfg)`` (another config's plan on the same
+    data), ``algorithm``, ``model``, ``data``, ``partition_stats``.
 
     Raises:
-      ConfigError: for any bad setting, before training starts.
+      ConfigError: for any bad setting.
     """
-    out_dir = Path(out_dir)
-    job = cfg  # seeds / in-program sweep: several replicas, the program built from the first's
-    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
-    replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None
-    if replicas is not None:
-        cfg = simulator_config(job, replicas)
     settings = validate(cfg)
-    checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
+    check_members(cfg, cfg.get("members"))
     algorithm = build_algorithm(
         {**cfg["algorithm"], "site_speed": cfg.get("site_speed", 0.0)}, cfg["clients_per_round"]
     )
@@ -136,6 +121,45 @@ def run_experiment(
     if privacy is not None and not privacy.release_metrics:
         partition_stats = {}  # client sizes and label histograms: not covered by epsilon
 
+    return SimpleNamespace(sim=sim, privacy=privacy, plan_for=plan_for, algorithm=algorithm,
+                           model=model, data=data, partition_stats=partition_stats)
+
+
+def run_experiment(
+    cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    progress: Callable[[dict[str, Any], int, float | None], None] | None = _print_progress,
+    tracker: Tracker | None = None,
+    on_finish: Callable[[Simulator, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Runs one experiment and writes ``metrics.jsonl`` and ``summary.json`` into ``out_dir``.
+
+    Args:
+      cfg: the resolved config as plain containers (see ``conf/config.yaml`` for the keys).
+      out_dir: the run directory.
+      progress: called after every evaluation with ``(metrics, rounds, rounds_per_second)``;
+        ``None`` for silence.
+      tracker: experiment tracker (:mod:`fedbench.tracking`); ``None``: built from
+        ``cfg["tracking"]`` (absent: no tracking).
+      on_finish: called as ``on_finish(simulator, final_state)`` at the end of a single-seed
+        run (``fedbench-compare`` reads per-example test outputs this way).
+
+    Returns:
+      The summary written to ``summary.json``.
+
+    Raises:
+      ConfigError: for any bad setting, before training starts.
+    """
+    out_dir = Path(out_dir)
+    job = cfg  # seeds / in-program sweep: several replicas, the program built from the first's
+    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
+    replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None
+    if replicas is not None:
+        cfg = simulator_config(job, replicas)
+    checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
+    built = build_simulator(cfg, progress)
+    sim, privacy, plan_for, algorithm = built.sim, built.privacy, built.plan_for, built.algorithm
+    model, data, partition_stats = built.model, built.data, built.partition_stats
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
     model_bytes = sum(
         int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(shapes)

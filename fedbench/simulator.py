@@ -237,6 +237,11 @@ class Simulator(Evaluation):
         if isinstance(dp, ClientDP) and dp.sampling == "poisson":
             ids, valid, count = poisson_cohort(key, self.data.num_clients, dp.rate, dp.buffer)
             return ids, valid, (count > dp.buffer).astype(jnp.int32)
+        members = hparams.value("members", None)  # a sub-federation: only these sites (`sites`)
+        if members is not None:  # uniform among members (Gumbel top-k); fewer: the rest invalid
+            scores = jnp.where(members > 0, jax.random.gumbel(key, members.shape), -jnp.inf)
+            ids = jax.lax.top_k(scores, self.settings.clients_per_round)[1].astype(jnp.int32)
+            return ids, members[ids] > 0, jnp.zeros((), jnp.int32)
         ids = self.sample_clients(key)
         return ids, jnp.ones(ids.shape, bool), jnp.zeros((), jnp.int32)
 
