@@ -1,0 +1,185 @@
+"""``fedbench-audit``'s work: train the configured federation, then attack it as an observer.
+
+1. The federation runs as ``fedbench`` would (:func:`fedbench.run.run_experiment`) in
+   ``<run dir>/federation/``; its final global model is read back from the last checkpoint.
+2. Gradient inversion (:mod:`fedbench.audit.attack`) on one site's updates at a freshly
+   initialised model of the configured architecture (a site's first update): one gradient step
+   on one example (FedSGD), and ``audit.local_steps`` local SGD steps on it (FedAvg); each as
+   the site sends it under this config (client-level DP clips it, the server adding noise only
+   to the sum; compression encodes it) and under the what-if ``audit.defences``. Inputs are
+   compared in ``[0, 1]`` after mapping each pixel's range over the training inputs onto it,
+   which is also the box the cosine attack searches in.
+3. Membership inference (:mod:`fedbench.audit.membership`) against the global model: members are
+   all clients' training examples, non-members their held-out test examples.
+4. Under DP, the configured epsilon beside a one-run lower bound (:mod:`fedbench.audit.epsilon`)
+   from one white-box round of the Gaussian mechanism at the run's noise multiplier.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedbench.audit import epsilon as epsilon_audit
+from fedbench.audit import membership, metrics
+from fedbench.audit.attack import InversionSetting, run_trials
+from fedbench.audit.settings import AuditSettings, parse_audit
+from fedbench.audit.shadow import shadow_masks, train_shadows
+from fedbench.errors import ConfigError
+
+
+def federation_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run's config without ``audit``, checkpointing at the end (the model is read back)."""
+    out = {k: v for k, v in cfg.items() if k != "audit"}
+    if (out.get("seeds") or 1) != 1:
+        raise ConfigError("seeds", out["seeds"], "1 for fedbench-audit (one federation)")
+    if out.get("checkpoint_every") == 0:
+        out["checkpoint_every"] = None
+    return out
+
+
+def final_params(run_dir: Path) -> Any:
+    """The global model of the latest checkpoint in ``run_dir/checkpoints``."""
+    import orbax.checkpoint as ocp
+
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    state = ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(steps[-1]) / "state")
+                                               .resolve())
+    params = state["params"]
+    return params if "params" in params else {"params": params}  # flax's collection
+
+
+def configured_defence(cfg: dict[str, Any]):
+    """What this config does to a site's update before the server sees it, as a defence."""
+    from fedbench.compression import build_compression
+    from fedbench.privacy.mechanisms import clip_to_norm
+
+    privacy = cfg.get("privacy") or {}
+    compressor = build_compression(cfg.get("compression"), privacy.get("name"))
+    clip = privacy.get("clip") if privacy.get("name") == "dp_client" else None
+
+    def defend(update, key):
+        if clip is not None:
+            update, _ = clip_to_norm(update, float(clip))
+        if compressor is not None:
+            update, _ = compressor.compress(update, key)
+        return update
+
+    return defend, {"clip": clip, "compression": compressor.name if compressor else "none"}
+
+
+def inversion_audit(cfg, audit: AuditSettings, model, data) -> dict[str, Any]:
+    """Reconstructions and metrics of each scenario and defence."""
+    n = int(data.train_counts[audit.client])
+    x = jnp.asarray(data.train_x[audit.client, :n])
+    y = jnp.asarray(data.train_y[audit.client, :n])
+    pooled, _ = data.pooled_train()
+    lo, hi = jnp.asarray(pooled.min(axis=0)), jnp.asarray(pooled.max(axis=0))  # per pixel
+    params = model.init(jax.random.PRNGKey(int(cfg["seed"])), x[:1])
+    defend, sent = configured_defence(cfg)
+    grid = [("as sent", defend), ("as computed", ("none", 0.0))] + [
+        (f"{name} {strength:g}", (name, strength)) for name, strength in audit.defences]
+    scenarios = {"one gradient step (FedSGD)": ("gradient", 1),
+                 f"{audit.local_steps} local steps (FedAvg)": ("delta", audit.local_steps)}
+    results = []
+    for scenario, (kind, steps) in scenarios.items():
+        setting = InversionSetting(attack=audit.attack, target=kind, local_steps=steps,
+                                   lr=float(cfg["lr"]), iterations=audit.iterations, tol=1e-10)
+        outs = run_trials(model.apply, lambda k: params, x, y, jnp.arange(audit.trials), 1,
+                          setting, data.num_classes, (lo, hi),
+                          defence_grid=tuple(g for _, g in grid))
+        for (label, _), out in zip(grid, outs):
+            rec = metrics.to_unit_range(np.asarray(out["x"]), lo, hi)
+            org = metrics.to_unit_range(np.asarray(out["original"]), lo, hi)
+            per = [metrics.batch_metrics(r, o) for r, o in zip(rec, org)]
+            correct = np.asarray(out["labels"]) == np.asarray(out["true_labels"])
+            results.append({
+                "scenario": scenario, "defence": label,
+                **{k: float(np.median([p[k] for p in per])) for k in ("mse", "psnr", "ssim")},
+                "label_accuracy": float(correct.mean()),
+                "images": (np.clip(rec[:, 0], 0, 1), org[:, 0]),
+            })
+    return {"rows": results, "sent": sent, "client": audit.client, "examples": n}
+
+
+def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str, Any]:
+    """Loss-threshold and offline-LiRA scores of the global model, summarised."""
+    members_x, members_y = (jnp.asarray(a) for a in data.pooled_train())
+    non_x, non_y = jnp.asarray(data.pooled_test_x), jnp.asarray(data.pooled_test_y)
+    pop_x, pop_y = jnp.concatenate([members_x, non_x]), jnp.concatenate([members_y, non_y])
+    is_member = np.r_[np.ones(len(members_y), bool), np.zeros(len(non_y), bool)]
+    logits = model.apply(params, pop_x)
+    loss = membership.loss_scores(logits, pop_y)
+    epochs = audit.shadow_epochs or (cfg["rounds"] * cfg["clients_per_round"] / cfg["num_clients"]
+                                     * (cfg.get("local_epochs") or 1))
+    batch = int(cfg["batch_size"])
+    steps = max(1, int(math.ceil(epochs * len(pop_y) / 2 / batch)))
+    masks = shadow_masks(jax.random.PRNGKey(int(cfg["seed"]) + 1), audit.shadows, len(pop_y))
+    shadows = train_shadows(lambda k: model.init(k, pop_x[:1]), model.apply, pop_x, pop_y, masks,
+                            jax.random.PRNGKey(int(cfg["seed"]) + 2), float(cfg["lr"]), batch,
+                            steps)
+    shadow_phi = np.stack([membership.logit_confidence(model.apply(
+        jax.tree.map(lambda a, i=i: a[i], shadows), pop_x), pop_y) for i in range(audit.shadows)])
+    lira = membership.lira_offline_scores(membership.logit_confidence(logits, pop_y), shadow_phi,
+                                          np.asarray(masks))
+    return {
+        "loss_threshold": membership.roc_summary(loss[is_member], loss[~is_member]),
+        "lira_offline": membership.roc_summary(lira[is_member], lira[~is_member]),
+        "shadows": audit.shadows, "shadow_steps": steps,
+    }
+
+
+def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int) -> dict[str, Any]:
+    """The claimed epsilon and, under client-level DP, a one-round canary lower bound."""
+    privacy = summary.get("privacy")
+    if not privacy:
+        return {"claimed": math.inf, "note": "no differential privacy: epsilon is infinite"}
+    out = {"claimed": privacy.get("epsilon"), "delta": privacy.get("delta"),
+           "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit")}
+    sigma = privacy.get("noise_multiplier")
+    if sigma:
+        scores = epsilon_audit.gaussian_canary_scores(jax.random.PRNGKey(seed), audit.canaries,
+                                                      float(sigma))
+        out["one_round"] = {
+            "theoretical": epsilon_audit.gaussian_epsilon(float(sigma), float(privacy["delta"])),
+            **epsilon_audit.audit_scores(*scores, delta=float(privacy["delta"]),
+                                         significance=audit.significance)}
+    return out
+
+
+def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Runs the federation and the audits; writes ``audit.json``, ``audit.md``, ``audit.html``."""
+    from fedbench.audit.report import write_reports
+    from fedbench.dataset import load_dataset
+    from fedbench.dataset.pipeline import build_federated
+    from fedbench.model import build_model
+    from fedbench.run import run_experiment
+
+    out_dir = Path(out_dir)
+    audit = parse_audit(cfg.get("audit"), int(cfg["num_clients"]))
+    fed_cfg = federation_config(cfg)
+    summary = run_experiment(fed_cfg, out_dir / "federation", progress=None)
+    raw = load_dataset(cfg["dataset"])
+    part_seed = cfg["partition"].get("seed")
+    data, _ = build_federated(raw, cfg["partition"], cfg["num_clients"],
+                              seed=cfg["seed"] if part_seed is None else part_seed,
+                              test_fraction=float(cfg["dataset"].get("test_fraction", 0.2)),
+                              normalization=cfg["dataset"].get("normalize"))
+    if data.task != "classification" or len(data.feature_shape) < 2:
+        raise ConfigError("dataset.name", cfg["dataset"]["name"],
+                          "an image classification dataset (digits, mnist5k, ...) for fedbench-audit")
+    model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
+    result = {"config": fed_cfg, "audit": dict(cfg.get("audit") or {}),
+              "final": summary.get("final", {}),
+              "inversion": inversion_audit(cfg, audit, model, data),
+              "epsilon": epsilon_audit_of(summary, audit, int(cfg["seed"]))}
+    if audit.membership:
+        result["membership"] = membership_audit(cfg, audit, model, data,
+                                                final_params(out_dir / "federation"))
+    write_reports(result, out_dir)
+    return result

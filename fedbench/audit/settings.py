@@ -1,0 +1,85 @@
+"""The ``audit`` config group (``conf/audit/default.yaml``), checked before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from fedbench.audit.attack import ATTACKS
+from fedbench.errors import ConfigError
+
+DEFENCES = ("noise", "prune", "quantize")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    client: int = 0
+    trials: int = 3
+    iterations: int = 300
+    attack: str = "cosine"
+    local_steps: int = 5
+    defences: tuple[tuple[str, float], ...] = (("noise", 1e-2), ("prune", 0.7))
+    membership: bool = True
+    shadows: int = 8
+    shadow_epochs: float | None = None
+    canaries: int = 1000
+    significance: float = 0.05
+
+
+def _int(cfg: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        bound = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"audit.{key}", value, bound)
+    return value
+
+
+def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSettings:
+    """The audit settings, each checked (``ConfigError`` naming ``audit.<key>``)."""
+    cfg = dict(cfg or {})
+    base = AuditSettings()
+    known = {f.name for f in dataclasses.fields(AuditSettings)} | {"name", "membership",
+                                                                    "epsilon"}
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(f"audit.{key}", cfg[key], "one of the keys of conf/audit/default.yaml: "
+                              + ", ".join(sorted(known)))
+    merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(AuditSettings)}
+    merged.update({k: v for k, v in cfg.items() if k in merged and k != "membership"})
+    if merged["attack"] not in ATTACKS:
+        raise ConfigError("audit.attack", merged["attack"], "one of: " + ", ".join(ATTACKS))
+    _int(merged, "client", 0, num_clients - 1)
+    for key in ("trials", "iterations", "local_steps"):
+        _int(merged, key, 1)
+    defences = []
+    for entry in merged["defences"] or ():
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] not in DEFENCES
+                or isinstance(entry[1], bool) or not isinstance(entry[1], (int, float))):
+            raise ConfigError("audit.defences", entry,
+                              "a list of [name, strength] pairs, name one of: "
+                              + ", ".join(DEFENCES))
+        name, strength = entry
+        if (name == "prune" and not 0 <= strength < 1) or (name == "noise" and strength < 0) or (
+                name == "quantize" and not (strength == int(strength) and 1 <= strength <= 16)):
+            raise ConfigError("audit.defences", entry, "prune in [0, 1), noise variance >= 0, "
+                              "quantize bits in 1..16")
+        defences.append((str(name), float(strength)))
+    merged["defences"] = tuple(defences)
+    member = dict(cfg.get("membership") or {})
+    merged["membership"] = bool(member.get("enabled", True))
+    merged["shadows"] = _int({"shadows": member.get("shadows", base.shadows)}, "shadows", 4)
+    epochs = member.get("shadow_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float))
+                               or epochs <= 0):
+        raise ConfigError("audit.membership.shadow_epochs", epochs, "null or a number > 0")
+    merged["shadow_epochs"] = epochs
+    eps = dict(cfg.get("epsilon") or {})
+    merged["canaries"] = _int({"canaries": eps.get("canaries", base.canaries)}, "canaries", 10)
+    significance = eps.get("significance", base.significance)
+    if isinstance(significance, bool) or not isinstance(significance, (int, float)) or not (
+            0 < significance < 1):
+        raise ConfigError("audit.epsilon.significance", significance, "a number in (0, 1)")
+    merged["significance"] = float(significance)
+    return AuditSettings(**merged)

@@ -1,0 +1,66 @@
+"""``fedbench-audit``: the audit group, bad settings, and the report files of a tiny run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fedbench.audit.cli import with_audit_group
+from fedbench.audit.settings import parse_audit
+from fedbench.errors import ConfigError
+
+
+def test_audit_group_is_added_once():
+    assert with_audit_group(["rounds=2"]) == ["rounds=2", "+audit=default"]
+    assert with_audit_group(["audit=default", "audit.trials=2"]) == ["+audit=default",
+                                                                     "audit.trials=2"]
+
+
+@pytest.mark.parametrize("cfg,key", [({"attack": "blur"}, "audit.attack"),
+                                     ({"client": 99}, "audit.client"),
+                                     ({"defences": [["smudge", 1]]}, "audit.defences"),
+                                     ({"defences": [["prune", 1.5]]}, "audit.defences"),
+                                     ({"membership": {"shadows": 2}}, "audit.shadows"),
+                                     ({"trails": 3}, "audit.trails")])
+def test_bad_audit_settings_name_the_key(cfg, key):
+    with pytest.raises(ConfigError) as err:
+        parse_audit(cfg, num_clients=20)
+    assert err.value.key == key
+
+
+def _run(tmp_path, *overrides):
+    return subprocess.run(
+        [sys.executable, "-c", "from fedbench.audit.cli import main; main()",
+         f"hydra.run.dir={tmp_path}", *overrides],
+        capture_output=True, text=True, timeout=600)
+
+
+def test_bad_override_exits_2_with_one_line(tmp_path):
+    done = _run(tmp_path, "audit.attack=blur", "rounds=1")
+    assert done.returncode == 2
+    assert "audit.attack='blur' is not allowed: one of: dlg, idlg, cosine" in done.stderr
+
+
+@pytest.mark.slow
+def test_tiny_audit_writes_a_self_contained_report(tmp_path):
+    done = _run(tmp_path, "rounds=2", "eval_every=1", "audit.trials=1", "audit.iterations=20",
+                "audit.local_steps=2", "audit.membership.shadows=4",
+                "audit.membership.shadow_epochs=1", "audit.epsilon.canaries=100",
+                "privacy=dp_client", "privacy.target_epsilon=8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "audit.json").read_text())
+    assert {"inversion", "membership", "epsilon", "verdict"} <= set(result)
+    assert result["epsilon"]["claimed"] == pytest.approx(8.0, abs=0.05)
+    assert result["epsilon"]["one_round"]["epsilon_one_run"] <= (
+        result["epsilon"]["one_round"]["theoretical"])
+    assert result["inversion"]["sent"]["clip"] == 1.0
+    page = (tmp_path / "audit.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "src=\"http" not in page and "coordinating server" in page
+    assert (tmp_path / "audit.md").read_text().startswith("# Privacy audit")
