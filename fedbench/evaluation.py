@@ -4,7 +4,11 @@ Which model scores a client is asked once (:meth:`Evaluation.per_client_models`,
 :meth:`Evaluation.evaluated_params`): the global model, or each client's own (params with a
 leading ``[num_clients]`` axis): ``local``'s own models, an algorithm's ``client_models(params,
 server_state, store entries)`` (Ditto's personal models, FedPer's global body with each client's
-head), or the global model fine-tuned for ``finetune_steps`` local steps at each client.
+head, IFCA's and CFL's cluster models), or the global model fine-tuned for ``finetune_steps``
+local steps at each client. An algorithm's ``client_prepare`` (IFCA's choice of cluster) runs
+for every client first, so each is scored with the model it would choose now; its
+``client_clusters`` are reported (``clusters``, and ``cluster_ari``, the adjusted Rand index of
+Hubert and Arabie 1985, against known client groups).
 Metrics: ``train_*`` over every client's training data (example-weighted), ``test_*`` on the
 pooled test set, ``client_*`` on each client's own test split; survival data report Harrell's
 C-index. :meth:`Evaluation.site_results` answers Pati et al. 2022's (FeTS) question per site.
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedbench.algorithm.base import prepare_clients
 from fedbench.dataset.federated import FederatedData
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
 from fedbench.task import batch_loss_fn, concordance_index, cox_terms
@@ -54,11 +59,46 @@ class Evaluation:
         return self._client_models(state.params, state.server, store, state.key, state.round,
                                    self.data)
 
+    def _entries_now(self, params, entries, data):
+        """Every client's store entries after ``client_prepare`` (as if it took part now)."""
+        if self.algorithm.client_prepare is None:
+            return entries
+        return prepare_clients(self, params, data.train_x, data.train_y, data.train_counts,
+                               entries, batch_loss_fn(data.task), axis="map")
+
+    def _clusters_impl(self, params, server, entries, data):
+        return self.algorithm.client_clusters(params, server,
+                                              self._entries_now(params, entries, data))
+
+    @property
+    def known_groups(self):
+        """Each client's true group when known (``client_groups`` of the simulator or of the
+        data, e.g. a scenario's rotation), else None."""
+        groups = getattr(self, "client_groups", None)
+        return groups if groups is not None else getattr(self.data, "client_groups", None)
+
+    def cluster_metrics(self, state) -> dict[str, Any]:
+        """``clusters`` (each client's cluster) and, with :attr:`known_groups`, ``cluster_ari``
+        (``sklearn.metrics.adjusted_rand_score``; 1: the true partition, ~0: chance)."""
+        if self.algorithm.client_clusters is None:
+            return {}
+        if not hasattr(self, "_clusters"):
+            self._clusters = jax.jit(self._clusters_impl)
+        store = None if state.store is None else state.store["algorithm"]
+        clusters = np.asarray(self._clusters(state.params, state.server, store, self.data))
+        out: dict[str, Any] = {"clusters": clusters.tolist()}
+        if self.known_groups is not None:
+            from sklearn.metrics import adjusted_rand_score
+
+            out["cluster_ari"] = float(adjusted_rand_score(np.asarray(self.known_groups),
+                                                           clusters))
+        return out
+
     def _client_models_impl(self, params, server, entries, key, round_, data):
         # ``data`` is an argument: a concrete array closed over would be baked into the program.
         alg = self.algorithm
         if alg.client_models is not None:
-            return alg.client_models(params, server, entries)
+            return alg.client_models(params, server, self._entries_now(params, entries, data))
         steps = alg.finetune_steps
         smallest = int(np.min(np.asarray(self.data.train_counts)))  # host-side, a shape constant
         batch = self.settings.batch_size
@@ -283,6 +323,7 @@ class Evaluation:
             k = self.algorithm.buffer_size
             extra["staleness_mean"] = float(state.inflight["staleness_sum"]) / (updates * k)
             extra["staleness_max"] = int(state.inflight["staleness_max"])
+        extra.update(self.cluster_metrics(state))
         if self.data.task == "survival":
             return {"round": int(state.round), **extra, **self._survival_metrics(raw)}
         counts = np.asarray(self.data.test_counts)

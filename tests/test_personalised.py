@@ -1,4 +1,5 @@
-"""Personalised FL (fedbench.algorithm.personalised): Ditto, FedPer, finetune.
+"""Personalised FL (fedbench.algorithm.personalised, apfl, pfedme): Ditto, FedPer, FedRep,
+APFL, pFedMe, finetune.
 
 * Ditto's global model is FedAvg's exactly (its global objective is FedAvg's); its personal
   update equals a plain-JAX loop of ``v <- v - lr (grad L_k(v) + lambda (v - w^t))`` written
@@ -6,10 +7,16 @@
 * FedPer's body after one round equals a plain-JAX FedAvg of body deltas trained from (global
   body, own head); heads of clients never sampled stay the initial head; the server never sees
   a head (Arivazhagan et al. 2019).
-* On clients whose labellings are different permutations, each client's own model (Ditto,
-  FedPer, fine-tuned FedAvg) beats the one global FedAvg model on the clients' test splits.
-* Under client-level DP, FedPer is refused before training; Ditto (which releases only FedAvg's
-  delta) is allowed.
+* On clients whose labellings are different permutations, each client's own model (every
+  personalised algorithm) beats the one global FedAvg model on the clients' test splits.
+* Client-level DP refuses FedPer and FedRep before training, allows Ditto, APFL and pFedMe
+  (they release only the global model's delta); dp_sample refuses FedRep, APFL and pFedMe.
+* FedRep with an empty head is FedAvg exactly; with a head, one round equals a plain-JAX loop of
+  head steps (body fixed), body steps (head fixed), a FedAvg of bodies (Collins et al. Alg. 1).
+* APFL's ``w``, ``v`` and adaptive ``alpha`` over two rounds equal a plain-JAX loop of Deng et
+  al.'s Algorithm 1; each client is evaluated with ``alpha v + (1 - alpha) w``.
+* pFedMe's server and personalised models equal a plain-JAX loop of Dinh et al.'s Algorithm 1.
+* FedRep, APFL, pFedMe: ``vmap`` over the cohort equals ``lax.map``.
 """
 
 from __future__ import annotations
@@ -180,14 +187,16 @@ def test_personal_models_beat_the_global_model_on_permuted_labellings():
     data = _permuted_labels_data()
     accuracy = {}
     for cfg in ({"name": "fedavg"}, {"name": "ditto", "lam": 0.05}, {"name": "fedper"},
-                {"name": "finetune", "steps": 20}):
+                {"name": "finetune", "steps": 20}, {"name": "fedrep"},
+                {"name": "apfl", "alpha": 0.75},
+                {"name": "pfedme", "lam": 0.5, "personal_lr": 0.3, "inner_steps": 20}):
         sim = _sim(data, cfg, clients_per_round=4, local_epochs=2, batch_size=16, hidden=16)
         state = sim.run(sim.init(), 30)
         metrics = sim.evaluate(state)
         accuracy[cfg["name"]] = metrics["client_accuracy_mean"]
         own = sim.site_results(state)["own"]
         np.testing.assert_allclose(np.mean(own), metrics["client_accuracy_mean"], atol=1e-6)
-    for name in ("ditto", "fedper", "finetune"):
+    for name in ("ditto", "fedper", "finetune", "fedrep", "apfl", "pfedme"):
         assert accuracy[name] > accuracy["fedavg"] + 0.2, accuracy
     assert accuracy["fedavg"] < 0.7, accuracy
 
@@ -222,3 +231,169 @@ def test_local_still_scores_each_client_with_its_own_model():
     state = sim.run(sim.init(), 1)
     assert sim.evaluated_params(state) is state.params
     assert "matrix" in sim.site_results(state)
+
+
+# -- FedRep, APFL, pFedMe ------------------------------------------------------------------------
+def _grad_of(part, g):
+    """``g`` with the other part (``head``: Dense_1, ``body``: Dense_0) zeroed."""
+    keep = "Dense_1" if part == "head" else "Dense_0"
+    return {k: v if k == keep else jax.tree.map(jnp.zeros_like, v) for k, v in g.items()}
+
+
+@pytest.mark.parametrize("axis", ["map", "vmap"])
+def test_fedrep_with_an_empty_head_is_fedavg(uneven_data, axis):
+    rep = _sim(uneven_data, {"name": "fedrep", "head_layers": 0, "head_steps": 3}, 3, 2, 4, axis)
+    fedavg = _sim(uneven_data, {"name": "fedavg"}, 3, 2, 4, axis)
+    got, want = rep.run(rep.init(), 3), fedavg.run(fedavg.init(), 3)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(rep.evaluate(got)["client_accuracy_mean"],
+                               fedavg.evaluate(want)["client_accuracy_mean"])
+    head = _sim(uneven_data, {"name": "fedrep", "head_layers": 1, "head_steps": 3}, 3, 2, 4, axis)
+    moved = head.run(head.init(), 3).params["Dense_0"]["kernel"] - want.params["Dense_0"]["kernel"]
+    assert float(jnp.abs(moved).max()) > 1e-4  # with a head, the body trains differently
+
+
+def test_fedrep_round_equals_a_plain_loop_of_head_then_body(uneven_data):
+    epochs, head_steps = 2, 3
+    sim = _sim(uneven_data, {"name": "fedrep", "head_layers": 1, "head_steps": head_steps},
+               clients_per_round=3, local_epochs=epochs)
+    state1 = sim.run(state0 := sim.init(), 1)
+    w0 = state0.params
+    sampled = np.flatnonzero(np.asarray(state1.participation))
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+    bodies, heads = {}, {}
+    for c in sampled:
+        x, y = _client(uneven_data, int(c))
+        p = w0
+        for _ in range(head_steps):  # line 6-8: the head, body fixed
+            p = jax.tree.map(lambda a, g: a - LR * g, p, _grad_of("head", jax.grad(_loss)(p, x, y)))
+        for _ in range(epochs):  # lines 9-11: the body, the new head fixed
+            p = jax.tree.map(lambda a, g: a - LR * g, p, _grad_of("body", jax.grad(_loss)(p, x, y)))
+        bodies[int(c)], heads[int(c)] = p["Dense_0"], p["Dense_1"]
+    weights = counts[sampled] / counts[sampled].sum()
+    body = jax.tree.map(lambda *b: sum(w * x for w, x in zip(weights, b)),
+                        *[bodies[int(c)] for c in sampled])
+    _close(state1.params["Dense_0"], body)
+    _close(state1.params["Dense_1"], w0["Dense_1"], atol=0)  # the global head never moves
+    models = sim.evaluated_params(state1)
+    for c in range(uneven_data.num_clients):
+        _close(_row(models, c)["Dense_1"], heads.get(c, w0["Dense_1"]))
+        _close(_row(models, c)["Dense_0"], body)
+
+
+def test_apfl_equals_a_plain_loop_of_algorithm_1(uneven_data):
+    epochs, alpha0, alpha_lr = 2, 0.4, 0.3
+    cfg = {"name": "apfl", "alpha": alpha0, "mixing": "adaptive", "alpha_lr": alpha_lr}
+    sim = _sim(uneven_data, cfg, 6, epochs)
+    fedavg = _sim(uneven_data, {"name": "fedavg"}, 6, epochs)
+    states = [sim.init()]
+    states += [sim.run(states[0], 1)]
+    states += [sim.run(states[1], 1)]
+    _close(states[2].params, fedavg.run(fedavg.init(), 2).params, atol=1e-6)  # w: FedAvg's
+    fixed = _sim(uneven_data, {"name": "apfl", "alpha": alpha0}, 6, epochs)  # mixing=fixed
+    np.testing.assert_allclose(fixed.run(fixed.init(), 1).store["algorithm"]["alpha"], alpha0)
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+    v = {c: states[0].params for c in range(6)}
+    alpha = {c: alpha0 for c in range(6)}
+    w = states[0].params
+    for r in range(2):
+        ws = []
+        for c in range(6):
+            x, y = _client(uneven_data, c)
+            wc, vc, ac = w, v[c], alpha[c]
+            for _ in range(epochs):  # one full-batch step per epoch, all from step t-1 values
+                mixed = jax.tree.map(lambda a, b: ac * a + (1 - ac) * b, vc, wc)
+                g_mix = jax.grad(_loss)(mixed, x, y)
+                g_w = jax.grad(_loss)(wc, x, y)
+                d_alpha = sum(float(jnp.vdot(a - b, g)) for a, b, g in zip(
+                    jax.tree.leaves(vc), jax.tree.leaves(wc), jax.tree.leaves(g_mix)))
+                vc = jax.tree.map(lambda a, g: a - LR * ac * g, vc, g_mix)
+                wc = jax.tree.map(lambda a, g: a - LR * g, wc, g_w)
+                ac = float(np.clip(ac - alpha_lr * d_alpha, 0.0, 1.0))
+            ws.append(wc)
+            v[c], alpha[c] = vc, ac
+        w = jax.tree.map(lambda *m: sum(n * x for n, x in zip(counts / counts.sum(), m)), *ws)
+        got = states[r + 1]
+        np.testing.assert_allclose(np.asarray(got.store["algorithm"]["alpha"]),
+                                   [alpha[c] for c in range(6)], atol=1e-5)
+        models = sim.evaluated_params(got)
+        for c in range(6):
+            want = jax.tree.map(lambda a, b: alpha[c] * a + (1 - alpha[c]) * b, v[c], got.params)
+            _close(_row(models, c), want, atol=5e-5)
+    assert len({round(a, 4) for a in alpha.values()}) > 1  # alpha adapted per client
+
+
+def test_pfedme_equals_a_plain_loop_of_algorithm_1(uneven_data):
+    epochs, lam, k, plr, beta = 2, 2.0, 3, 0.05, 1.5
+    cfg = {"name": "pfedme", "lam": lam, "inner_steps": k, "personal_lr": plr, "beta": beta}
+    sim = _sim(uneven_data, cfg, clients_per_round=3, local_epochs=epochs)
+    state1 = sim.run(state0 := sim.init(), 1)
+    w0 = state0.params
+    sampled = [int(c) for c in np.flatnonzero(np.asarray(state1.participation))]
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+
+    def prox(centre, x, y):  # K steps on f(theta) + lam/2 ||theta - centre||^2 from the centre
+        theta = centre
+        for _ in range(k):
+            g = jax.grad(_loss)(theta, x, y)
+            theta = jax.tree.map(lambda t, g, c: t - plr * (g + lam * (t - c)), theta, g, centre)
+        return theta
+
+    local, personal = {}, {}
+    for c in sampled:
+        x, y = _client(uneven_data, c)
+        w = w0
+        for _ in range(epochs):  # R local steps (full batch: one per epoch)
+            theta = prox(w, x, y)
+            w = jax.tree.map(lambda a, t: a - LR * lam * (a - t), w, theta)
+        local[c], personal[c] = w, prox(w, x, y)
+    weights = counts[sampled] / counts[sampled].sum()
+    mean = jax.tree.map(lambda *m: sum(n * x for n, x in zip(weights, m)),
+                        *[local[c] for c in sampled])
+    _close(state1.params, jax.tree.map(lambda a, m: (1 - beta) * a + beta * m, w0, mean))
+    models = sim.evaluated_params(state1)
+    for c in range(uneven_data.num_clients):  # never sampled: the global model
+        _close(_row(models, c), personal.get(c, state1.params))
+
+
+def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):
+    from fedbench.algorithm.base import check_sample_dp
+    from fedbench.privacy.mechanisms import SampleDP
+
+    for name, reason in (("fedrep", "head"), ("apfl", "retraces"), ("pfedme", "inner")):
+        with pytest.raises(ConfigError) as err:  # at construction, before any training
+            Simulator(MLP(hidden=(8,), num_classes=3), build_algorithm({"name": name}),
+                      uneven_data, Settings(3, 1, 4, LR), seed=0, privacy=SampleDP(1.0, 1.0, 8))
+        assert err.value.key == "algorithm.name" and reason in str(err.value), name
+    check_sample_dp(build_algorithm({"name": "ditto"}))
+    with pytest.raises(ConfigError, match="head"):
+        check_client_dp(build_algorithm({"name": "fedrep"}))
+    for name in ("apfl", "pfedme"):
+        check_client_dp(build_algorithm({"name": name}))
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"name": "fedrep", "head_layers": -1}, "algorithm.head_layers"),
+    ({"name": "fedrep", "head_steps": 0}, "algorithm.head_steps"),
+    ({"name": "apfl", "alpha": 1.5}, "algorithm.alpha"),
+    ({"name": "apfl", "mixing": "yes"}, "algorithm.mixing"),
+    ({"name": "pfedme", "inner_steps": 0}, "algorithm.inner_steps"),
+    ({"name": "pfedme", "lam": 0}, "algorithm.lam"),
+    ({"name": "fedrep", "head_layers": 3}, "algorithm.head_layers"),  # MLP(8): 2 Dense layers
+])
+def test_bad_settings_name_the_key(uneven_data, cfg, key):
+    with pytest.raises(ConfigError) as err:
+        _sim(uneven_data, cfg)  # builds the algorithm, then the model-dependent checks
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize("cfg", [
+    {"name": "fedrep", "head_steps": 2},
+    {"name": "apfl", "mixing": "adaptive"},
+    {"name": "pfedme", "lam": 1.0, "inner_steps": 2},
+], ids=lambda c: c["name"])
+def test_vmap_equals_map(uneven_data, cfg):
+    sims = [_sim(uneven_data, cfg, 3, 2, 4, axis) for axis in ("map", "vmap")]
+    states = [sim.run(sim.init(), 2) for sim in sims]
+    _close(*[(s.params, sim.evaluated_params(s)) for sim, s in zip(sims, states)], atol=1e-5)

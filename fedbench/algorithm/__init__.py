@@ -18,6 +18,11 @@ References:
   FedBuff: J. Nguyen et al., AISTATS 2022, Algorithm 1.
   Ditto: T. Li, S. Hu, A. Beirami, V. Smith, ICML 2021, Algorithm 1.
   FedPer: M. G. Arivazhagan et al., arXiv:1912.00818, 2019.
+  FedRep: L. Collins et al., ICML 2021, Algorithm 1.
+  pFedMe: C. T. Dinh, N. H. Tran, T. D. Nguyen, NeurIPS 2020, Algorithm 1.
+  APFL: Y. Deng, M. M. Kamani, M. Mahdavi, arXiv:2003.13461, 2020, Algorithm 1.
+  IFCA: A. Ghosh, J. Chung, D. Yin, K. Ramchandran, NeurIPS 2020, Algorithm 2.
+  CFL: F. Sattler, K.-R. Müller, W. Samek, IEEE TNNLS 32(8), 2021, Algorithm 3.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedbench.algorithm import (
-    baselines, fedavg, fedavgm, fedbuff, feddyn, fednova, fedopt, personalised, scaffold,
+    apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fednova, fedopt,
+    personalised, pfedme, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
 from fedbench.algorithm.fednova import fednova_mean
@@ -51,6 +57,11 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "ditto": personalised.ditto,
     "fedper": personalised.fedper,
     "finetune": personalised.finetune,
+    "fedrep": personalised.fedrep,
+    "pfedme": pfedme.pfedme,
+    "apfl": apfl.apfl,
+    "ifca": clustered.ifca,
+    "cfl": clustered.cfl,
     "centralized": baselines.centralized,
     "local": baselines.local,
 }

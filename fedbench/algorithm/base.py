@@ -29,11 +29,24 @@ Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pi
 * ``client_models(params, store) -> [num_clients, ...] params``: the model each client is
   evaluated with (default ``None``: the global model for everyone);
 * ``finetune_steps``: evaluate each client with the global model after that many local SGD
-  steps on its own training data.
+  steps on its own training data;
+* ``estimator(apply_fn, local_epochs=, batch_size=, loss_fn=, lr=) -> GradientEstimator``: the
+  gradient of one local step (default: the task loss of a minibatch; pFedMe: its Moreau
+  envelope's, :mod:`fedbench.algorithm.pfedme`);
+* ``client_prepare(params, entry, loss) -> entry``: a per-client step before training, with
+  ``loss(p)`` the client's mean training loss of a model ``p`` (IFCA's choice of cluster); it
+  also runs for every client before evaluation, so each is scored as if it took part now;
+* ``init_models(init, key) -> params``: the server's models from the model's ``init(key)``
+  (IFCA's and CFL's ``[K, ...]`` cluster models; default ``init(key)``);
+* ``client_clusters(params, server_state, store) -> [num_clients] int``: each client's cluster,
+  reported in ``metrics.jsonl`` (``clusters``, and ``cluster_ari`` against known groups).
 
 ``releases`` names everything a client sends; under client-level DP every released quantity
 must pass through the clip-and-noise mechanism, so only algorithms releasing ``("delta",)``
-with an aggregation DP can replace are allowed (:func:`check_client_dp`).
+with an aggregation DP can replace are allowed (:func:`check_client_dp`). Under
+``privacy=dp_sample`` an algorithm whose released model depends on computations DP-SGD does not
+cover (a custom gradient, a plain-SGD pass that feeds the released model, a data-dependent
+choice) says why (``dp_sample``) and is refused (:func:`check_sample_dp`).
 """
 
 from __future__ import annotations
@@ -44,9 +57,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedbench.errors import ConfigError
+from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
+from fedbench.task import batch_loss_fn
 
 Params = Any
 
@@ -80,16 +96,27 @@ def send_delta(deltas, stats, entries, server_state, valid, lr):
 class PersonalPass(NamedTuple):
     """A second local pass at each sampled client whose model never leaves the site.
 
-    ``start(params, context) -> params``: where it starts (the client's personal model);
-    ``grad_adjust(grads, params, start, params_server)``: its objective's extra gradient (the
-    last argument is the server model the client received); ``keep(entries, deltas) ->
-    entries``: the cohort's new store entries from the pass's deltas (``trained - start``).
-    It runs the same local schedule as the global pass, with its own minibatch order.
+    ``start(params, context, delta) -> params``: where it starts (the client's personal model;
+    ``params`` is the server model the client received, ``delta`` its main pass's delta, None
+    for a pass that runs ``first``); ``grad_adjust(grads, params, start, params_server)``: its
+    objective's extra gradient (None: none); ``keep(entries, deltas, starts) -> entries``: the
+    cohort's new store entries from the pass's deltas (``trained - start``) and starts.
+
+    By default it runs after the main pass with the main pass's local schedule and learning
+    rate and its own minibatch order. ``steps``: exactly that many steps instead; ``lr``: its
+    own learning rate; ``first``: it runs before the main pass, whose context is rebuilt from
+    the new entries (FedRep's head); ``estimator``: its own gradient estimator (a builder as
+    ``Algorithm.estimator``); ``same_order``: the main pass's minibatches (APFL's ``xi_t``).
     """
 
-    start: Callable[[Params, Any], Params]
-    grad_adjust: Callable[[Params, Params, Params, Params], Params]
-    keep: Callable[[Any, Params], Any]
+    start: Callable[[Params, Any, Any], Params]
+    grad_adjust: Callable[[Params, Params, Params, Params], Params] | None
+    keep: Callable[[Any, Params, Params], Any]
+    steps: int | None = None
+    lr: float | None = None
+    first: bool = False
+    estimator: Callable | None = None
+    same_order: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +138,9 @@ class Algorithm:
       dp_client: why client-level DP cannot privatise this algorithm's releases (None: it can).
       client_start, shared, personal_pass, client_models, finetune_steps: personalisation
         (see the module docstring; :mod:`fedbench.algorithm.personalised`).
+      estimator, client_prepare, init_models, client_clusters: a custom local gradient, a
+        per-client choice before training, several server models, reported clusters.
+      dp_sample: why sample-level DP (DP-SGD) cannot cover this algorithm (None: it can).
     """
 
     name: str
@@ -136,6 +166,11 @@ class Algorithm:
     personal_pass: PersonalPass | None = None
     client_models: Callable[[Params, Any], Params] | None = None
     finetune_steps: int = 0
+    estimator: Callable | None = None
+    dp_sample: str | None = None
+    client_prepare: Callable[[Params, Any, Callable], Any] | None = None
+    init_models: Callable[[Callable, Any], Params] | None = None
+    client_clusters: Callable[[Params, Any, Any], Any] | None = None
 
     # Read-only descriptions kept for reports and the reference loop (nothing in the round
     # tests them).
@@ -167,6 +202,79 @@ def check_client_dp(algorithm: Algorithm) -> None:
             f"({algorithm.name} releases {', '.join(algorithm.releases)}: "
             f"{algorithm.dp_client or 'not covered by the accounted mechanism'})",
         )
+
+
+def check_sample_dp(algorithm: Algorithm) -> None:
+    """Under ``privacy=dp_sample`` everything that shapes the released model must be DP-SGD.
+
+    Raises:
+      ConfigError: naming ``algorithm.name`` and why the combination is refused.
+    """
+    if algorithm.kind == "federated" and algorithm.dp_sample is not None:
+        raise ConfigError(
+            "algorithm.name", algorithm.name,
+            f"an algorithm whose released model only DP-SGD's gradients shape with "
+            f"privacy=dp_sample ({algorithm.name}: {algorithm.dp_sample})",
+        )
+
+
+def custom_estimator(sim, local_epochs: int, batch_size: int):
+    """The algorithm's own gradient estimator for the simulator's main pass, or None."""
+    build = sim.algorithm.estimator
+    return None if build is None else build(
+        sim.apply_fn, local_epochs=local_epochs, batch_size=batch_size,
+        loss_fn=batch_loss_fn(sim.data.task), lr=sim.settings.lr)
+
+
+def make_personal_update(sim, local_epochs: int, batch_size: int):
+    """The local update of the algorithm's :class:`PersonalPass` (None without one):
+    ``make_local_update`` with the pass's schedule, learning rate, objective and estimator."""
+    personal, settings = sim.algorithm.personal_pass, sim.settings
+    if personal is None:
+        return None
+    local_steps, loss_fn = settings.local_steps, batch_loss_fn(sim.data.task)
+    if personal.steps is not None:
+        local_steps = personal.steps
+        smallest = int(np.min(np.asarray(sim.data.train_counts)))  # host-side, a shape constant
+        local_epochs = epochs_for_steps(local_steps, smallest, batch_size)
+    lr = settings.lr if personal.lr is None else personal.lr
+    estimator = None if personal.estimator is None else personal.estimator(
+        sim.apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn, lr=lr)
+    return make_local_update(
+        sim.apply_fn, lr=lr, local_epochs=local_epochs, batch_size=batch_size,
+        unroll=settings.unroll, loss_fn=loss_fn, local_steps=local_steps,
+        grad_adjust=personal.grad_adjust, estimator=estimator)
+
+
+def personal_update(sim, params, x, y, counts, keys, epochs, context, entries, deltas=None):
+    """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's ``v_k``):
+    each client trains from ``start(params, context, delta)`` (``deltas``: the main pass's, None
+    before it) on its own data with its own minibatch order (``fold_in(key, 0xD1770)``;
+    ``same_order``: the main pass's); nothing of it is sent."""
+    personal = sim.algorithm.personal_pass
+
+    def one(x, y, count, key, epochs, context, delta):
+        start = personal.start(params, context, delta)
+        key = key if personal.same_order else jax.random.fold_in(key, 0xD1770)
+        delta, _ = sim.personal_local_update(start, x, y, count, key, epochs, params)
+        return delta, start
+
+    axes = (0,) * 6 + (None if deltas is None else 0,)
+    out, starts = map_over_clients(one, sim.client_axis, axes)(x, y, counts, keys, epochs,
+                                                               context, deltas)
+    return personal.keep(entries, out, starts)
+
+
+def prepare_clients(sim, params, x, y, counts, entries, loss_fn, axis=None):
+    """``algorithm.client_prepare`` of every client of a cohort (leading axis of ``x``, ``y``,
+    ``counts`` and ``entries``), each with ``loss(p)``: its mean training loss of model ``p``."""
+    prepare = sim.algorithm.client_prepare
+
+    def one(x, y, count, entry):
+        valid = jnp.arange(x.shape[0]) < count
+        return prepare(params, entry, lambda p: loss_fn(sim.apply_fn(p, x), y, valid))
+
+    return map_over_clients(one, axis or sim.client_axis, (0, 0, 0, 0))(x, y, counts, entries)
 
 
 def positive(cfg: Mapping[str, Any], key: str) -> float:

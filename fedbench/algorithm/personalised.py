@@ -1,4 +1,4 @@
-"""Personalised federated learning: Ditto, FedPer, and FedAvg with local fine-tuning.
+"""Personalised federated learning: Ditto, FedPer, FedRep, and FedAvg with local fine-tuning.
 
 Each client ends up with a model of its own, and evaluation scores each client with it
 (``client_models``; :class:`fedbench.evaluation.Evaluation`).
@@ -22,13 +22,25 @@ Each client ends up with a model of its own, and evaluation scores each client w
   weighted, as FedAvg) and never changes the global head. Heads start as the initial model's
   head: the store keeps ``head_k - head^0`` (zeros at first) and the global head stays
   ``head^0``.
+* **FedRep** (L. Collins, H. Hassani, A. Mokhtari, S. Shakkottai, "Exploiting Shared
+  Representations for Personalized Federated Learning", ICML 2021, Algorithm 1). The last
+  ``algorithm.head_layers`` Dense layers are each client's head ``h_k``, the rest the shared
+  body ``phi``. A sampled client first takes ``algorithm.head_steps`` SGD steps on its head with
+  the body fixed at the received ``phi^t`` (``h_k <- GRD(f_k(phi^t, h), h, tau_h)``, Alg. 1
+  lines 6-8), then the round's local schedule on the body with its new head fixed (lines
+  9-11), and sends its body delta; the server averages the body deltas (example-weighted, as
+  FedAvg; the paper's line 13 is the uniform mean of the clients' bodies) and never changes the
+  global head. Heads are stored as FedPer's (offsets from ``head^0``). ``head_layers=0``: no
+  head, FedAvg exactly (tested).
 * **finetune**: FedAvg training; at evaluation each client scores the global model after
   ``algorithm.steps`` local SGD steps on its own training data (the client learning rate and
   batch size; a fixed key per evaluated round).
 
 Under ``privacy=dp_client`` Ditto and finetune release only FedAvg's delta and are allowed;
-FedPer is refused (the noisy mean would add noise to the global head, which every client's head
-is stored relative to). Under ``privacy=dp_sample`` Ditto's personal pass uses plain minibatch
+FedPer and FedRep are refused (the noisy mean would add noise to the global head, which every
+client's head is stored relative to). FedRep is also refused under ``privacy=dp_sample``: its
+head pass is plain SGD on the client's data, and the released body is trained through that
+head. Under ``privacy=dp_sample`` Ditto's personal pass uses plain minibatch
 SGD: ``v_k`` is never released, and only the global model's training is accounted.
 """
 
@@ -92,7 +104,8 @@ def _ditto_adjust_for(lam: float):
     return grad_adjust
 
 
-def _ditto_keep(entries, deltas):
+def _ditto_keep(entries, deltas, starts):
+    del starts
     return jax.tree.map(lambda o, d: o + d.astype(o.dtype), entries, deltas)
 
 
@@ -106,7 +119,7 @@ def ditto(cfg: Mapping[str, Any]) -> Algorithm:
     return Algorithm(
         "ditto", "federated", optax.sgd(1.0), settings={"lam": lam},
         client_state=_zeros, server_state=_copy, client_context=_personal_models,
-        personal_pass=PersonalPass(start=lambda params, v: v,
+        personal_pass=PersonalPass(start=lambda params, v, delta: v,
                                    grad_adjust=_ditto_adjust_for(lam), keep=_ditto_keep),
         client_models=_ditto_client_models,
     )
@@ -157,6 +170,73 @@ def fedper(cfg: Mapping[str, Any]) -> Algorithm:
         client_models=_fedper_client_models,
         dp_client="its clients' heads are stored relative to the global head, which the noisy "
                   "mean would perturb; clipping and noise of the body alone are not implemented",
+    )
+
+
+# -- FedRep --------------------------------------------------------------------------------------
+def head_keys(params: Mapping[str, Any], layers: int) -> list[str]:
+    """The top-level names of the model's last ``layers`` Dense layers (all modules in order
+    if none is named ``Dense_<i>``)."""
+    dense = sorted((k for k in params if k.startswith("Dense_") and k[6:].isdigit()),
+                   key=lambda k: int(k[6:])) or list(params)
+    if layers > len(dense):
+        raise ConfigError("algorithm.head_layers", layers,
+                          f"at most {len(dense)} (the model's Dense layers: {', '.join(dense)})")
+    return dense[len(dense) - layers:]
+
+
+def _fedrep_for(layers: int, head_steps: int) -> dict[str, Any]:
+    """FedRep's pieces for a head of the last ``layers`` Dense layers."""
+
+    def heads(params):  # the head offsets: one client's store entry
+        return {k: jax.tree.map(jnp.zeros_like, params[k]) for k in head_keys(params, layers)}
+
+    def with_heads(params, offsets, delta=None):  # global body, own head (client axis ok)
+        del delta
+        return {**params, **{k: jax.tree.map(lambda h, o: h + o.astype(h.dtype), params[k], o)
+                             for k, o in offsets.items()}}
+
+    def only(part):  # grads of one part: the other part's zeroed (held fixed)
+        def grad_adjust(grads, params, anchor, context):
+            del params, anchor, context
+            head = set(head_keys(grads, layers))
+            return {k: g if (k in head) == (part == "head") else jax.tree.map(jnp.zeros_like, g)
+                    for k, g in grads.items()}
+
+        return grad_adjust
+
+    def keep(entries, deltas, starts):
+        del starts
+        return {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, deltas[k])
+                for k, e in entries.items()}
+
+    def client_models(params, server_state, entries):
+        del server_state
+        num = jax.tree.leaves(entries)[0].shape[0]
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
+        return with_heads(stacked, entries)
+
+    return {"client_state": heads, "client_context": lambda server, entries: entries,
+            "client_start": with_heads, "grad_adjust": only("body"),
+            "personal_pass": PersonalPass(start=with_heads, grad_adjust=only("head"), keep=keep,
+                                          steps=head_steps, first=True),
+            "client_models": client_models if layers else None}  # no head: the global model
+
+
+def fedrep(cfg: Mapping[str, Any]) -> Algorithm:
+    layers, steps = cfg.get("head_layers"), cfg.get("head_steps")
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        raise ConfigError("algorithm.head_layers", layers,
+                          "an integer >= 0 (last Dense layers kept at each site)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError("algorithm.head_steps", steps, "an integer >= 1 (head SGD steps)")
+    return Algorithm(
+        "fedrep", "federated", optax.sgd(1.0),
+        settings={"head_layers": layers, "head_steps": steps}, **_fedrep_for(layers, steps),
+        dp_client="its clients' heads are stored relative to the global head, which the noisy "
+                  "mean would perturb; clipping and noise of the body alone are not implemented",
+        dp_sample="its head pass is plain SGD on the client's data, and the released body is "
+                  "trained through that head",
     )
 
 
