@@ -93,12 +93,8 @@ FEDOPT = {"fedadam": "adam", "fedyogi": "yogi", "fedadagrad": "adagrad"}
 SGD_SERVERS = ("fedsgd", "fedavg", "fedprox", "scaffold", "fednova")  # w <- w + eta * Delta
 
 
-def _f64(tree):
-    return jax.tree.map(lambda p: np.asarray(p, np.float64), tree)
-
-
-def _f32(tree):
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
+_f64 = functools.partial(jax.tree.map, lambda p: np.asarray(p, np.float64))
+_f32 = functools.partial(jax.tree.map, lambda p: jnp.asarray(p, jnp.float32))
 
 
 def _combine(coefs, trees, like):
@@ -326,9 +322,7 @@ def run_fedbuff_reference(
     ``choice(sample_key, num_clients, (concurrency,), replace=False)`` with ``sample_key,
     clients_key = split(fold_in(run_key, 0))``, trained with ``split(clients_key, concurrency)``.
 
-    ``durations``: each client's job time (e.g. seconds over its site's link, worked out by the
-    caller), in place of its local steps times ``speeds``.
-
+    ``durations``: each client's job time (worked out by the caller), instead of steps x speed.
     Returns ``(params, log)``, one log dict per server update: ``clock`` (its last arrival's
     time), ``staleness`` and ``clients`` per arrival, ``downloads`` (clients started so far).
     """

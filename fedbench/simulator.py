@@ -47,6 +47,7 @@ from fedbench.compression.traffic import reports_bits, upload_bits, zero_bits
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
+from fedbench.replica_state import Replicas
 from fedbench.links import Links, client_seconds
 from fedbench.local import (
     ClientStats,
@@ -96,7 +97,7 @@ def resolve_client_axis(axis: str) -> str:
     return axis
 
 
-class Simulator(Evaluation):
+class Simulator(Replicas, Evaluation):
     """Runs an :class:`Algorithm` on :class:`FederatedData` with a flax model.
 
     Usage::
@@ -286,37 +287,6 @@ class Simulator(Evaluation):
         (:func:`fedbench.replicas.run_values`; None: constants in the trace)."""
         state = self._init_from_key(jax.random.PRNGKey(self.seed if seed is None else seed))
         return state if not values else state.replace(hparams=hparams.stack([values], 0))
-
-    def init_replicas(self, seeds, values=None) -> ServerState:
-        """States of several independent runs stacked on a leading replica axis: replica ``i``
-        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings) and, with
-        ``values`` (one mapping per replica, :data:`fedbench.hparams.NAMES`), its own values
-        in ``hparams``."""
-        keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
-        states = jax.vmap(self._init_from_key)(keys)
-        return states if not values else states.replace(hparams=hparams.stack(values))
-
-    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap"
-                     ) -> ServerState:
-        """:meth:`run` for every replica of :meth:`init_replicas` in one compiled program:
-        ``vmap`` (batched over the replica axis: the accelerator's way) or ``map``
-        (``lax.map``: one replica after another, each exactly the program of a single run, so
-        its results are a separate run's bit for bit)."""
-        if axis not in ("vmap", "map"):
-            raise ConfigError("replica_axis", axis, "vmap, map or auto")
-        if getattr(self, "_many_axis", None) != axis:
-            one = lambda s, payload, n: self._run_rounds(s, payload, n)  # noqa: E731
-            if axis == "vmap":
-                many = jax.vmap(one, in_axes=(0, None, None))
-            else:
-                many = lambda s, payload, n: jax.lax.map(lambda r: one(r, payload, n), s)  # noqa: E731
-            self._run_many, self._many_axis = jax.jit(many), axis
-        return self._run_many(states, self._payload(), jnp.int32(num_rounds))
-
-    @staticmethod
-    def replica(states: ServerState, i: int) -> ServerState:
-        """Replica ``i`` of stacked states, as a state of a single run."""
-        return jax.tree.map(lambda leaf: leaf[i], states)
 
     def _init_from_key(self, key: jax.Array) -> ServerState:
         init_key, run_key = jax.random.split(key)

@@ -1,0 +1,48 @@
+"""Several runs' states stacked on a leading replica axis, run as one compiled program (the
+:class:`~fedbench.simulator.Simulator`'s ``init_replicas`` / ``run_replicas`` / ``replica``;
+the run-level driver is :mod:`fedbench.replicas`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fedbench import hparams
+from fedbench.errors import ConfigError
+from fedbench.state import ServerState
+
+
+class Replicas:
+    """Mixed into the simulator: needs ``_init_from_key``, ``_run_rounds`` and ``_payload``."""
+
+    def init_replicas(self, seeds, values=None) -> ServerState:
+        """States of several independent runs stacked on a leading replica axis: replica ``i``
+        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings) and, with
+        ``values`` (one mapping per replica, :data:`fedbench.hparams.NAMES`), its own values
+        in ``hparams``."""
+        keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+        states = jax.vmap(self._init_from_key)(keys)
+        return states if not values else states.replace(hparams=hparams.stack(values))
+
+    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap"
+                     ) -> ServerState:
+        """:meth:`run` for every replica of :meth:`init_replicas` in one compiled program:
+        ``vmap`` (batched over the replica axis: the accelerator's way) or ``map``
+        (``lax.map``: one replica after another, each exactly the program of a single run, so
+        its results are a separate run's bit for bit)."""
+        if axis not in ("vmap", "map"):
+            raise ConfigError("replica_axis", axis, "vmap, map or auto")
+        if getattr(self, "_many_axis", None) != axis:
+            one = lambda s, payload, n: self._run_rounds(s, payload, n)  # noqa: E731
+            if axis == "vmap":
+                many = jax.vmap(one, in_axes=(0, None, None))
+            else:
+                many = lambda s, payload, n: jax.lax.map(lambda r: one(r, payload, n), s)  # noqa: E731
+            self._run_many, self._many_axis = jax.jit(many), axis
+        return self._run_many(states, self._payload(), jnp.int32(num_rounds))
+
+    @staticmethod
+    def replica(states: ServerState, i: int) -> ServerState:
+        """Replica ``i`` of stacked states, as a state of a single run."""
+        return jax.tree.map(lambda leaf: leaf[i], states)
+
