@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedbench import hparams
 from fedbench.task import masked_cross_entropy
@@ -184,13 +185,52 @@ def make_local_update(
     return local_update
 
 
-def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple) -> Callable:
+def client_mesh(devices: int):
+    """A one-axis mesh ``clients`` over the first ``devices`` local devices (None for one)."""
+    if devices <= 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]), ("clients",))
+
+
+def replicated(mesh):
+    """Every device of ``mesh`` holds the whole array (the server state, the data)."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _sharded(mapped: Callable, in_axes: tuple, mesh) -> Callable:
+    """``mapped`` (a vmap over the cohort) with the cohort sharded over ``mesh``'s devices:
+    the per-client arguments padded to a multiple of the device count (copies of the last
+    client, whose outputs are dropped: zero weight) and constrained to ``P("clients")``, so
+    XLA's SPMD partitioner splits the batched program and turns the cohort sums that follow
+    into cross-device reductions."""
+    devices = mesh.devices.size
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("clients"))
+
+    def run(*args):
+        per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
+        size = jax.tree.leaves(per_client)[0].shape[0]
+        pad = -size % devices
+
+        def prepare(a):
+            if pad:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+            return jax.lax.with_sharding_constraint(a, spec)
+
+        args = [a if ax is None else jax.tree.map(prepare, a) for a, ax in zip(args, in_axes)]
+        return jax.tree.map(lambda out: out[:size], mapped(*args))
+
+    return run
+
+
+def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple, mesh=None) -> Callable:
     """Maps ``fn`` over the leading client axis with ``jax.vmap`` or sequential ``lax.map``.
 
-    ``in_axes`` marks per-client arguments with 0 and shared ones with ``None``.
+    ``in_axes`` marks per-client arguments with 0 and shared ones with ``None``. ``mesh``
+    (:func:`client_mesh`, ``vmap`` only): the cohort sharded over its devices.
     """
     if client_axis == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
+        mapped = jax.vmap(fn, in_axes=in_axes)
+        return mapped if mesh is None else _sharded(mapped, in_axes, mesh)
 
     def mapped(*args):
         shared = [a if ax is None else None for a, ax in zip(args, in_axes)]

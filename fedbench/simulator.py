@@ -51,6 +51,8 @@ from fedbench.replica_state import Replicas
 from fedbench.links import Links, client_seconds
 from fedbench.local import (
     ClientStats,
+    client_mesh,
+    replicated,
     epoch_order,
     epochs_for_steps,
     make_local_update,
@@ -156,6 +158,7 @@ class Simulator(Replicas, Evaluation):
         self.seed = seed
         self.store_dtype = store_dtype
         self.client_axis = resolve_client_axis(settings.client_axis)
+        self.mesh = client_mesh(settings.devices)  # the cohort sharded over devices (vmap)
         self.trace_count = 0
         apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
         self.apply_fn = apply_fn
@@ -381,6 +384,11 @@ class Simulator(Replicas, Evaluation):
         return self.data
 
     def run(self, state: ServerState, num_rounds: int) -> ServerState:
-        """Runs ``num_rounds`` rounds in one call of the compiled round loop."""
-        return self._run(state, self._payload(), jnp.int32(num_rounds))
+        """Runs ``num_rounds`` rounds in one call of the compiled round loop. With a device
+        mesh the state and data are replicated over it first, as the program returns them, so
+        every block after the first finds the same input shardings (no recompilation)."""
+        payload = self._payload()
+        if self.mesh is not None:
+            state, payload = jax.device_put((state, payload), replicated(self.mesh))
+        return self._run(state, payload, jnp.int32(num_rounds))
 

@@ -28,6 +28,8 @@ class Settings:
       local_steps: if set, every client takes exactly this many minibatch steps per round
         (cycling through fresh epochs of its data), whatever its size, instead of
         ``local_epochs`` epochs (FLamby's ``num_updates``; Ogier du Terrail et al. 2022).
+      devices: local devices the sampled-client axis is sharded over (``client_axis=vmap``;
+        :func:`fedbench.local.client_mesh`).
     """
 
     clients_per_round: int
@@ -38,6 +40,7 @@ class Settings:
     unroll: int = 1
     eval_chunk: int = 1024
     local_steps: int | None = None
+    devices: int = 1
 
 
 @flax.struct.dataclass

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
@@ -68,7 +69,17 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     axis = cfg.get("client_axis", "auto")
     if axis not in CLIENT_AXES:
         raise ConfigError("client_axis", axis, "one of: " + ", ".join(CLIENT_AXES))
+    devices = cfg.get("devices", 1)
+    if devices == "all":
+        devices = jax.device_count()
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= jax.device_count():
+        raise ConfigError("devices", devices,
+                          f"all or an integer in [1, {jax.device_count()}] (the local devices)")
+    if devices > 1 and axis != "vmap":
+        raise ConfigError("devices", devices, "1 unless client_axis=vmap (the cohort is sharded "
+                          "over devices as one batched program)")
     return Settings(
+        devices=devices,
         clients_per_round=cfg["clients_per_round"],
         local_epochs=cfg["local_epochs"],
         batch_size=cfg["batch_size"],
