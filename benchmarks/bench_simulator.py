@@ -87,6 +87,8 @@ QUICK_VARIANTS = {
     "W3": {"client loop", "sim map u8"},
     "W4": {"client loop im2col", "sim map u1 lax"},
 }
+#: client_chunk values tried per workload (groups of clients vmapped inside the lax.map).
+CHUNKS = {"W1": (5, 10), "W3": (10, 25, 50)}
 TARGETS = {
     "W1": "1,000 rounds in under 20 s",
     "W3": ">= 4x the client loop",
@@ -107,6 +109,8 @@ def variants_for(workload: str, quick: bool = False, only: list[str] | None = No
         for axis in ("map", "vmap"):
             for unroll in (1, 8):
                 out.append(dict(kind="sim", axis=axis, unroll=unroll, conv=conv))
+        for chunk in CHUNKS.get(workload, ()):  # client_chunk: vmap inside lax.map
+            out.append(dict(kind="sim", axis="map", unroll=1, conv=conv, chunk=chunk))
     if only:  # explicit choice, also under --quick
         return [v for v in out if any(o in label(v) for o in only)]
     if quick:
@@ -118,7 +122,8 @@ def label(v: dict) -> str:
     conv = f" {v['conv']}" if v["conv"] else ""
     if v["kind"] == "loop":
         return f"client loop{conv}"
-    return f"sim {v['axis']} u{v['unroll']}{conv}"
+    chunk = f" c{v['chunk']}" if v.get("chunk") else ""
+    return f"sim {v['axis']} u{v['unroll']}{chunk}{conv}"
 
 
 def skip_reason(v: dict, earlier: list[dict]) -> str | None:
@@ -256,7 +261,7 @@ def make_accuracy(model, data, chunk: int = 250):
     return lambda params: float(accuracy(params))
 
 
-def settings_for(spec: dict, axis: str, unroll: int):
+def settings_for(spec: dict, axis: str, unroll: int, chunk: int | None = None):
     from fedbench.simulator import Settings
 
     return Settings(
@@ -266,6 +271,7 @@ def settings_for(spec: dict, axis: str, unroll: int):
         lr=spec["lr"],
         client_axis=axis,
         unroll=unroll,
+        client_chunk=chunk,
     )
 
 
@@ -300,7 +306,7 @@ def measure_sim(spec, data, v, row, opts):
 
     model = make_model(spec, v["conv"])
     sim = Simulator(model, build_algorithm({"name": "fedavg"}), data,
-                    settings_for(spec, v["axis"], v["unroll"]), seed=SEED)
+                    settings_for(spec, v["axis"], v["unroll"], v.get("chunk")), seed=SEED)
     state = jax.block_until_ready(sim.init())
     c0 = CompileCounter.snapshot()
     with Watchdog(opts["compile_limit_s"], row, f"compile ran past {opts['compile_limit_s']:g} s"):

@@ -222,15 +222,47 @@ def _sharded(mapped: Callable, in_axes: tuple, mesh) -> Callable:
     return run
 
 
-def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple, mesh=None) -> Callable:
+def _chunked(fn: Callable, in_axes: tuple, chunk: int) -> Callable:
+    """``lax.map`` over groups of ``chunk`` clients, ``vmap`` within a group: each local step
+    of a group is one larger batched product (small clients), memory bounded by the group.
+    The cohort is padded to a multiple of ``chunk`` with copies of its last client, whose
+    outputs are dropped."""
+    batched = jax.vmap(fn, in_axes=in_axes)
+
+    def run(*args):
+        per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
+        size = jax.tree.leaves(per_client)[0].shape[0]
+        pad = -size % chunk
+
+        def group(a):
+            if pad:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+            return a.reshape((-1, chunk) + a.shape[1:])
+
+        grouped = [None if ax is None else jax.tree.map(group, a) for a, ax in zip(args, in_axes)]
+
+        def one(xs):
+            return batched(*[a if ax is None else x for a, x, ax in zip(args, xs, in_axes)])
+
+        out = jax.lax.map(one, grouped)
+        return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:size], out)
+
+    return run
+
+
+def map_over_clients(fn: Callable, client_axis: str, in_axes: tuple, mesh=None,
+                     chunk: int | None = None) -> Callable:
     """Maps ``fn`` over the leading client axis with ``jax.vmap`` or sequential ``lax.map``.
 
     ``in_axes`` marks per-client arguments with 0 and shared ones with ``None``. ``mesh``
-    (:func:`client_mesh`, ``vmap`` only): the cohort sharded over its devices.
+    (:func:`client_mesh`, ``vmap`` only): the cohort sharded over its devices. ``chunk``
+    (``map`` only): ``vmap`` over groups of that many clients inside the ``lax.map``.
     """
     if client_axis == "vmap":
         mapped = jax.vmap(fn, in_axes=in_axes)
         return mapped if mesh is None else _sharded(mapped, in_axes, mesh)
+    if chunk is not None and chunk > 1:
+        return _chunked(fn, in_axes, chunk)
 
     def mapped(*args):
         shared = [a if ax is None else None for a, ax in zip(args, in_axes)]

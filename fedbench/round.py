@@ -57,6 +57,7 @@ def federated_round(sim, state, data):
     client = map_over_clients(
         sim.client_update, sim.client_axis,
         (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None), mesh=sim.mesh,
+        chunk=sim.settings.client_chunk,
     )
     deltas, sent, stats, transform_states, infos = client(
         received, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,

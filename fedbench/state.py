@@ -30,6 +30,8 @@ class Settings:
         ``local_epochs`` epochs (FLamby's ``num_updates``; Ogier du Terrail et al. 2022).
       devices: local devices the sampled-client axis is sharded over (``client_axis=vmap``;
         :func:`fedbench.local.client_mesh`).
+      client_chunk: under ``client_axis=map``, ``vmap`` over groups of this many clients
+        inside the ``lax.map`` (None or 1: one client at a time).
     """
 
     clients_per_round: int
@@ -41,6 +43,7 @@ class Settings:
     eval_chunk: int = 1024
     local_steps: int | None = None
     devices: int = 1
+    client_chunk: int | None = None
 
 
 @flax.struct.dataclass

@@ -78,8 +78,12 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     if devices > 1 and axis != "vmap":
         raise ConfigError("devices", devices, "1 unless client_axis=vmap (the cohort is sharded "
                           "over devices as one batched program)")
+    chunk = cfg.get("client_chunk")
+    if chunk is not None:
+        chunk = _integer(cfg, "client_chunk", 1, "null or an integer >= 1")
     return Settings(
         devices=devices,
+        client_chunk=chunk,
         clients_per_round=cfg["clients_per_round"],
         local_epochs=cfg["local_epochs"],
         batch_size=cfg["batch_size"],
