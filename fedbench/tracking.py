@@ -41,6 +41,9 @@ class Tracker:
     def log(self, metrics: Mapping[str, Any], round: int) -> None:  # noqa: A002 (the FL word)
         """Records one evaluation (a ``metrics.jsonl`` row) at server round ``round``."""
 
+    def log_images(self, images: Mapping[str, str | Path], round: int) -> None:  # noqa: A002
+        """Records image files (e.g. PNGs of a report) by name at server round ``round``."""
+
     def finish(self, summary: Mapping[str, Any] | None, exit_code: int = 0) -> None:
         """Closes the run with the ``summary.json`` content, or ``None`` and a nonzero
         ``exit_code`` when the run failed. Calling it again, or before :meth:`start`, does
@@ -110,6 +113,13 @@ class WandbTracker(Tracker):
     def log(self, metrics: Mapping[str, Any], round: int) -> None:  # noqa: A002
         if self.run is not None:
             self.run.log({**metrics, "round": int(round)})
+
+    def log_images(self, images: Mapping[str, str | Path], round: int) -> None:  # noqa: A002
+        if self.run is not None:
+            import wandb
+
+            self.run.log({**{k: wandb.Image(str(v)) for k, v in images.items()},
+                          "round": int(round)})
 
     def finish(self, summary: Mapping[str, Any] | None, exit_code: int = 0) -> None:
         if self.run is None:

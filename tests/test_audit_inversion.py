@@ -92,8 +92,10 @@ def test_gaussian_noise_of_variance_1e2_defends(dlg_runs):
 
 
 def test_pruning_70_percent_defends_on_8x8(dlg_runs):
-    """Pruning 70% of each tensor's smallest gradient entries (top-k keeping 30%) stops DLG
-    on 8x8 digits: median MSE > 1e-2 over 5 seeds (measured about 2.4e-2 over 8)."""
+    """Pruning 70% of each tensor's smallest gradient entries (top-k keeping 30%) passes the
+    issue's criterion on 8x8 digits: median MSE > 1e-2 over 5 seeds (measured about 2.4e-2 over
+    8). The digits are still recognisable there (median SSIM 0.94 over 8 seeds,
+    results/audit/README.md): MSE > 1e-2 is a weak notion of "stopped"."""
     mse = dlg_runs[("prune", 0.7)][0][:5]
     assert np.median(mse) > 1e-2, mse
 

@@ -88,6 +88,12 @@ def verdict(result: dict[str, Any]) -> list[str]:
                        f"data: the strongest attack scores {lira['auc']:.2f} (0.5 = guessing, "
                        f"1 = always right) and identifies {100 * lira['tpr_at_1%_fpr']:.1f}% of "
                        f"patients in the training data while wrongly accusing 1% of the others.")
+    sites = result.get("sites")
+    if sites and "skipped" not in sites:
+        best = max(sites["lira_online"]["auc"], sites["lira_offline"]["auc"])
+        out.append(f"Whether a given hospital took part at all can be guessed from the trained "
+                   f"model with an attack score of {best:.2f} (0.5 = guessing), for an observer "
+                   f"who holds data like that hospital's.")
     eps = result["epsilon"]
     if eps.get("claimed") in (None, math.inf):
         out.append("No formal privacy guarantee is configured (epsilon is infinite).")
@@ -128,6 +134,21 @@ def _markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
                   "|---|---|---|---|---|---|"]
         for name in ("loss_threshold", "lira_offline"):
             m = result["membership"][name]
+            lines.append(f"| {name} | {m['auc']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} | "
+                         f"{m['tpr_at_1%_fpr']:.3f} | {m['members']} | {m['nonmembers']} |")
+        lines.append("")
+    sites = result.get("sites")
+    if sites and "skipped" in sites:
+        lines += ["## Site membership", "", f"Not measured: {sites['skipped']}.", ""]
+    elif sites:
+        lines += ["## Site membership (was this hospital in the federation?)", "",
+                  f"LiRA over {sites['shadows']} shadow federations (each site in half of them; "
+                  f"each in turn the target): {sites['decisions']} decisions over "
+                  f"{sites['sites']} sites.", "",
+                  "| attack | AUC | TPR at 0.1% FPR | TPR at 1% FPR | members | non-members |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("lira_online", "lira_offline"):
+            m = sites[name]
             lines.append(f"| {name} | {m['auc']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} | "
                          f"{m['tpr_at_1%_fpr']:.3f} | {m['members']} | {m['nonmembers']} |")
         lines.append("")

@@ -11,7 +11,9 @@
    which is also the box the cosine attack searches in.
 3. Membership inference (:mod:`fedbench.audit.membership`) against the global model: members are
    all clients' training examples, non-members their held-out test examples.
-4. Under DP, the configured epsilon beside a one-run lower bound (:mod:`fedbench.audit.epsilon`)
+4. With ``audit.sites.enabled``, site-level membership inference (:mod:`fedbench.audit.sites`):
+   LiRA over shadow federations trained by the simulator as replicas (not under DP).
+5. Under DP, the configured epsilon beside a one-run lower bound (:mod:`fedbench.audit.epsilon`)
    from one white-box round of the Gaussian mechanism at the run's noise multiplier.
 """
 
@@ -181,5 +183,17 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     if audit.membership:
         result["membership"] = membership_audit(cfg, audit, model, data,
                                                 final_params(out_dir / "federation"))
+    if audit.sites:
+        if (cfg.get("privacy") or {}).get("name", "none") != "none":
+            result["sites"] = {"skipped": "site-level membership needs sub-federations, which "
+                                          "are refused under DP"}
+        else:
+            from fedbench.audit.sites import site_membership
+
+            result["sites"] = site_membership(fed_cfg, audit.site_shadows)
     write_reports(result, out_dir)
+    from fedbench.audit.report import verdict
+    from fedbench.audit.track import track_audit
+
+    track_audit(cfg, result, out_dir, verdict(result))
     return result

@@ -25,6 +25,8 @@ class AuditSettings:
     shadow_epochs: float | None = None
     canaries: int = 1000
     significance: float = 0.05
+    sites: bool = False
+    site_shadows: int = 16
 
 
 def _int(cfg: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
@@ -40,14 +42,15 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     """The audit settings, each checked (``ConfigError`` naming ``audit.<key>``)."""
     cfg = dict(cfg or {})
     base = AuditSettings()
-    known = {f.name for f in dataclasses.fields(AuditSettings)} | {"name", "membership",
-                                                                    "epsilon"}
+    known = ({f.name for f in dataclasses.fields(AuditSettings)} - {"site_shadows"}) | {
+        "name", "membership", "epsilon"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"audit.{key}", cfg[key], "one of the keys of conf/audit/default.yaml: "
                               + ", ".join(sorted(known)))
     merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(AuditSettings)}
-    merged.update({k: v for k, v in cfg.items() if k in merged and k != "membership"})
+    merged.update({k: v for k, v in cfg.items()
+                   if k in merged and k not in ("membership", "sites")})
     if merged["attack"] not in ATTACKS:
         raise ConfigError("audit.attack", merged["attack"], "one of: " + ", ".join(ATTACKS))
     _int(merged, "client", 0, num_clients - 1)
@@ -82,4 +85,15 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
             0 < significance < 1):
         raise ConfigError("audit.epsilon.significance", significance, "a number in (0, 1)")
     merged["significance"] = float(significance)
+    if not isinstance(cfg.get("sites") or {}, Mapping):
+        raise ConfigError("audit.sites", cfg["sites"], "a mapping with keys enabled, shadows")
+    sites = dict(cfg.get("sites") or {})
+    for key in sites:
+        if key not in ("enabled", "shadows"):
+            raise ConfigError(f"audit.sites.{key}", sites[key], "one of: enabled, shadows")
+    merged["sites"] = bool(sites.get("enabled", False))
+    shadows = sites.get("shadows", base.site_shadows)
+    if isinstance(shadows, bool) or not isinstance(shadows, int) or shadows < 6 or shadows % 2:
+        raise ConfigError("audit.sites.shadows", shadows, "an even integer >= 6")
+    merged["site_shadows"] = shadows
     return AuditSettings(**merged)
