@@ -31,15 +31,16 @@ STUDIES = {
                  "privacy.noise_multiplier=null"],
         "key": "target_epsilon", "override": "privacy.target_epsilon",
         "values": ["0.5", "1", "2", "4", "8", "inf"],
+        "new_keys": True,  # its config has no sweep / replica_axis keys: added with "+"
     },
     "lr": {"base": [], "key": "lr", "override": "lr", "values": ["0.03", "0.1", "0.3"]},
 }
 
 
-def fedbench(args: list[str], out: Path) -> float:
+def fedbench(args: list[str], out: Path, plus: str = "") -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "fedbench.cli", *args, f"hydra.run.dir='{out}'",
-                    "checkpoint_every=0"], check=True, capture_output=True, text=True)
+                    f"{plus}checkpoint_every=0"], check=True, capture_output=True, text=True)
     return time.perf_counter() - start
 
 
@@ -65,9 +66,10 @@ def main() -> None:
     # One job, every value and seed a replica of one program (run first: RUSAGE_CHILDREN only
     # grows, so its peak is read before the separate jobs run).
     values = "[" + ",".join(study["values"]) + "]"
+    plus = "+" if study.get("new_keys") else ""
     report["in_program_seconds"] = fedbench(
-        common + [f"sweep.{study['key']}={values}", f"seeds={args.seeds}",
-                  f"replica_axis={args.replica_axis}"], root / "in_program")
+        common + [f"{plus}sweep.{study['key']}={values}", f"{plus}seeds={args.seeds}",
+                  f"{plus}replica_axis={args.replica_axis}"], root / "in_program", plus)
     report["in_program_peak_rss_mb"] = peak_child_rss_mb()
     if not args.skip_separate:
         total, same = 0.0, True
@@ -75,7 +77,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 name = f"{study['key']}={float(value):g},seed={seed}"
                 total += fedbench(common + [f"{study['override']}={value}", f"seed={seed}",
-                                            "partition.seed=0"], root / "separate" / name)
+                                            "partition.seed=0"], root / "separate" / name, plus)
                 mine = (root / "in_program" / name / "metrics.jsonl").read_bytes()
                 same &= mine == (root / "separate" / name / "metrics.jsonl").read_bytes()
         report["separate_seconds"] = total
