@@ -197,26 +197,30 @@ def replicated(mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def _padded(args: tuple, in_axes: tuple, multiple: int, shape: Callable) -> tuple[list, int]:
+    """The per-client arguments padded to a multiple of ``multiple`` clients with copies of the
+    last client (whose outputs the caller drops: zero weight), each then passed through
+    ``shape``; shared arguments unchanged. Returns ``(args, cohort size before padding)``."""
+    per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
+    size = jax.tree.leaves(per_client)[0].shape[0]
+    pad = -size % multiple
+
+    def one(a):
+        return shape(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a)
+
+    return [a if ax is None else jax.tree.map(one, a) for a, ax in zip(args, in_axes)], size
+
+
 def _sharded(mapped: Callable, in_axes: tuple, mesh) -> Callable:
     """``mapped`` (a vmap over the cohort) with the cohort sharded over ``mesh``'s devices:
-    the per-client arguments padded to a multiple of the device count (copies of the last
-    client, whose outputs are dropped: zero weight) and constrained to ``P("clients")``, so
-    XLA's SPMD partitioner splits the batched program and turns the cohort sums that follow
-    into cross-device reductions."""
-    devices = mesh.devices.size
+    padded to a multiple of the device count (:func:`_padded`) and constrained to
+    ``P("clients")``, so XLA's SPMD partitioner splits the batched program and turns the
+    cohort sums that follow into cross-device reductions."""
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("clients"))
 
     def run(*args):
-        per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
-        size = jax.tree.leaves(per_client)[0].shape[0]
-        pad = -size % devices
-
-        def prepare(a):
-            if pad:
-                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
-            return jax.lax.with_sharding_constraint(a, spec)
-
-        args = [a if ax is None else jax.tree.map(prepare, a) for a, ax in zip(args, in_axes)]
+        args, size = _padded(args, in_axes, mesh.devices.size,
+                             lambda a: jax.lax.with_sharding_constraint(a, spec))
         return jax.tree.map(lambda out: out[:size], mapped(*args))
 
     return run
@@ -224,27 +228,19 @@ def _sharded(mapped: Callable, in_axes: tuple, mesh) -> Callable:
 
 def _chunked(fn: Callable, in_axes: tuple, chunk: int) -> Callable:
     """``lax.map`` over groups of ``chunk`` clients, ``vmap`` within a group: each local step
-    of a group is one larger batched product (small clients), memory bounded by the group.
-    The cohort is padded to a multiple of ``chunk`` with copies of its last client, whose
-    outputs are dropped."""
+    of a group is one larger batched product (small clients), memory bounded by the group;
+    the cohort padded to a multiple of ``chunk`` (:func:`_padded`)."""
     batched = jax.vmap(fn, in_axes=in_axes)
 
     def run(*args):
-        per_client = [a for a, ax in zip(args, in_axes) if ax == 0]
-        size = jax.tree.leaves(per_client)[0].shape[0]
-        pad = -size % chunk
-
-        def group(a):
-            if pad:
-                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
-            return a.reshape((-1, chunk) + a.shape[1:])
-
-        grouped = [None if ax is None else jax.tree.map(group, a) for a, ax in zip(args, in_axes)]
+        grouped, size = _padded(args, in_axes, chunk,
+                                lambda a: a.reshape((-1, chunk) + a.shape[1:]))
 
         def one(xs):
             return batched(*[a if ax is None else x for a, x, ax in zip(args, xs, in_axes)])
 
-        out = jax.lax.map(one, grouped)
+        out = jax.lax.map(one, [None if ax is None else g
+                                for g, ax in zip(grouped, in_axes)])
         return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:size], out)
 
     return run
