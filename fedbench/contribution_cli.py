@@ -10,7 +10,6 @@ a table (site, training size, Shapley value, leave-one-out drop).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path

@@ -17,7 +17,6 @@ with the canaries as clients; each canary's score is its inner product with the 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax_privacy.auditing import CanaryScoreAuditor
 
