@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedbench.errors import ConfigError
@@ -185,6 +186,37 @@ def replica_axis(axis: str) -> str:
     return axis
 
 
+def replica_chunk(cfg: Mapping[str, Any], sim, count: int, axis: str) -> tuple[int, float]:
+    """Replicas per program call under ``replica_memory_mb`` (null: all of them), and the
+    estimated MB of one replica: its state, plus under ``vmap`` its cohort's gathered training
+    data (what batching the replicas multiplies; ``map`` holds one replica's at a time)."""
+    states = jax.eval_shape(sim.init)
+    memory = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
+    if axis == "vmap":
+        x = sim.data.train_x
+        memory += sim.settings.clients_per_round * x[0].size * x.dtype.itemsize
+    memory /= 2**20
+    budget = cfg.get("replica_memory_mb")
+    if budget is None:
+        return count, memory
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise ConfigError("replica_memory_mb", budget, "null or a number of MB > 0")
+    return max(1, min(count, int(budget // max(memory, 1e-9)))), memory
+
+
+def run_in_chunks(sim, states, rounds: int, axis: str, chunk: int):
+    """``sim.run_replicas`` on ``chunk`` replicas at a time (the last chunk padded with copies
+    of its last replica, dropped after, so every call has one shape: one compilation)."""
+    count = jax.tree.leaves(states)[0].shape[0]
+    if chunk >= count:
+        return sim.run_replicas(states, rounds, axis)
+    pad = -count % chunk
+    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), states)
+    parts = [sim.run_replicas(jax.tree.map(lambda a, i=i: a[i:i + chunk], padded), rounds, axis)
+             for i in range(0, count + pad, chunk)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[:count], *parts)
+
+
 def _replica_tracker(tracker, cfg: Mapping[str, Any], out_dir: Path, name: str):
     """A tracked run per replica: the job's tracker settings with ``/<name>`` appended."""
     from fedbench.tracking import Tracker, build_tracker
@@ -223,6 +255,11 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     count = len(replicas)
     axis = replica_axis(cfg.get("replica_axis", "auto"))
+    chunk, memory = replica_chunk(cfg, sim, count, axis)
+    if progress and chunk < count:
+        print(f"fedbench: {count} replicas in {-(-count // chunk)} chunks of {chunk} "
+              f"(replica_memory_mb={cfg.get('replica_memory_mb')}, about {memory:.0f} MB each)",
+              flush=True)
     compile_before, _ = CompileCounter.snapshot()
     states = sim.init_replicas(seeds, [run_values(c, p) for c, p in zip(configs, plans)])
     restored = checkpoints.restore(states)  # None: start afresh
@@ -246,7 +283,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
         block = checkpoints.next_stop(done, rounds, eval_every) - done
         compiled_before, _ = CompileCounter.snapshot()
         start = time.perf_counter()
-        states = jax.block_until_ready(sim.run_replicas(states, block, axis))
+        states = jax.block_until_ready(run_in_chunks(sim, states, block, axis, chunk))
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
         done += block
@@ -283,6 +320,8 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
         "rounds_per_second": done / run_seconds,
         "replicas_in_program": count,
         "replica_axis": axis,
+        "replica_chunks": -(-count // chunk),
+        "replica_memory_mb_estimate": memory,
         "round_program_traces": sim.trace_count,
     }
     for i in range(count):

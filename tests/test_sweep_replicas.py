@@ -92,3 +92,17 @@ def test_bad_sweeps_name_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError) as err:
         run_experiment(compose(SMALL + overrides), tmp_path, progress=None)
     assert err.value.key == key
+
+
+def test_a_memory_budget_runs_replicas_in_chunks_with_the_same_results(tmp_path):
+    job = ["sweep.lr=[0.05,0.2]", "seeds=2"]
+    whole = run_experiment(compose(SMALL + job), tmp_path / "whole", progress=None)
+    assert whole["timing"]["replica_chunks"] == 1
+    budget = 3.5 * whole["timing"]["replica_memory_mb_estimate"]  # 3 a chunk: 4 = 3 + 1 padded
+    parts = run_experiment(compose(SMALL + job + [f"replica_memory_mb={budget}"]),
+                           tmp_path / "parts", progress=None)
+    assert parts["timing"]["replica_chunks"] == 2
+    assert parts["timing"]["round_program_traces"] == 1  # equal chunk shapes: one program
+    for name in whole["replicas"]:
+        assert ((tmp_path / "parts" / name / "metrics.jsonl").read_bytes()
+                == (tmp_path / "whole" / name / "metrics.jsonl").read_bytes())
