@@ -34,6 +34,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def spread(prefix: str, values: np.ndarray, tail: np.ndarray) -> dict[str, float]:
+    """The distribution of a per-client metric: ``<prefix>_mean`` and ``_std`` (population
+    standard deviation, ddof 0) over ``values``; ``_p10`` (``np.percentile``, linear
+    interpolation) and ``_min`` (the worst client) over ``tail``, the clients whose test split is
+    large enough for a tail statistic. NaN where the set is empty."""
+    nan = float("nan")
+    return {
+        f"{prefix}_mean": float(values.mean()) if values.size else nan,
+        f"{prefix}_p10": float(np.percentile(tail, 10)) if tail.size else nan,
+        f"{prefix}_min": float(tail.min()) if tail.size else nan,
+        f"{prefix}_std": float(values.std()) if values.size else nan,
+    }
+
+
 class Evaluation:
     """Evaluation methods of :class:`fedbench.simulator.Simulator` (needs ``apply_fn``,
     ``algorithm``, ``data`` and ``settings``)."""
@@ -227,8 +241,7 @@ class Evaluation:
             "train_loss": float(raw["train_loss"]),
             "test_loss": test_loss,
             "test_cindex": pooled_c,
-            "client_cindex_mean": float(own.mean()) if own.size else float("nan"),
-            "client_cindex_p10": float(np.percentile(own, 10)) if own.size else float("nan"),
+            **spread("client_cindex", own, own),
         }
 
     def _site_outputs_impl(self, params, data: FederatedData):
@@ -306,11 +319,16 @@ class Evaluation:
         ``test_*`` are on the pooled test set (with per-client models, :meth:`evaluated_params`:
         the mean over them);
         ``train_*`` over all clients' training data, weighted by example counts;
-        ``client_accuracy_mean`` / ``client_accuracy_p10``: mean over clients with a non-empty
-        test split, and 10th percentile over clients with at least ``min_client_test`` test
-        examples, of the accuracy on their own test split; ``client_accuracy_p10_skipped``: the
-        clients with a test split left out of the percentile. Survival data report
-        ``test_cindex`` and ``client_cindex_*`` (Harrell's C-index) instead of accuracies.
+        ``client_accuracy_*``: the distribution over clients of the accuracy on each client's
+        own test split of the model it uses (:meth:`evaluated_params`: the global model, its
+        personal model, its cluster's model): ``_mean`` and ``_std`` (ddof 0) over every client
+        with a non-empty test split (the clients of ``site_results``' ``own`` vector), ``_p10``
+        and ``_min`` (the worst client) over those with at least ``min_client_test`` test
+        examples (tail statistics a few tiny splits would otherwise set alone);
+        ``client_accuracy_p10_skipped``: the clients with a test split left out of ``_p10`` and
+        ``_min``. Survival data report ``test_cindex`` and ``client_cindex_mean`` / ``_p10`` /
+        ``_min`` / ``_std`` (Harrell's C-index, over every client whose C-index is defined)
+        instead of accuracies (:func:`spread`).
         """
         raw = jax.device_get(self._evaluate(self.evaluated_params(state), self.data))
         extra = {}
@@ -337,7 +355,6 @@ class Evaluation:
             "train_accuracy": float(raw["train_accuracy"]),
             "test_loss": float(raw["test_loss"]),
             "test_accuracy": float(raw["test_accuracy"]),
-            "client_accuracy_mean": float(client_acc.mean()) if client_acc.size else float("nan"),
-            "client_accuracy_p10": float(np.percentile(large, 10)) if large.size else float("nan"),
+            **spread("client_accuracy", client_acc, large),
             "client_accuracy_p10_skipped": int(client_acc.size - large.size),
         }

@@ -14,9 +14,13 @@ MODEL_METRICS = (
     "test_cindex",
     "client_accuracy_mean",
     "client_accuracy_p10",
+    "client_accuracy_min",
+    "client_accuracy_std",
     "client_cindex_mean",
     "client_cindex_p10",
+    "client_cindex_min",
+    "client_cindex_std",
 )
 #: The final table a run prints, in this order (``epsilon`` follows when there is one).
-METRIC_KEYS = ("round", *MODEL_METRICS[:7], "client_accuracy_p10_skipped", *MODEL_METRICS[7:],
+METRIC_KEYS = ("round", *MODEL_METRICS[:9], "client_accuracy_p10_skipped", *MODEL_METRICS[9:],
                "bytes_up", "bytes_down", "compression_ratio", "simulated_seconds")

@@ -24,13 +24,14 @@ from fedbench.algorithm import build_algorithm, check_client_dp
 from fedbench.checkpoint import RunCheckpoints
 from fedbench.compression import build_compression
 from fedbench.compression.downlink import build_downlink
-from fedbench.compression.traffic import traffic
+from fedbench.compression.traffic import dense_bits, traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.links import build_links
 from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
+from fedbench.model.semi import check_local
 from fedbench.progress import _print_progress, _print_table
 from fedbench.replicas import (
     check_members,
@@ -88,6 +89,7 @@ def build_simulator(cfg: Mapping[str, Any], progress=None) -> SimpleNamespace:
         normalization=cfg["dataset"].get("normalize"),
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
+    check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
     _check_task_and_schedule(cfg, settings, algorithm, data.task)
     from fedbench.privacy.plan import build_privacy, noise_salt  # dp-accounting only when needed
 
@@ -161,9 +163,8 @@ def run_experiment(
     sim, privacy, plan_for, algorithm = built.sim, built.privacy, built.plan_for, built.algorithm
     model, data, partition_stats = built.model, built.data, built.partition_stats
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
-    model_bytes = sum(
-        int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(shapes)
-    ) * len(algorithm.releases)  # e.g. SCAFFOLD also sends (and receives) control variates
+    # e.g. SCAFFOLD also sends (and receives) control variates; only parts that leave a site
+    model_bytes = dense_bits(shapes["params"], algorithm) // 8
 
     def make_evaluate(privacy):  # the metrics of a state, under a replica's privacy plan
         def evaluate(state) -> dict[str, Any]:

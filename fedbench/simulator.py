@@ -43,7 +43,7 @@ from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
 from fedbench.algorithm.fednova import fednova_mean
 from fedbench.compression.downlink import download_bits
-from fedbench.compression.traffic import reports_bits, upload_bits, zero_bits
+from fedbench.compression.traffic import dense_bits, reports_bits, upload_bits, zero_bits
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
@@ -213,8 +213,7 @@ class Simulator(Replicas, Evaluation):
         self.speeds = jnp.asarray(rng.lognormal(0.0, sigma, data.num_clients), jnp.float32)
         # Dense float32 size of what a client receives (the model and e.g. SCAFFOLD's control
         # variate) and of what it sends uncompressed (one model-sized tensor per release).
-        model_bits = 32 * sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.param_shapes()))
-        self.dense_bits = model_bits * len(algorithm.releases)
+        self.dense_bits = dense_bits(self.param_shapes(), algorithm)  # only what leaves a site
         self.down_bits = download_bits(self)
         self._run = jax.jit(self._run_rounds)
         self._evaluate = jax.jit(self._evaluate_impl)

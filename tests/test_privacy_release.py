@@ -178,7 +178,8 @@ def test_a_dp_seeds_replica_is_the_single_run_of_its_config(tmp_path):
 
 #: Everything a run writes that is computed from the clients' data outside the mechanism.
 PRIVATE = {"train_loss", "train_accuracy", "client_accuracy_mean", "client_accuracy_p10",
-           "client_accuracy_p10_skipped", "bytes_up", "bytes_down", "simulated_time"}
+           "client_accuracy_min", "client_accuracy_std", "client_accuracy_p10_skipped",
+           "bytes_up", "bytes_down", "simulated_time"}
 
 
 class RecordingTracker(Tracker):

@@ -19,6 +19,8 @@ References:
   Ditto: T. Li, S. Hu, A. Beirami, V. Smith, ICML 2021, Algorithm 1.
   FedPer: M. G. Arivazhagan et al., arXiv:1912.00818, 2019.
   FedRep: L. Collins et al., ICML 2021, Algorithm 1.
+  semifed: FedPer's mechanism for any model parts (model.local), e.g. per-site input encoders
+  (cf. LG-FedAvg, P. P. Liang et al., arXiv:2001.01523, 2020).
   pFedMe: C. T. Dinh, N. H. Tran, T. D. Nguyen, NeurIPS 2020, Algorithm 1.
   APFL: Y. Deng, M. M. Kamani, M. Mahdavi, arXiv:2003.13461, 2020, Algorithm 1.
   IFCA: A. Ghosh, J. Chung, D. Yin, K. Ramchandran, NeurIPS 2020, Algorithm 2.
@@ -58,6 +60,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fedper": personalised.fedper,
     "finetune": personalised.finetune,
     "fedrep": personalised.fedrep,
+    "semifed": personalised.semifed,
     "pfedme": pfedme.pfedme,
     "apfl": apfl.apfl,
     "ifca": clustered.ifca,

@@ -1,4 +1,5 @@
-"""Personalised federated learning: Ditto, FedPer, FedRep, and FedAvg with local fine-tuning.
+"""Personalised federated learning: Ditto, FedPer, FedRep, semi-federated models (semifed), and
+FedAvg with local fine-tuning.
 
 Each client ends up with a model of its own, and evaluation scores each client with it
 (``client_models``; :class:`fedbench.evaluation.Evaluation`).
@@ -32,16 +33,29 @@ Each client ends up with a model of its own, and evaluation scores each client w
   FedAvg; the paper's line 13 is the uniform mean of the clients' bodies) and never changes the
   global head. Heads are stored as FedPer's (offsets from ``head^0``). ``head_layers=0``: no
   head, FedAvg exactly (tested).
+* **semifed** (semi-federated models): FedPer's mechanism for any top-level modules named in
+  ``algorithm.local`` (filled from ``model.local``, e.g. ``model=semi``'s per-site input
+  ``encoder``): each site trains from the global model with its own local parts, sends its
+  delta with the local parts zeroed, and keeps its new local parts (stored as offsets from the
+  initial model); the server averages the rest (example weighted, as FedAvg). With no local
+  parts it is FedAvg exactly (tested). Personalisation layers at the input rather than the
+  output: cf. FedBN (X. Li et al., ICLR 2021: local batch-norm layers for feature shift) and
+  LG-FedAvg (P. P. Liang et al., "Think Locally, Act Globally: Federated Learning with Local
+  and Global Representations", arXiv:2001.01523, 2020: local representation layers, a global
+  head).
 * **finetune**: FedAvg training; at evaluation each client scores the global model after
   ``algorithm.steps`` local SGD steps on its own training data (the client learning rate and
   batch size; a fixed key per evaluated round).
 
+Only the parts that leave a site count as traffic (``shared``; FedPer's and FedRep's heads and
+semifed's local parts are neither uploaded nor, never changing at the server, downloaded).
 Under ``privacy=dp_client`` Ditto and finetune release only FedAvg's delta and are allowed;
-FedPer and FedRep are refused (the noisy mean would add noise to the global head, which every
-client's head is stored relative to). FedRep is also refused under ``privacy=dp_sample``: its
-head pass is plain SGD on the client's data, and the released body is trained through that
-head. Under ``privacy=dp_sample`` Ditto's personal pass uses plain minibatch
-SGD: ``v_k`` is never released, and only the global model's training is accounted.
+FedPer, FedRep and semifed with local parts are refused (the noisy mean would add noise to the
+global head or local parts, which every client's own are stored relative to). FedRep is also
+refused under ``privacy=dp_sample``: its head pass is plain SGD on the client's data, and the
+released body is trained through that head. Under ``privacy=dp_sample`` Ditto's personal pass
+uses plain minibatch SGD: ``v_k`` is never released, and only the global model's training is
+accounted.
 """
 
 from __future__ import annotations
@@ -125,51 +139,91 @@ def ditto(cfg: Mapping[str, Any]) -> Algorithm:
     )
 
 
+# -- parts kept at each site: FedPer's head, a semi-federated model's local modules ------------
+def _local_parts(keys_of):
+    """FedPer's mechanism for any top-level modules ``keys_of(params)`` kept at each site.
+
+    A client's store entry holds ``{name: part_k - part^0}`` for each local part (zeros at
+    first); it trains from the global model with its own parts (``start``), sends the delta with
+    its local parts zeroed (``shared``), keeps its new parts; the server averages the deltas and
+    never changes a local part (``aggregate`` zeroes them again)."""
+
+    def zeros(params):
+        return {k: jax.tree.map(jnp.zeros_like, params[k]) for k in keys_of(params)}
+
+    def start(params, offsets):  # global model, own parts (``offsets`` may carry a client axis)
+        return {**params, **{k: jax.tree.map(lambda p, o: p + o.astype(p.dtype), params[k], o)
+                             for k, o in offsets.items()}}
+
+    def shared(tree):  # what leaves the site: the local parts zeroed
+        local = set(keys_of(tree))
+        return {k: jax.tree.map(jnp.zeros_like, v) if k in local else v for k, v in tree.items()}
+
+    def finish(deltas, stats, entries, server_state, valid, lr):
+        del stats, server_state, valid, lr
+        new = {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, deltas[k])
+               for k, e in entries.items()}
+        return {"delta": shared(deltas)}, new
+
+    def aggregate(uploads, weights, stats, valid, num_clients):
+        mean = mean_aggregate(uploads, weights, stats, valid, num_clients)
+        return {**mean, "delta": shared(mean["delta"])}  # local parts never reach the server
+
+    def client_models(params, server_state, entries):
+        del server_state
+        num = jax.tree.leaves(entries)[0].shape[0]
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
+        return start(stacked, entries)
+
+    return {"client_state": zeros, "client_context": lambda server, entries: entries,
+            "client_start": start, "shared": shared, "client_finish": finish,
+            "aggregate": aggregate, "client_models": client_models}
+
+
+_HEAD_DP = ("its clients' {} stored relative to the global {}, which the noisy mean would "
+            "perturb; clipping and noise of the federated part alone are not implemented")
+
+
 # -- FedPer --------------------------------------------------------------------------------------
-def _head_zeros(params):
-    return jax.tree.map(jnp.zeros_like, params[head_key(params)])
-
-
-def _head_context(server_state, entries):
-    del server_state
-    return entries
-
-
-def _with_head(params, offset):
-    """The global body with head ``head^0 + offset`` (``offset`` may carry a client axis)."""
-    head = head_key(params)
-    own = jax.tree.map(lambda h, o: h + o.astype(h.dtype), params[head], offset)
-    return {**params, head: own}
-
-
-def _fedper_finish(deltas, stats, entries, server_state, valid, lr):
-    del stats, server_state, valid, lr
-    head = head_key(deltas)
-    new = jax.tree.map(lambda o, d: o + d.astype(o.dtype), entries, deltas[head])
-    return {"delta": body_only(deltas)}, new
-
-
-def _fedper_aggregate(uploads, weights, stats, valid, num_clients):
-    mean = mean_aggregate(uploads, weights, stats, valid, num_clients)
-    return {**mean, "delta": body_only(mean["delta"])}  # heads never reach the server model
-
-
-def _fedper_client_models(params, server_state, entries):
-    del server_state
-    num = jax.tree.leaves(entries)[0].shape[0]
-    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
-    return _with_head(stacked, entries)
-
-
 def fedper(cfg: Mapping[str, Any]) -> Algorithm:
     del cfg
     return Algorithm(
         "fedper", "federated", optax.sgd(1.0), settings={},
-        client_state=_head_zeros, client_context=_head_context, client_start=_with_head,
-        shared=body_only, client_finish=_fedper_finish, aggregate=_fedper_aggregate,
-        client_models=_fedper_client_models,
-        dp_client="its clients' heads are stored relative to the global head, which the noisy "
-                  "mean would perturb; clipping and noise of the body alone are not implemented",
+        **_local_parts(lambda params: [head_key(params)]),
+        dp_client=_HEAD_DP.format("heads are", "head"),
+    )
+
+
+# -- semi-federated models: model.local kept at each site ----------------------------------------
+def local_names(params: Mapping[str, Any], names) -> list[str]:
+    """``names`` after checking each is a top-level module of ``params``.
+
+    Raises:
+      ConfigError: naming ``model.local`` and the model's modules.
+    """
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ConfigError("model.local", list(names),
+                          "names of the model's top-level modules: " + ", ".join(params))
+    return list(names)
+
+
+def semifed(cfg: Mapping[str, Any]) -> Algorithm:
+    """FedAvg of everything but the model's local parts (``algorithm.local``, filled from
+    ``model.local``), which each site keeps as FedPer keeps its head: a per-site input encoder
+    into a federated embedding (the lab-panel scenario, :mod:`fedbench.partition.panels`)."""
+    names = cfg.get("local")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names):
+        raise ConfigError("algorithm.local", names,
+                          "a list of distinct module names kept at each site (model.local)")
+    names = list(names)
+    parts = _local_parts(lambda params: local_names(params, names))
+    if not names:
+        parts["client_models"] = None  # nothing local: everyone uses the global model
+    return Algorithm(
+        "semifed", "federated", optax.sgd(1.0), settings={"local": names}, **parts,
+        dp_client=_HEAD_DP.format("local parts are", "model's") if names else None,
     )
 
 
@@ -210,6 +264,10 @@ def _fedrep_for(layers: int, head_steps: int) -> dict[str, Any]:
         return {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, deltas[k])
                 for k, e in entries.items()}
 
+    def shared(tree):  # the head's delta is zero (its grads are); it is not sent either
+        head = set(head_keys(tree, layers))
+        return {k: jax.tree.map(jnp.zeros_like, v) if k in head else v for k, v in tree.items()}
+
     def client_models(params, server_state, entries):
         del server_state
         num = jax.tree.leaves(entries)[0].shape[0]
@@ -217,7 +275,7 @@ def _fedrep_for(layers: int, head_steps: int) -> dict[str, Any]:
         return with_heads(stacked, entries)
 
     return {"client_state": heads, "client_context": lambda server, entries: entries,
-            "client_start": with_heads, "grad_adjust": only("body"),
+            "client_start": with_heads, "grad_adjust": only("body"), "shared": shared,
             "personal_pass": PersonalPass(start=with_heads, grad_adjust=only("head"), keep=keep,
                                           steps=head_steps, first=True),
             "client_models": client_models if layers else None}  # no head: the global model

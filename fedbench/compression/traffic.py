@@ -65,6 +65,25 @@ def traffic(state, model_bytes: int, num_releases: int, links=None,
     return out
 
 
+def dense_bits(shapes, algorithm) -> int:
+    """Bits of one client's dense message: every model-sized release (``algorithm.releases``)
+    holds the parameters that leave the site, each at its dtype's width. Those are the elements
+    the algorithm's ``shared`` keeps (FedPer's and FedRep's heads and a semi-federated model's
+    local parts are zeroed there: never uploaded, and never changed at the server, so never
+    downloaded again); without ``shared``, the whole model. ``shapes``: the parameters or their
+    ``jax.ShapeDtypeStruct`` leaves."""
+    shared = getattr(algorithm, "shared", None)
+    leaves = jax.tree.leaves(shapes)
+    if shared is None:
+        counts = [int(np.prod(leaf.shape)) for leaf in leaves]
+    else:  # count what ``shared`` keeps of a model of ones
+        kept = shared(jax.tree.map(lambda leaf: np.ones(leaf.shape, np.float32), shapes))
+        counts = [int(np.count_nonzero(np.asarray(k))) for k in jax.tree.leaves(kept)]
+    bits = sum(8 * np.dtype(leaf.dtype).itemsize * n
+               for leaf, n in zip(leaves, counts, strict=True))
+    return int(bits) * len(algorithm.releases)
+
+
 def reports_bits(sim) -> bool:
     """Whether ``sim``'s update transforms report each message's ``"bits"`` (compressors);
     traced on shapes only (the ``"clip"`` a DP transform reads is a placeholder)."""

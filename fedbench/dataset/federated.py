@@ -46,6 +46,8 @@ class FederatedData:
     pooled_test_y: jax.Array
     num_classes: int = flax.struct.field(pytree_node=False)
     task: str = flax.struct.field(pytree_node=False, default="classification")
+    #: each client's known group (``partition=rotated`` / ``label_swap``), else None
+    client_groups: tuple[int, ...] | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def num_clients(self) -> int:
@@ -90,6 +92,7 @@ def from_client_arrays(
     test_y: Sequence[np.ndarray],
     num_classes: int,
     task: str = "classification",
+    client_groups: Sequence[int] | None = None,
 ) -> FederatedData:
     """Pads per-client arrays to common lengths and moves them to the default device.
 
@@ -100,6 +103,7 @@ def from_client_arrays(
       test_y: one ``[m_i]`` array per client.
       num_classes: number of label classes.
       task: ``classification`` (integer labels) or ``survival`` (``[n_i, 2]`` float targets).
+      client_groups: each client's known group (a scenario's), kept as a static tuple.
 
     Returns:
       The padded :class:`FederatedData`; the pooled test set is the concatenation of the
@@ -121,4 +125,5 @@ def from_client_arrays(
         pooled_test_y=jnp.asarray(np.concatenate(test_y).astype(y_dtype)),
         num_classes=int(num_classes),
         task=task,
+        client_groups=None if client_groups is None else tuple(int(g) for g in client_groups),
     )

@@ -12,6 +12,8 @@ from fedbench.dataset.federated import FederatedData, from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.partition import heterogeneity_stats, partition
 from fedbench.partition.feature_shift import shift_clients, shift_plan
+from fedbench.partition.panels import apply_panels
+from fedbench.partition.groups import SCENARIOS, apply_groups
 
 
 def split_client(
@@ -87,19 +89,30 @@ def build_federated(
     train_x, test_x = shift_clients(
         raw.x, [raw.x[i] for i in train_idx], [raw.x[i] for i in test_idx], shifts, seed
     )
+    targets = raw.y if raw.target is None else raw.target  # survival: (event, time) rows
+    train_t, test_t = [targets[i] for i in train_idx], [targets[i] for i in test_idx]
+    groups = None
+    if partition_cfg.get("name") in SCENARIOS:  # client groups: rotated images, swapped labels
+        train_x, test_x, train_t, test_t, groups = apply_groups(
+            partition_cfg, train_x, test_x, train_t, test_t, raw.num_classes, raw.task, seed)
     train_x, (test_x,) = impute_median(train_x, [test_x])
     train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
-    targets = raw.y if raw.target is None else raw.target  # survival: (event, time) rows
+    train_x, test_x, panels = apply_panels(  # sites' lab panels (fedbench/partition/panels.py)
+        partition_cfg, train_x, test_x, seed, (normalization or raw.normalize) == "standardize")
     data = from_client_arrays(
-        train_x, [targets[i] for i in train_idx], test_x, [targets[i] for i in test_idx],
-        raw.num_classes, task=raw.task,
+        train_x, train_t, test_x, test_t, raw.num_classes, task=raw.task,
+        client_groups=None if groups is None else groups["client_groups"],
     )
-    train_y = [raw.y[i] for i in train_idx]
-    test_y = [raw.y[i] for i in test_idx]
+    train_y = train_t if groups is not None else [raw.y[i] for i in train_idx]
+    test_y = test_t if groups is not None else [raw.y[i] for i in test_idx]
     stats = heterogeneity_stats(train_y, raw.num_classes)
+    if groups is not None:
+        stats["groups"] = groups  # client_groups, group_sizes, angles | label_permutations
     if any(s["kind"] != "none" for s in shifts):
         stats["feature_shift"] = shifts  # per client: {"kind", "value"}
     if partition_cfg.get("name") == "natural" and raw.client_names is not None:
         stats["client_names"] = list(raw.client_names)
+    if panels is not None:
+        stats["panels"] = panels  # per site the columns it measures; those all sites measure
     stats["test_sizes"] = [int(len(t)) for t in test_y]
     return data, stats

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
 
-MODELS = ("logreg", "mlp", "cnn", "cox")
+MODELS = ("logreg", "mlp", "cnn", "cox", "semi")
 CONV_IMPLS = ("auto", "lax", "im2col")
 
 
@@ -152,11 +152,15 @@ def build_model(
             raise ConfigError("model.name", name, "cox or mlp for a survival dataset (one log-risk score per patient)")
         num_classes = 1
     elif name == "cox":
-        raise ConfigError("model.name", name, "a classification model (logreg, mlp, cnn): cox needs a survival dataset such as tcga_brca")
+        raise ConfigError("model.name", name, "a classification model (logreg, mlp, cnn, semi): cox needs a survival dataset such as tcga_brca")
     if name == "cox":
         return Cox()
     if name == "logreg":
         return LogReg(num_classes)
+    if name == "semi":  # per-site encoder, federated embedding, head (fedbench/model/semi.py)
+        from fedbench.model.semi import build_semi
+
+        return build_semi(cfg, num_classes)
     if name == "mlp":
         hidden = tuple(int(h) for h in cfg.get("hidden", (200, 200)))
         if any(h < 1 for h in hidden):

@@ -23,7 +23,8 @@ import numpy as np
 
 from fedbench.errors import ConfigError
 
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural", "prevalence")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural", "prevalence", "rotated",
+              "label_swap")  # the last two: iid, then client groups (groups.py)
 _SITE_KEYS = ("size", "classes", "shift")
 _MAX_RESAMPLES = 10_000  # NIID-Bench redraws without limit; we stop and say so
 #: NIID-Bench's minimum client size: its label- and quantity-skew draws are repeated until every
@@ -311,7 +312,7 @@ def partition(
         return prevalence(labels, prevalence_counts(cfg.get("sites"), labels, num_clients), rng)
     if num_clients > n:
         raise ConfigError("num_clients", num_clients, f"<= {n}, the number of examples")
-    if name == "iid":
+    if name in ("iid", "rotated", "label_swap"):  # groups' transforms: fedbench/partition/groups.py
         return iid(labels, num_clients, rng)
     if name in ("dirichlet", "quantity"):
         alpha = cfg.get("alpha")

@@ -20,9 +20,15 @@ PRIVATE_METRICS = {
     "train_accuracy": "the model's accuracy on every client's training data",
     "client_accuracy_mean": "the clients' own test splits, client by client",
     "client_accuracy_p10": "the clients' own test splits, client by client",
+    "client_accuracy_min": "the clients' own test splits, client by client (the worst one)",
+    "client_accuracy_std": "the clients' own test splits, client by client",
     "client_accuracy_p10_skipped": "how many clients have fewer than 10 test examples",
     "client_cindex_mean": "the clients' own test splits, client by client",
     "client_cindex_p10": "the clients' own test splits, client by client",
+    "client_cindex_min": "the clients' own test splits, client by client (the worst one)",
+    "client_cindex_std": "the clients' own test splits, client by client",
+    "clusters": "each client's cluster, chosen from its training data or its updates",
+    "cluster_ari": "each client's cluster, chosen from its training data or its updates",
     "bytes_up": "participations so far: the exact size of every Poisson cohort",
     "bytes_down": "participations so far: the exact size of every Poisson cohort",
     "simulated_time": "the sampled clients' numbers of local steps (their training sizes)",
@@ -39,11 +45,16 @@ PRIVATE_SUMMARY = {
 TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
 #: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
 #: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
-#: ``eval_every`` (results do not depend on how rounds are cut into blocks), the checkpoint
-#: settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
+#: ``eval_every`` (results do not depend on how rounds are cut into blocks), how the program
+#: is laid out (``replica_axis``, ``replica_memory_mb``, ``devices``, ``client_chunk``), the
+#: checkpoint settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
 #: with its own values set and ``sweep`` as in a plain run), and the two reporting switches below.
-NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "eval_every", "sweep_name",
-                      "tracking", "hydra", "resume", "checkpoint_every")  # a resumed run draws the same noise
+NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "replica_memory_mb", "devices",
+                      "client_chunk", "eval_every", "sweep_name", "tracking", "hydra", "resume",
+                      "checkpoint_every")  # a resumed run draws the same noise
+#: Keys left out of :func:`noise_salt` while null (their default): a run that does not use them
+#: keeps the noise it drew before they existed.
+NOISE_SALT_IGNORED_IF_NULL = ("members",)
 NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics")
 
 
@@ -57,7 +68,8 @@ def noise_salt(cfg: Mapping[str, Any]) -> int:
     (``partition.seed``, else ``seed``), so a ``seeds=S`` job's replica and the single run with
     its config get the same salt.
     """
-    config = {k: v for k, v in cfg.items() if k not in NOISE_SALT_IGNORED}
+    config = {k: v for k, v in cfg.items() if k not in NOISE_SALT_IGNORED
+              and not (k in NOISE_SALT_IGNORED_IF_NULL and v is None)}
     partition = dict(cfg.get("partition") or {})
     if partition.get("seed") is None:
         partition["seed"] = cfg.get("seed")
