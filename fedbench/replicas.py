@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.errors import ConfigError
+from fedbench.results import CompileCounter, write_json, write_jsonl
 
 #: sweep.<name> -> the config path it sets.
 SWEEP_KEYS = {
@@ -241,7 +242,6 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     (``<out_dir>/checkpoints``) hold the stacked states. ``plans``: each replica's privacy
     plan (its epsilon and disclosure), ``make_evaluate(plan)``: its metrics function.
     """
-    from fedbench.results import CompileCounter, write_json, write_jsonl
     from fedbench.run import _finite, _loss_finite, _run_summary
 
     names = [name for name, _ in replicas]

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import REPO, compose
 
+import fedbench.replicas
 import fedbench.run
 from fedbench.checkpoint import CHECKPOINTS, CheckpointWarning, check_writable
 from fedbench.config_check import check_command_line, check_overrides
@@ -116,7 +117,8 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(case, tmp_path, ca
             raise Interrupt
 
     with monkeypatch.context() as patch, pytest.raises(Interrupt):
-        patch.setattr(fedbench.run, "write_jsonl", crash_after_round_4)
+        patch.setattr(fedbench.run, "write_jsonl", crash_after_round_4)  # a single run
+        patch.setattr(fedbench.replicas, "write_jsonl", crash_after_round_4)  # seeds
         run_experiment(cut, tmp_path / "cut", progress=None)
     assert sorted(p.name for p in (tmp_path / "cut" / CHECKPOINTS).iterdir()) == ["3"]
     assert [r["round"] for r in _metrics(_run_dirs(tmp_path / "cut", cfg)[0])] == [0, 2, 4]
