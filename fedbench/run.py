@@ -157,6 +157,9 @@ def run_experiment(
     num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
     replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None
     if replicas is not None:
+        for _, replica in replicas:  # each replica's values checked as its separate job's
+            validate(replica)
+            build_algorithm(replica["algorithm"], replica["clients_per_round"])
         cfg = simulator_config(job, replicas)
     checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
     built = build_simulator(cfg, progress)

@@ -106,3 +106,14 @@ def test_a_memory_budget_runs_replicas_in_chunks_with_the_same_results(tmp_path)
     for name in whole["replicas"]:
         assert ((tmp_path / "parts" / name / "metrics.jsonl").read_bytes()
                 == (tmp_path / "whole" / name / "metrics.jsonl").read_bytes())
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["sweep.lr=[0.1,-0.5]"], "lr"),
+    (["sweep.lr=[0.1,nan]"], "lr"),
+    (["algorithm=fedprox", "sweep.mu=[0.1,-1]"], "algorithm.mu"),
+])
+def test_every_replica_value_is_checked_not_only_the_first(tmp_path, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        run_experiment(compose(SMALL + overrides), tmp_path, progress=None)
+    assert err.value.key == key

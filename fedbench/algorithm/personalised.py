@@ -110,6 +110,19 @@ def _personal_models(w0, offsets):
     return jax.tree.map(lambda w, o: w + o.astype(w.dtype), w0, offsets)
 
 
+def _models_with(start):
+    """``client_models``: the global model on a leading client axis, each client's kept parts
+    put in by ``start(stacked, entries)`` (FedPer's / FedRep's head, semifed's local parts)."""
+
+    def client_models(params, server_state, entries):
+        del server_state
+        num = jax.tree.leaves(entries)[0].shape[0]
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
+        return start(stacked, entries)
+
+    return client_models
+
+
 def _ditto_adjust_for(lam: float):
     def grad_adjust(grads, v, start, w_server):
         del start
@@ -169,11 +182,7 @@ def _local_parts(keys_of):
         mean = mean_aggregate(uploads, weights, stats, valid, num_clients)
         return {**mean, "delta": shared(mean["delta"])}  # local parts never reach the server
 
-    def client_models(params, server_state, entries):
-        del server_state
-        num = jax.tree.leaves(entries)[0].shape[0]
-        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
-        return start(stacked, entries)
+    client_models = _models_with(start)
 
     return {"client_state": zeros, "client_context": lambda server, entries: entries,
             "client_start": start, "shared": shared, "client_finish": finish,
@@ -268,11 +277,7 @@ def _fedrep_for(layers: int, head_steps: int) -> dict[str, Any]:
         head = set(head_keys(tree, layers))
         return {k: jax.tree.map(jnp.zeros_like, v) if k in head else v for k, v in tree.items()}
 
-    def client_models(params, server_state, entries):
-        del server_state
-        num = jax.tree.leaves(entries)[0].shape[0]
-        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num,) + p.shape), params)
-        return with_heads(stacked, entries)
+    client_models = _models_with(with_heads)
 
     return {"client_state": heads, "client_context": lambda server, entries: entries,
             "client_start": with_heads, "grad_adjust": only("body"), "shared": shared,
