@@ -56,12 +56,12 @@ def federated_round(sim, state, data):
     round_info = sim.round_info(state)
     client = map_over_clients(
         sim.client_update, sim.client_axis,
-        (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None), mesh=sim.mesh,
+        (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None, 0), mesh=sim.mesh,
         chunk=sim.settings.client_chunk,
     )
     deltas, sent, stats, transform_states, infos = client(
         received, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
-        entries["transforms"], round_info,
+        entries["transforms"], round_info, ids,
     )
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
         own = personal_update(sim, received, data.train_x[ids], data.train_y[ids], counts,

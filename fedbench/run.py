@@ -58,10 +58,12 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
 MIN_CLIENT_TEST = 10
 
 
-def build_simulator(cfg: Mapping[str, Any], progress=None) -> SimpleNamespace:
+def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> SimpleNamespace:
     """Everything a run is made of, from a validated config, before any training: ``sim``,
     ``privacy`` (the plan, or None), ``plan_for(cfg)`` (another config's plan on the same
-    data), ``algorithm``, ``model``, ``data``, ``partition_stats``.
+    data), ``algorithm``, ``model``, ``data``, ``partition_stats``. ``transforms``: update
+    transforms applied after DP's clip and before the configured compressor (an audit's
+    canaries, :mod:`fedbench.audit.canaries`).
 
     Raises:
       ConfigError: for any bad setting.
@@ -113,7 +115,7 @@ def build_simulator(cfg: Mapping[str, Any], progress=None) -> SimpleNamespace:
         privacy=privacy.mechanism if privacy else None,
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
         store_dtype=_store_dtype(cfg),
-        transforms=(compressor.transform(),) if compressor is not None else (),
+        transforms=tuple(transforms) + ((compressor.transform(),) if compressor is not None else ()),
         # DP noise keyed by the whole config too: runs that differ in any setting draw
         # independent noise (privacy.shared_noise=true: seed and round only).
         noise_salt=noise_salt(cfg) if privacy and not privacy.shared_noise else None,

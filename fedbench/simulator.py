@@ -219,16 +219,18 @@ class Simulator(Replicas, Evaluation):
         self._evaluate = jax.jit(self._evaluate_impl)
 
     # -- the pieces of a round ----------------------------------------------------------------
-    def client_update(self, params, x, y, count, key, epochs, context, transform_state, info):
+    def client_update(self, params, x, y, count, key, epochs, context, transform_state, info,
+                      client=None):
         """One client: local training, then its delta through the update transforms (which see
-        ``info`` plus the client's own ``"key"``, e.g. for random compression).
+        ``info`` plus the client's own ``"key"``, e.g. for random compression, and its id
+        ``"client"``, e.g. for audit canaries).
         Returns ``(delta, sent, stats, transform_state, transform_info)``. Training starts at
         the algorithm's ``client_start`` (FedPer: its own head) and only its ``shared`` part of
         the delta enters the transforms (FedPer: the body)."""
         alg = self.algorithm
         start = params if alg.client_start is None else alg.client_start(params, context)
         delta, stats = self.local_update(start, x, y, count, key, epochs, context)
-        info = {**info, "key": jax.random.fold_in(key, 0xC0DEC)}  # the client's own randomness
+        info = {**info, "key": jax.random.fold_in(key, 0xC0DEC), "client": client}
         shared = delta if alg.shared is None else alg.shared(delta)
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
@@ -249,10 +251,11 @@ class Simulator(Replicas, Evaluation):
         return ids, jnp.ones(ids.shape, bool), jnp.zeros((), jnp.int32)
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
-        """What every client's update transforms see this round (the DP clip bound)."""
+        """What every client's update transforms see this round: the run's key and the DP clip
+        bound."""
         if not isinstance(self.privacy, ClientDP):
-            return {}
-        return {"clip": state.clip if self.privacy.adaptive
+            return {"run_key": state.key}
+        return {"run_key": state.key, "clip": state.clip if self.privacy.adaptive
                 else hparams.value("clip", self.privacy.clip)}
 
     def aggregate(self, state, uploads, weights, stats, valid, infos):

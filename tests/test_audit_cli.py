@@ -51,16 +51,33 @@ def test_tiny_audit_writes_a_self_contained_report(tmp_path):
     done = _run(tmp_path, "rounds=2", "eval_every=1", "audit.trials=1", "audit.iterations=20",
                 "audit.local_steps=2", "audit.membership.shadows=4",
                 "audit.membership.shadow_epochs=1", "audit.epsilon.canaries=100",
-                "privacy=dp_client", "privacy.target_epsilon=8")
+                "audit.epsilon.run.runs=2", "privacy=dp_client", "privacy.target_epsilon=8")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "audit.json").read_text())
     assert {"inversion", "membership", "epsilon", "verdict"} <= set(result)
     assert result["epsilon"]["claimed"] == pytest.approx(8.0, abs=0.05)
     assert result["epsilon"]["one_round"]["epsilon_one_run"] <= (
         result["epsilon"]["one_round"]["theoretical"])
+    run = result["epsilon"]["whole_run"]  # 10 canary sites through 2 runs of the federation
+    assert run["theoretical"] == pytest.approx(result["epsilon"]["claimed"])
+    assert run["canaries"] == 20 and run["epsilon_one_run"] <= run["theoretical"]
+    assert "personal" not in result  # FedAvg: one global model
     assert result["inversion"]["sent"]["clip"] == 1.0
     page = (tmp_path / "audit.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "src=\"http" not in page and "coordinating server" in page
     assert (tmp_path / "audit.md").read_text().startswith("# Privacy audit")
+
+
+@pytest.mark.slow
+def test_audit_of_a_personalised_federation_attacks_each_sites_model(tmp_path):
+    done = _run(tmp_path, "algorithm=ditto", "rounds=2", "eval_every=1", "audit.trials=1",
+                "audit.iterations=5", "audit.local_steps=2", "audit.membership.shadows=4",
+                "audit.membership.shadow_epochs=1", "audit.defences=[]")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "audit.json").read_text())
+    own = result["personal"]
+    assert own["reference_models"] == 19 and own["lira_offline"]["members"] > 0
+    assert "lira_online" in result["membership"]  # Ditto's global model is attacked too
+    assert "personalised model" in (tmp_path / "audit.md").read_text()

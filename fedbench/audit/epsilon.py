@@ -49,7 +49,10 @@ def audit_scores(in_scores: np.ndarray, out_scores: np.ndarray, delta: float,
                  significance: float = 0.05) -> dict[str, float]:
     """Epsilon lower bounds and attack metrics of one run's canary scores (higher: "in")."""
     auditor = CanaryScoreAuditor(np.asarray(in_scores), np.asarray(out_scores))
+    # the most these canaries could certify: every canary guessed right
+    perfect = CanaryScoreAuditor(np.ones(len(in_scores)), np.zeros(len(out_scores)))
     return {
+        "ceiling_fdp": float(perfect.epsilon_one_run_fdp(significance, delta)),
         "epsilon_one_run": float(auditor.epsilon_one_run(significance, delta)),
         "epsilon_one_run_fdp": float(auditor.epsilon_one_run_fdp(significance, delta)),
         "auroc": float(auditor.attack_auroc()),

@@ -1,4 +1,4 @@
-"""Membership inference against a trained model: loss threshold and offline LiRA.
+"""Membership inference against a trained model: loss threshold and LiRA, offline and online.
 
 References:
   S. Yeom, I. Giacomelli, M. Fredrikson, S. Jha. "Privacy Risk in Machine Learning: Analyzing
@@ -9,7 +9,8 @@ References:
   ``phi(p) = log(p / (1 - p))`` of the true class (Sec. VI-A, eq. 4) is close to Gaussian over
   models trained without the example; the offline attack (Sec. VI-C, Algorithm 1 with only the
   OUT models) scores ``1 - Phi((phi_target - mu_out) / sigma_out)``, one-sided: larger
-  confidence than the OUT models give means "member". Carlini et al. report TPR at 0.1% and 1%
+  confidence than the OUT models give means "member"; the online attack (Algorithm 1) fits a
+  Gaussian to the IN models' confidences too and scores the likelihood ratio. Carlini et al. report TPR at 0.1% and 1%
   FPR (Sec. III-B), which is what :func:`roc_summary` returns beside the AUC.
 """
 
@@ -65,6 +66,38 @@ def lira_offline_scores(target_phi: np.ndarray, shadow_phi: np.ndarray,
     var = np.where(out, (shadow_phi - mu) ** 2, 0.0).sum(axis=0) / (counts - 1)
     z = (np.asarray(target_phi) - mu) / np.maximum(np.sqrt(var), min_std)
     return -norm.logsf(z)
+
+
+def _gaussian(phi: np.ndarray, sel: np.ndarray, fixed_variance: bool, min_std: float, name: str):
+    """Per example mean and std of ``phi`` over the models ``sel`` marks (``[S, N]`` each);
+    with ``fixed_variance`` one variance pooled over every example (Carlini et al., Sec. VI-B:
+    better with few shadow models)."""
+    counts = sel.sum(axis=0)
+    if counts.min() < 2:
+        raise ValueError(f"every example needs >= 2 {name} shadow models; the fewest is "
+                         f"{counts.min()}")
+    mu = np.where(sel, phi, 0.0).sum(axis=0) / counts
+    var = np.where(sel, (phi - mu) ** 2, 0.0).sum(axis=0) / (counts - 1)
+    if fixed_variance:
+        var = np.full_like(var, var.mean())
+    return mu, np.maximum(np.sqrt(var), min_std)
+
+
+def lira_online_scores(target_phi: np.ndarray, shadow_phi: np.ndarray, shadow_in: np.ndarray,
+                       min_std: float = 1e-3, fixed_variance: bool = True) -> np.ndarray:
+    """Online LiRA (Carlini et al., Algorithm 1): ``log N(phi; mu_in, s_in) -
+    log N(phi; mu_out, s_out)`` per example, the Gaussians fitted to the shadow models that did
+    (IN) and did not (OUT) train on it. Arguments as :func:`lira_offline_scores`.
+
+    Raises:
+      ValueError: an example with fewer than 2 IN or 2 OUT shadow models.
+    """
+    shadow_in = np.asarray(shadow_in, bool)
+    phi = np.asarray(shadow_phi)
+    mu_in, s_in = _gaussian(phi, shadow_in, fixed_variance, min_std, "IN")
+    mu_out, s_out = _gaussian(phi, ~shadow_in, fixed_variance, min_std, "OUT")
+    x = np.asarray(target_phi)
+    return norm.logpdf(x, mu_in, s_in) - norm.logpdf(x, mu_out, s_out)
 
 
 def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray):

@@ -79,7 +79,8 @@ def verdict(result: dict[str, Any]) -> list[str]:
                    "update without noise: it protects the published model, not the update.")
     mem = result.get("membership")
     if mem:
-        lira = mem["lira_offline"]
+        lira = max((mem[k] for k in ("lira_offline", "lira_online") if k in mem),
+                   key=lambda m: m["auc"])
         if lira["auc"] <= 0.55 and lira["tpr_at_1%_fpr"] <= 0.02:
             out.append(f"The trained model does not reveal who was in the training data better "
                        f"than guessing (attack score {lira['auc']:.2f}; 0.5 = guessing).")
@@ -88,6 +89,15 @@ def verdict(result: dict[str, Any]) -> list[str]:
                        f"data: the strongest attack scores {lira['auc']:.2f} (0.5 = guessing, "
                        f"1 = always right) and identifies {100 * lira['tpr_at_1%_fpr']:.1f}% of "
                        f"patients in the training data while wrongly accusing 1% of the others.")
+    own = result.get("personal")
+    if own:
+        best = max((own[k] for k in ("loss_threshold", "lira_offline")), key=lambda m: m["auc"])
+        out.append(f"Each hospital's own (personalised) model "
+                   + ("does not reveal which of its patients it was trained on better than "
+                      f"guessing (attack score {best['auc']:.2f})." if best["auc"] <= 0.55 else
+                      f"reveals which of its patients it was trained on: attack score "
+                      f"{best['auc']:.2f} (0.5 = guessing); share such a model as you would "
+                      f"the patients' data."))
     sites = result.get("sites")
     if sites and "skipped" not in sites:
         best = max(sites["lira_online"]["auc"], sites["lira_offline"]["auc"])
@@ -98,11 +108,23 @@ def verdict(result: dict[str, Any]) -> list[str]:
     if eps.get("claimed") in (None, math.inf):
         out.append("No formal privacy guarantee is configured (epsilon is infinite).")
     else:
-        bound = eps.get("one_round", {}).get("epsilon_one_run")
+        run = eps.get("whole_run") or {}
+        bound = run.get("epsilon_one_run_fdp", eps.get("one_round", {}).get("epsilon_one_run"))
+        what = ("planting test records (canary hospitals) in whole training runs"
+                if "epsilon_one_run_fdp" in run else "one training round")
+        if bound is None:
+            tail = "."
+        elif bound <= eps["claimed"]:
+            ceiling = run.get("ceiling_fdp")
+            tail = (f"; an audit by {what} showed at least {bound:.2f}, consistent with the "
+                    f"claim (an audit can only show a lower bound"
+                    + (f"; with these {run['canaries']} test records it could show at most "
+                       f"{ceiling:.2f}" if ceiling is not None else "") + ").")
+        else:
+            tail = (f"; an audit by {what} showed at least {bound:.2f}, MORE than claimed: "
+                    f"the claim does not hold and the setup must be checked before use.")
         out.append(f"The configured privacy guarantee is epsilon = {eps['claimed']:.2f} "
-                   f"(smaller is more private)" + (
-                       f"; an audit of one training round found at least {bound:.2f}, "
-                       f"consistent with the claim." if bound is not None else "."))
+                   f"(smaller is more private)" + tail)
     return out
 
 
@@ -132,8 +154,23 @@ def _markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
         lines += ["## Membership inference (global model)", "",
                   "| attack | AUC | TPR at 0.1% FPR | TPR at 1% FPR | members | non-members |",
                   "|---|---|---|---|---|---|"]
+        for name in ("loss_threshold", "lira_offline", "lira_online"):
+            m = result["membership"].get(name)
+            if m is None:
+                continue
+            lines.append(f"| {name} | {m['auc']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} | "
+                         f"{m['tpr_at_1%_fpr']:.3f} | {m['members']} | {m['nonmembers']} |")
+        lines.append("")
+    own = result.get("personal")
+    if own:
+        lines += ["## Membership inference (each site's personalised model)", "",
+                  f"Members: each site's training examples, non-members its test examples, both "
+                  f"scored by the site's own model; LiRA's OUT models are the other "
+                  f"{own['reference_models']} sites' models.", "",
+                  "| attack | AUC | TPR at 0.1% FPR | TPR at 1% FPR | members | non-members |",
+                  "|---|---|---|---|---|---|"]
         for name in ("loss_threshold", "lira_offline"):
-            m = result["membership"][name]
+            m = own[name]
             lines.append(f"| {name} | {m['auc']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} | "
                          f"{m['tpr_at_1%_fpr']:.3f} | {m['members']} | {m['nonmembers']} |")
         lines.append("")
@@ -152,8 +189,25 @@ def _markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
             lines.append(f"| {name} | {m['auc']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} | "
                          f"{m['tpr_at_1%_fpr']:.3f} | {m['members']} | {m['nonmembers']} |")
         lines.append("")
-    lines += ["## Epsilon", "", "```", json.dumps(result["epsilon"], indent=2), "```", ""]
+    lines += _epsilon_lines(result["epsilon"])
     return "\n".join(lines)
+
+
+def _epsilon_lines(eps: dict[str, Any]) -> list[str]:
+    """Theoretical epsilon beside each empirical lower bound, then everything as JSON."""
+    lines = ["## Epsilon", ""]
+    audits = [("one white-box round (Gaussian mechanism)", eps.get("one_round")),
+              ("canary sites through whole runs", eps.get("whole_run"))]
+    audits = [(n, a) for n, a in audits if a and "skipped" not in a]
+    if audits:
+        lines += ["| audit | theoretical epsilon | lower bound | f-DP lower bound | canaries | "
+                  "most they can show (f-DP) | canary AUROC |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {a['theoretical']:.2f} | {a['epsilon_one_run']:.2f} | "
+                  f"{a['epsilon_one_run_fdp']:.2f} | {a['canaries']} | "
+                  f"{a.get('ceiling_fdp', float('nan')):.2f} | {a['auroc']:.3f} |"
+                  for n, a in audits]
+        lines.append("")
+    return lines + ["```", json.dumps(eps, indent=2), "```", ""]
 
 
 def _html(markdown_text: str, images: dict[str, bytes]) -> str:

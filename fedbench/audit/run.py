@@ -13,8 +13,11 @@
    all clients' training examples, non-members their held-out test examples.
 4. With ``audit.sites.enabled``, site-level membership inference (:mod:`fedbench.audit.sites`):
    LiRA over shadow federations trained by the simulator as replicas (not under DP).
-5. Under DP, the configured epsilon beside a one-run lower bound (:mod:`fedbench.audit.epsilon`)
-   from one white-box round of the Gaussian mechanism at the run's noise multiplier.
+   With a personalised algorithm, membership against each site's own model
+   (:mod:`fedbench.audit.personal`).
+5. Under DP, the configured epsilon beside one-run lower bounds (:mod:`fedbench.audit.epsilon`):
+   one white-box round of the Gaussian mechanism at the run's noise multiplier, and canary
+   sites through whole runs of the configured federation (:mod:`fedbench.audit.canaries`).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def inversion_audit(cfg, audit: AuditSettings, model, data) -> dict[str, Any]:
 
 
 def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str, Any]:
-    """Loss-threshold and offline-LiRA scores of the global model, summarised."""
+    """Loss-threshold, offline- and online-LiRA scores of the global model, summarised."""
     members_x, members_y = (jnp.asarray(a) for a in data.pooled_train())
     non_x, non_y = jnp.asarray(data.pooled_test_x), jnp.asarray(data.pooled_test_y)
     pop_x, pop_y = jnp.concatenate([members_x, non_x]), jnp.concatenate([members_y, non_y])
@@ -127,17 +130,38 @@ def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str
                             steps)
     shadow_phi = np.stack([membership.logit_confidence(model.apply(
         jax.tree.map(lambda a, i=i: a[i], shadows), pop_x), pop_y) for i in range(audit.shadows)])
-    lira = membership.lira_offline_scores(membership.logit_confidence(logits, pop_y), shadow_phi,
-                                          np.asarray(masks))
+    target_phi = membership.logit_confidence(logits, pop_y)
+    lira = membership.lira_offline_scores(target_phi, shadow_phi, np.asarray(masks))
+    online = membership.lira_online_scores(target_phi, shadow_phi, np.asarray(masks))
     return {
         "loss_threshold": membership.roc_summary(loss[is_member], loss[~is_member]),
         "lira_offline": membership.roc_summary(lira[is_member], lira[~is_member]),
+        "lira_online": membership.roc_summary(online[is_member], online[~is_member]),
         "shadows": audit.shadows, "shadow_steps": steps,
     }
 
 
-def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int) -> dict[str, Any]:
-    """The claimed epsilon and, under client-level DP, a one-round canary lower bound."""
+def whole_run_audit(cfg: dict[str, Any], audit: AuditSettings) -> dict[str, Any]:
+    """Canary sites through ``audit.canary_runs`` runs of ``cfg``, pooled, beside the run's
+    claimed epsilon (or why it was not run)."""
+    from fedbench.audit.canaries import canary_scores
+
+    seeds = [int(cfg["seed"]) + 1000 + r for r in range(audit.canary_runs)]
+    try:
+        out = canary_scores(cfg, audit.run_canaries, seeds)
+    except ConfigError as err:
+        return {"skipped": str(err)}
+    pooled = [np.concatenate([r[k] for r in out["runs"]]) for k in ("in", "out")]
+    return {"theoretical": out["claimed_epsilon"], "runs": len(seeds),
+            "canary_sites": audit.run_canaries,
+            **epsilon_audit.audit_scores(*pooled, delta=out["delta"],
+                                         significance=audit.significance)}
+
+
+def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
+                     cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The claimed epsilon and, under client-level DP, canary lower bounds: one white-box round,
+    and (with ``cfg`` and ``audit.run_canaries``) canary sites through whole runs."""
     privacy = summary.get("privacy")
     if not privacy:
         return {"claimed": math.inf, "note": "no differential privacy: epsilon is infinite"}
@@ -151,6 +175,8 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int) -
             "theoretical": epsilon_audit.gaussian_epsilon(float(sigma), float(privacy["delta"])),
             **epsilon_audit.audit_scores(*scores, delta=float(privacy["delta"]),
                                          significance=audit.significance)}
+    if cfg is not None and audit.run_canaries and privacy.get("unit") == "client":
+        out["whole_run"] = whole_run_audit(cfg, audit)
     return out
 
 
@@ -165,7 +191,9 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     audit = parse_audit(cfg.get("audit"), int(cfg["num_clients"]))
     fed_cfg = federation_config(cfg)
-    summary = run_experiment(fed_cfg, out_dir / "federation", progress=None)
+    finished = {}
+    summary = run_experiment(fed_cfg, out_dir / "federation", progress=None,
+                             on_finish=lambda sim, state: finished.update(sim=sim, state=state))
     raw = load_dataset(cfg["dataset"])
     part_seed = cfg["partition"].get("seed")
     data, _ = build_federated(raw, cfg["partition"], cfg["num_clients"],
@@ -179,10 +207,16 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     result = {"config": fed_cfg, "audit": dict(cfg.get("audit") or {}),
               "final": summary.get("final", {}),
               "inversion": inversion_audit(cfg, audit, model, data),
-              "epsilon": epsilon_audit_of(summary, audit, int(cfg["seed"]))}
-    if audit.membership:
+              "epsilon": epsilon_audit_of(summary, audit, int(cfg["seed"]), fed_cfg)}
+    sim = finished["sim"]
+    if audit.membership and not (sim.algorithm.personal or sim.algorithm.init_models):
         result["membership"] = membership_audit(cfg, audit, model, data,
                                                 final_params(out_dir / "federation"))
+    if audit.membership and sim.per_client_models:
+        from fedbench.audit.personal import personal_membership
+
+        result["personal"] = personal_membership(
+            sim.apply_fn, sim.evaluated_params(finished["state"]), sim.data)
     if audit.sites:
         if (cfg.get("privacy") or {}).get("name", "none") != "none":
             result["sites"] = {"skipped": "site-level membership needs sub-federations, which "

@@ -25,6 +25,8 @@ class AuditSettings:
     shadow_epochs: float | None = None
     canaries: int = 1000
     significance: float = 0.05
+    run_canaries: int | None = None  # canary sites through whole runs (None: half the sites)
+    canary_runs: int = 4
     sites: bool = False
     site_shadows: int = 16
 
@@ -42,8 +44,8 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     """The audit settings, each checked (``ConfigError`` naming ``audit.<key>``)."""
     cfg = dict(cfg or {})
     base = AuditSettings()
-    known = ({f.name for f in dataclasses.fields(AuditSettings)} - {"site_shadows"}) | {
-        "name", "membership", "epsilon"}
+    known = ({f.name for f in dataclasses.fields(AuditSettings)}
+             - {"site_shadows", "run_canaries", "canary_runs"}) | {"name", "membership", "epsilon"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"audit.{key}", cfg[key], "one of the keys of conf/audit/default.yaml: "
@@ -79,7 +81,24 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
         raise ConfigError("audit.membership.shadow_epochs", epochs, "null or a number > 0")
     merged["shadow_epochs"] = epochs
     eps = dict(cfg.get("epsilon") or {})
-    merged["canaries"] = _int({"canaries": eps.get("canaries", base.canaries)}, "canaries", 10)
+    for key in eps:
+        if key not in ("canaries", "significance", "run"):
+            raise ConfigError(f"audit.epsilon.{key}", eps[key], "one of: canaries, significance, run")
+    run = dict(eps.get("run") or {})
+    for key in run:
+        if key not in ("sites", "runs"):
+            raise ConfigError(f"audit.epsilon.run.{key}", run[key], "one of: sites, runs")
+    sites_in_run = run.get("sites")
+    if sites_in_run is not None and (isinstance(sites_in_run, bool) or not isinstance(
+            sites_in_run, int) or not 0 <= sites_in_run < num_clients or sites_in_run == 1):
+        raise ConfigError("audit.epsilon.run.sites", sites_in_run,
+                          f"null (half the sites), 0 (no run audit) or an integer in "
+                          f"[2, {num_clients - 1}]")
+    merged["run_canaries"] = num_clients // 2 if sites_in_run is None else sites_in_run
+    merged["canary_runs"] = _int({"epsilon.run.runs": run.get("runs", base.canary_runs)},
+                                 "epsilon.run.runs", 1)
+    merged["canaries"] = _int({"epsilon.canaries": eps.get("canaries", base.canaries)},
+                              "epsilon.canaries", 10)
     significance = eps.get("significance", base.significance)
     if isinstance(significance, bool) or not isinstance(significance, (int, float)) or not (
             0 < significance < 1):

@@ -86,8 +86,10 @@ def dense_bits(shapes, algorithm) -> int:
 
 def reports_bits(sim) -> bool:
     """Whether ``sim``'s update transforms report each message's ``"bits"`` (compressors);
-    traced on shapes only (the ``"clip"`` a DP transform reads is a placeholder)."""
-    info = {"clip": jnp.float32(1.0), "key": jax.random.PRNGKey(0)}
+    traced on shapes only (the ``"clip"`` a DP transform reads is a placeholder, as are the
+    keys and the client id)."""
+    info = {"clip": jnp.float32(1.0), "key": jax.random.PRNGKey(0),
+            "run_key": jax.random.PRNGKey(0), "client": jnp.int32(0)}
     params = sim.param_shapes()
     shared = getattr(sim.algorithm, "shared", None)  # what enters the transforms
     delta = params if shared is None else shared(params)
