@@ -151,8 +151,13 @@ def main() -> None:
     """
     from fedbench import sweep
     from fedbench.config_check import check_command_line
+    from fedbench.sweep_group import group_argv
 
     try:
+        argv, notes = group_argv(sys.argv[1:])  # sweep_group=true: in-program where possible
+        for note in notes:
+            print(f"fedbench: sweep_group: {note}", flush=True)
+        sys.argv[1:] = argv
         check_command_line(sys.argv[1:], CONF_DIR)
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)

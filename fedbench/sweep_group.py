@@ -1,0 +1,101 @@
+"""``fedbench -m ... sweep_group=true``: a Hydra multirun whose vectorisable axes run in-program.
+
+A multirun over ``lr``, ``algorithm.mu``, ``privacy.noise_multiplier``, ``privacy.clip``,
+``privacy.target_epsilon`` (and ``seed`` when the partition is pinned) does not need a separate
+process, data load and compilation per value: those values are data of one compiled program
+(:mod:`fedbench.replicas`). With ``sweep_group=true`` the command line is rewritten before Hydra
+sees it: each such comma-separated sweep becomes the matching ``sweep.<name>=[...]`` list, a
+consecutive ``seed=a,a+1,...`` becomes ``seed=a seeds=n``; every other sweep (model, dataset,
+num_clients, partition, algorithm: keys that change shapes or the program) stays a Hydra axis, one
+job per value, each job running its replicas in one program. Every replica still writes its own
+run directory, ``config.yaml`` and ``summary.json`` (``<name>=<value>,seed=<s>/`` inside the job's
+directory), which ``fedbench-collect`` reads as it reads separate jobs.
+
+``seed`` is grouped only with ``partition.seed`` set on the command line: in-program seeds share
+one partition, whereas separate jobs ``seed=0,1,2`` re-partition per seed unless it is pinned, so
+grouping them otherwise would change what is measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedbench.errors import ConfigError
+
+# command-line key -> the in-program sweep key (fedbench.replicas.SWEEP_KEYS)
+GROUPABLE = {
+    "lr": "lr",
+    "algorithm.mu": "mu",
+    "privacy.noise_multiplier": "noise_multiplier",
+    "privacy.clip": "clip",
+    "privacy.target_epsilon": "target_epsilon",
+}
+FLAG = "sweep_group"
+
+
+def _split(arg: str) -> tuple[str, str] | None:
+    if "=" not in arg or arg.startswith("-"):
+        return None
+    key, value = arg.split("=", 1)
+    return key.lstrip("+~"), value
+
+
+def _simple_list(value: str) -> list[str] | None:
+    """The items of a plain comma-separated sweep (no brackets, quotes or Hydra functions)."""
+    if "," not in value or any(c in value for c in "[]{}()'\"\\ "):
+        return None
+    return value.split(",")
+
+
+def _flag(argv: Sequence[str]) -> bool:
+    for arg in argv:
+        kv = _split(arg)
+        if kv and kv[0] == FLAG:
+            if kv[1].lower() not in ("true", "false"):
+                raise ConfigError(FLAG, kv[1], "true or false")
+            return kv[1].lower() == "true"
+    return False
+
+
+def group_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(new argv, notes)``: ``argv`` with its groupable sweeps moved in-program when it is a
+    multirun with ``sweep_group=true`` (else unchanged, no notes).
+
+    Raises:
+      ConfigError: ``sweep_group`` without ``-m``, or a key swept both ways.
+    """
+    argv = list(argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    grouped = _flag(argv)
+    argv = [a for a in argv if not (_split(a) or ("",))[0] == FLAG]  # a flag, not a config key
+    if not grouped:
+        return argv, []
+    if not multirun:
+        raise ConfigError(FLAG, True, "only with -m (--multirun): it groups a sweep's values")
+    given = {kv[0]: kv[1] for kv in map(_split, argv) if kv}
+    out, notes = [], []
+    for arg in argv:
+        kv = _split(arg)
+        items = _simple_list(kv[1]) if kv else None
+        if kv and items and kv[0] in GROUPABLE:
+            name = GROUPABLE[kv[0]]
+            if f"sweep.{name}" in given:
+                raise ConfigError(f"sweep.{name}", given[f"sweep.{name}"],
+                                  f"unset when {kv[0]} is swept with {FLAG}=true")
+            out.append(f"sweep.{name}=[{','.join(items)}]")
+            notes.append(f"{arg} -> sweep.{name}=[{','.join(items)}] (in-program)")
+        elif kv and items and kv[0] == "seed":
+            seeds = [int(v) for v in items] if all(v.lstrip("-").isdigit() for v in items) else []
+            consecutive = seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+            pinned = given.get("partition.seed", "null") not in ("null", "None")
+            if consecutive and pinned and "seeds" not in given:
+                out += [f"seed={seeds[0]}", f"seeds={len(seeds)}"]
+                notes.append(f"{arg} -> seed={seeds[0]} seeds={len(seeds)} (in-program)")
+            else:
+                out.append(arg)
+                why = ("set partition.seed to group seeds (separate jobs re-partition per seed)"
+                       if not pinned else "seeds are grouped only when consecutive, without seeds=")
+                notes.append(f"{arg} stays separate jobs: {why}")
+        else:
+            out.append(arg)
+    return out, notes
