@@ -17,7 +17,8 @@ FED=(dataset.num_clients=100 clients_per_round=50 rounds=50)
 
 fedbench-audit "${FED[@]}" audit.sites.enabled=true hydra.run.dir="$RUNS/nonprivate"
 fedbench-audit "${FED[@]}" privacy=dp_client privacy.target_epsilon=8 hydra.run.dir="$RUNS/dp_client"
+fedbench-audit "${FED[@]}" algorithm=ditto hydra.run.dir="$RUNS/ditto"   # personalised models
 
-# The two reports (md, html, json, image grids) into results/audit/<config>/, each html
+# The three reports (md, html, json, image grids) into results/audit/<config>/, each html
 # rendered to audit.png; the two figures and their numbers (figures.json) into results/audit/.
 python experiments/plot_audit.py --runs "$RUNS" --out "$OUT"

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONFIGS = ("nonprivate", "dp_client")
+CONFIGS = ("nonprivate", "dp_client", "ditto")
 NOISE = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 PRUNE = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)

@@ -24,22 +24,28 @@ class Replicas:
         states = jax.vmap(self._init_from_key)(keys)
         return states if not values else states.replace(hparams=hparams.stack(values))
 
-    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap"
-                     ) -> ServerState:
+    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap",
+                     payload=None) -> ServerState:
         """:meth:`run` for every replica of :meth:`init_replicas` in one compiled program:
         ``vmap`` (batched over the replica axis: the accelerator's way) or ``map``
         (``lax.map``: one replica after another, each exactly the program of a single run, so
-        its results are a separate run's bit for bit)."""
+        its results are a separate run's bit for bit). ``payload``: the replicas' own data
+        stacked ``[R, ...]`` (partitions as replicas, :mod:`fedbench.replica_data`); default:
+        the simulator's data, shared."""
         if axis not in ("vmap", "map"):
             raise ConfigError("replica_axis", axis, "vmap, map or auto")
-        if getattr(self, "_many_axis", None) != axis:
-            one = lambda s, payload, n: self._run_rounds(s, payload, n)  # noqa: E731
+        stacked = payload is not None
+        if getattr(self, "_many_axis", None) != (axis, stacked):
+            one = lambda s, data, n: self._run_rounds(s, data, n)  # noqa: E731
             if axis == "vmap":
-                many = jax.vmap(one, in_axes=(0, None, None))
+                many = jax.vmap(one, in_axes=(0, 0 if stacked else None, None))
+            elif stacked:
+                many = lambda s, data, n: jax.lax.map(lambda r: one(*r, n), (s, data))  # noqa: E731
             else:
-                many = lambda s, payload, n: jax.lax.map(lambda r: one(r, payload, n), s)  # noqa: E731
-            self._run_many, self._many_axis = jax.jit(many), axis
-        return self._run_many(states, self._payload(), jnp.int32(num_rounds))
+                many = lambda s, data, n: jax.lax.map(lambda r: one(r, data, n), s)  # noqa: E731
+            self._run_many, self._many_axis = jax.jit(many), (axis, stacked)
+        return self._run_many(states, self._payload() if payload is None else payload,
+                              jnp.int32(num_rounds))
 
     @staticmethod
     def replica(states: ServerState, i: int) -> ServerState:

@@ -38,6 +38,8 @@ SWEEP_KEYS = {
     "clip": ("privacy", "clip"),
     "target_epsilon": ("privacy", "target_epsilon"),
     "members": ("members",),  # sub-federations: lists of client indices (fedbench-contribution)
+    "alpha": ("partition", "alpha"),  # partitions as replicas (fedbench/replica_data.py)
+    "partition_seed": ("partition", "seed"),
 }
 _PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
 
@@ -72,6 +74,11 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
                               "(the clip and noise split are state of their own)")
         if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
             raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
+        if name == "alpha" and "alpha" not in (cfg.get("partition") or {}):
+            raise ConfigError("sweep.alpha", out[name], "null unless the partition has an alpha "
+                              "(partition=dirichlet)")
+        if name == "partition_seed" and not all(isinstance(v, int) for v in out[name]):
+            raise ConfigError("sweep.partition_seed", out[name], "a list of integers")
     if "target_epsilon" in out and "noise_multiplier" in out:
         raise ConfigError("sweep.noise_multiplier", out["noise_multiplier"],
                           "null when sweep.target_epsilon is set (one of them sets the noise)")
@@ -187,16 +194,18 @@ def replica_axis(axis: str) -> str:
     return axis
 
 
-def replica_chunk(cfg: Mapping[str, Any], sim, count: int, axis: str) -> tuple[int, float]:
+def replica_chunk(cfg: Mapping[str, Any], sim, count: int, axis: str,
+                  data_mb: float = 0.0) -> tuple[int, float]:
     """Replicas per program call under ``replica_memory_mb`` (null: all of them), and the
     estimated MB of one replica: its state, plus under ``vmap`` its cohort's gathered training
-    data (what batching the replicas multiplies; ``map`` holds one replica's at a time)."""
+    data (what batching the replicas multiplies; ``map`` holds one replica's at a time), plus
+    ``data_mb``, its own data when partitions are replicas."""
     states = jax.eval_shape(sim.init)
     memory = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
     if axis == "vmap":
         x = sim.data.train_x
         memory += sim.settings.clients_per_round * x[0].size * x.dtype.itemsize
-    memory /= 2**20
+    memory = memory / 2**20 + data_mb
     budget = cfg.get("replica_memory_mb")
     if budget is None:
         return count, memory
@@ -205,15 +214,20 @@ def replica_chunk(cfg: Mapping[str, Any], sim, count: int, axis: str) -> tuple[i
     return max(1, min(count, int(budget // max(memory, 1e-9)))), memory
 
 
-def run_in_chunks(sim, states, rounds: int, axis: str, chunk: int):
+def run_in_chunks(sim, states, rounds: int, axis: str, chunk: int, payload=None):
     """``sim.run_replicas`` on ``chunk`` replicas at a time (the last chunk padded with copies
-    of its last replica, dropped after, so every call has one shape: one compilation)."""
+    of its last replica, dropped after, so every call has one shape: one compilation);
+    ``payload``: the replicas' own stacked data, chunked alike."""
     count = jax.tree.leaves(states)[0].shape[0]
     if chunk >= count:
-        return sim.run_replicas(states, rounds, axis)
+        return sim.run_replicas(states, rounds, axis, payload)
     pad = -count % chunk
-    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), states)
-    parts = [sim.run_replicas(jax.tree.map(lambda a, i=i: a[i:i + chunk], padded), rounds, axis)
+    grow = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)])  # noqa: E731
+    padded = jax.tree.map(grow, states)
+    data = None if payload is None else jax.tree.map(grow, payload)
+    cut = lambda tree, i: None if tree is None else jax.tree.map(  # noqa: E731
+        lambda a: a[i:i + chunk], tree)
+    parts = [sim.run_replicas(cut(padded, i), rounds, axis, cut(data, i))
              for i in range(0, count + pad, chunk)]
     return jax.tree.map(lambda *a: jnp.concatenate(a)[:count], *parts)
 
@@ -231,7 +245,7 @@ def _replica_tracker(tracker, cfg: Mapping[str, Any], out_dir: Path, name: str):
 
 
 def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partition_stats,
-                 progress, tracker, checkpoints) -> dict[str, Any]:
+                 progress, tracker, checkpoints, data=None) -> dict[str, Any]:
     """Every replica of :func:`replica_configs` as one compiled program (``jax.vmap`` over the
     replica axis of the stacked states).
 
@@ -248,14 +262,19 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     configs = [c for _, c in replicas]
     seeds = [c["seed"] for c in configs]
     dirs = [out_dir / name for name in names]
-    evaluators = [make_evaluate(plan) for plan in plans]
+    payload, views, stats = data if data is not None else (
+        None, [sim] * len(replicas), [partition_stats] * len(replicas))
+    evaluators = [make_evaluate(plan, view) for plan, view in zip(plans, views)]
     trackers = [_replica_tracker(tracker, c, d, n) for c, d, n in zip(configs, dirs, names)]
-    for t, c in zip(trackers, configs):
-        t.start(c, partition_stats)
+    for t, c, st in zip(trackers, configs, stats):
+        t.start(c, st)
     rounds, eval_every = cfg["rounds"], cfg["eval_every"]
     count = len(replicas)
     axis = replica_axis(cfg.get("replica_axis", "auto"))
-    chunk, memory = replica_chunk(cfg, sim, count, axis)
+    if payload is not None:
+        from fedbench.replica_data import payload_mb
+    chunk, memory = replica_chunk(cfg, sim, count, axis,
+                                  0.0 if payload is None else payload_mb(payload) / count)
     if progress and chunk < count:
         print(f"fedbench: {count} replicas in {-(-count // chunk)} chunks of {chunk} "
               f"(replica_memory_mb={cfg.get('replica_memory_mb')}, about {memory:.0f} MB each)",
@@ -283,7 +302,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
         block = checkpoints.next_stop(done, rounds, eval_every) - done
         compiled_before, _ = CompileCounter.snapshot()
         start = time.perf_counter()
-        states = jax.block_until_ready(run_in_chunks(sim, states, block, axis, chunk))
+        states = jax.block_until_ready(run_in_chunks(sim, states, block, axis, chunk, payload))
         run_wall += time.perf_counter() - start
         run_wall -= CompileCounter.snapshot()[0] - compiled_before
         done += block
@@ -324,10 +343,12 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
         "replica_memory_mb_estimate": memory,
         "round_program_traces": sim.trace_count,
     }
+    if payload is not None:
+        timing["replica_data_mb"] = payload_mb(payload)
     for i in range(count):
         state = sim.replica(states, i)
         summary = _run_summary(statuses[i], histories[i][-1], configs[i], timing,
-                               partition_stats, sim, state, plans[i])
+                               stats[i], views[i], state, plans[i])
         write_json(dirs[i] / "summary.json", summary)
         trackers[i].finish(summary)
     overall = {

@@ -126,7 +126,22 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         partition_stats = {}  # client sizes and label histograms: not covered by epsilon
 
     return SimpleNamespace(sim=sim, privacy=privacy, plan_for=plan_for, algorithm=algorithm,
-                           model=model, data=data, partition_stats=partition_stats)
+                           model=model, data=data, partition_stats=partition_stats, raw=raw)
+
+
+def _replica_data(job, built, replicas):
+    """Partitions as replicas (``sweep.alpha``, ``sweep.partition_seed``): the stacked padded
+    data, each replica's evaluation view and partition statistics; None without them."""
+    from fedbench import replica_data as rd
+
+    keys = rd.data_swept(swept(job))
+    if not keys:
+        return None
+    rd.check_partition_sweep(job, built.algorithm, keys[0])
+    datasets = rd.replica_datasets(built.raw, [c for _, c in replicas])
+    payload = rd.stack_padded([d for d, _ in datasets])
+    views = {id(d): rd.evaluation_view(built.sim, d) for d, _ in datasets}  # one per partition
+    return payload, [views[id(d)] for d, _ in datasets], [s for _, s in datasets]
 
 
 def run_experiment(
@@ -171,9 +186,9 @@ def run_experiment(
     # e.g. SCAFFOLD also sends (and receives) control variates; only parts that leave a site
     model_bytes = dense_bits(shapes["params"], algorithm) // 8
 
-    def make_evaluate(privacy):  # the metrics of a state, under a replica's privacy plan
+    def make_evaluate(privacy, view=sim):  # a state's metrics, under a replica's plan and data
         def evaluate(state) -> dict[str, Any]:
-            metrics = sim.evaluate(state, min_client_test=MIN_CLIENT_TEST)
+            metrics = view.evaluate(state, min_client_test=MIN_CLIENT_TEST)
             if not _finite(state):
                 metrics = _without_model_metrics(metrics)
             if algorithm.kind in ("federated", "async"):
@@ -199,7 +214,7 @@ def run_experiment(
             raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
         plans = [privacy if not swept(job) else plan_for(c) for _, c in replicas]
         return run_replicas(job, out_dir, sim, replicas, plans, make_evaluate, partition_stats,
-                            progress, tracker, checkpoints)
+                            progress, tracker, checkpoints, _replica_data(job, built, replicas))
 
     tracker = tracker if tracker is not None else build_tracker(cfg.get("tracking"), out_dir)
     tracker.start(cfg, partition_stats)
