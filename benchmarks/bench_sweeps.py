@@ -11,7 +11,9 @@ whether every replica's metrics.jsonl equals its separate job's byte for byte.
 
 Studies: ``privacy_utility`` (experiments/privacy_utility_client.yaml: client-level DP-FedAvg on
 Synthetic-IID, 1,000 clients; target epsilon in {0.5, 1, 2, 4, 8, inf} x 3 seeds) and ``lr``
-(the default digits experiment, lr in {0.03, 0.1, 0.3} x 3 seeds). Results: benchmarks/NOTES.md.
+(the default digits experiment, lr in {0.03, 0.1, 0.3} x 3 seeds) and ``noniid`` (the default
+digits experiment, Dirichlet alpha in {0.05, 0.1, 0.5, 1, 10} x 3 seeds, partitions as
+replicas). Results: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ STUDIES = {
         "new_keys": True,  # its config has no sweep / replica_axis keys: added with "+"
     },
     "lr": {"base": [], "key": "lr", "override": "lr", "values": ["0.03", "0.1", "0.3"]},
+    # partitions as replicas: each alpha its own padded data (fedbench/replica_data.py)
+    "noniid": {"base": [], "key": "partition_alpha", "override": "partition.alpha",
+               "values": ["0.05", "0.1", "0.5", "1", "10"]},
 }
 
 

@@ -1,4 +1,4 @@
-"""Partitions as replicas: ``sweep.alpha`` / ``sweep.partition_seed`` in one compiled program.
+"""Partitions as replicas: ``sweep.partition_alpha`` / ``sweep.partition_seed``, one program.
 
 Each replica of a partition sweep has its own partition of the same dataset: its own
 :class:`~fedbench.dataset.federated.FederatedData`, built exactly as its separate job builds it.
@@ -28,7 +28,7 @@ import numpy as np
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 
-DATA_KEYS = ("alpha", "partition_seed")
+DATA_KEYS = ("partition_alpha", "partition_seed")
 
 
 def data_swept(swept: Mapping[str, Any]) -> list[str]:

@@ -38,7 +38,7 @@ SWEEP_KEYS = {
     "clip": ("privacy", "clip"),
     "target_epsilon": ("privacy", "target_epsilon"),
     "members": ("members",),  # sub-federations: lists of client indices (fedbench-contribution)
-    "alpha": ("partition", "alpha"),  # partitions as replicas (fedbench/replica_data.py)
+    "partition_alpha": ("partition", "alpha"),  # partitions as replicas (fedbench/replica_data.py)
     "partition_seed": ("partition", "seed"),
 }
 _PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
@@ -74,8 +74,8 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
                               "(the clip and noise split are state of their own)")
         if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
             raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
-        if name == "alpha" and "alpha" not in (cfg.get("partition") or {}):
-            raise ConfigError("sweep.alpha", out[name], "null unless the partition has an alpha "
+        if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
+            raise ConfigError("sweep.partition_alpha", out[name], "null unless the partition has an alpha "
                               "(partition=dirichlet)")
         if name == "partition_seed" and not all(isinstance(v, int) for v in out[name]):
             raise ConfigError("sweep.partition_seed", out[name], "a list of integers")

@@ -1,13 +1,14 @@
 """``fedbench -m ... sweep_group=true``: a Hydra multirun whose vectorisable axes run in-program.
 
 A multirun over ``lr``, ``algorithm.mu``, ``privacy.noise_multiplier``, ``privacy.clip``,
-``privacy.target_epsilon`` (and ``seed`` when the partition is pinned) does not need a separate
+``privacy.target_epsilon``, ``partition.alpha`` (and ``seed`` when the partition is pinned) does not need a separate
 process, data load and compilation per value: those values are data of one compiled program
 (:mod:`fedbench.replicas`). With ``sweep_group=true`` the command line is rewritten before Hydra
 sees it: each such comma-separated sweep becomes the matching ``sweep.<name>=[...]`` list, a
 consecutive ``seed=a,a+1,...`` becomes ``seed=a seeds=n``; every other sweep (model, dataset,
 num_clients, partition, algorithm: keys that change shapes or the program) stays a Hydra axis, one
-job per value, each job running its replicas in one program. Every replica still writes its own
+job per value, each job running its replicas in one program. A grouped sweep the program cannot
+hold (e.g. ``partition.alpha`` under DP) ends with the error naming its ``sweep.*`` key. Every replica still writes its own
 run directory, ``config.yaml`` and ``summary.json`` (``<name>=<value>,seed=<s>/`` inside the job's
 directory), which ``fedbench-collect`` reads as it reads separate jobs.
 
@@ -29,6 +30,7 @@ GROUPABLE = {
     "privacy.noise_multiplier": "noise_multiplier",
     "privacy.clip": "clip",
     "privacy.target_epsilon": "target_epsilon",
+    "partition.alpha": "partition_alpha",  # partitions as replicas (fedbench/replica_data.py)
 }
 FLAG = "sweep_group"
 

@@ -1,4 +1,4 @@
-"""Partitions as replicas (``sweep.alpha``, ``sweep.partition_seed``; fedbench/replica_data.py):
+"""Partitions as replicas (``sweep.partition_alpha``, ``sweep.partition_seed``; fedbench/replica_data.py):
 each replica trains on its own partition, padded to the program's common shapes, and its
 metrics.jsonl is byte for byte the separate job's (unpadded data, constants in its trace)."""
 
@@ -17,13 +17,13 @@ from fedbench.run import build_simulator, run_experiment
 
 
 def test_dirichlet_alphas_and_seeds_equal_separate_jobs(tmp_path):
-    summary = check_against_separate_jobs(tmp_path, ["sweep.alpha=[0.1,5]", "seeds=2"], {
-        f"alpha={a:g},seed={s}": [f"partition.alpha={a}", f"seed={s}", "partition.seed=0"]
+    summary = check_against_separate_jobs(tmp_path, ["sweep.partition_alpha=[0.1,5]", "seeds=2"], {
+        f"partition_alpha={a:g},seed={s}": [f"partition.alpha={a}", f"seed={s}", "partition.seed=0"]
         for a in (0.1, 5) for s in (0, 1)
     })
     assert summary["timing"]["replica_data_mb"] > 0  # the stacked partitions' memory, reported
     # the partitions differ: each replica's own site sizes, not the first replica's
-    sizes = [json.loads((tmp_path / "job" / f"alpha={a},seed=0" / "summary.json").read_text())
+    sizes = [json.loads((tmp_path / "job" / f"partition_alpha={a},seed=0" / "summary.json").read_text())
              ["partition_stats"]["client_sizes"] for a in ("0.1", "5")]
     assert sizes[0] != sizes[1]
 
@@ -48,9 +48,9 @@ def test_padding_keeps_each_partitions_rows_and_counts():
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["sweep.alpha=[0.1,1]", "partition=iid"], "sweep.alpha"),
-    (["sweep.alpha=[0.1,1]", "privacy=dp_client"], "sweep.alpha"),
-    (["sweep.alpha=[0.1,1]", "local_steps=3"], "sweep.alpha"),
+    (["sweep.partition_alpha=[0.1,1]", "partition=iid"], "sweep.partition_alpha"),
+    (["sweep.partition_alpha=[0.1,1]", "privacy=dp_client"], "sweep.partition_alpha"),
+    (["sweep.partition_alpha=[0.1,1]", "local_steps=3"], "sweep.partition_alpha"),
     (["sweep.partition_seed=[0,1]", "algorithm=ditto"], "sweep.partition_seed"),
     (["sweep.partition_seed=[0.5]"], "sweep.partition_seed"),
 ])
