@@ -34,6 +34,7 @@ from fedbench.results import CompileCounter, write_json, write_jsonl
 SWEEP_KEYS = {
     "lr": ("lr",),
     "mu": ("algorithm", "mu"),
+    "alpha": ("algorithm", "alpha"),  # FedDyn's
     "noise_multiplier": ("privacy", "noise_multiplier"),
     "clip": ("privacy", "clip"),
     "target_epsilon": ("privacy", "target_epsilon"),
@@ -74,6 +75,8 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
                               "(the clip and noise split are state of their own)")
         if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
             raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
+        if name == "alpha" and (cfg.get("algorithm") or {}).get("name") != "feddyn":
+            raise ConfigError("sweep.alpha", out[name], "null unless algorithm=feddyn")
         if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
             raise ConfigError("sweep.partition_alpha", out[name], "null unless the partition has an alpha "
                               "(partition=dirichlet)")
@@ -171,6 +174,8 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
     algorithm = run_cfg.get("algorithm") or {}
     if algorithm.get("name") == "fedprox" and algorithm.get("mu") is not None:
         values["mu"] = float(algorithm["mu"])
+    if algorithm.get("name") == "feddyn" and algorithm.get("alpha") is not None:
+        values["alpha"] = float(algorithm["alpha"])
     mechanism = None if plan is None else plan.mechanism
     if mechanism is not None and not getattr(mechanism, "adaptive", False):
         z, clip = mechanism.noise_multiplier, mechanism.clip

@@ -51,6 +51,13 @@ def test_fedprox_mu_including_zero_equals_separate_jobs(tmp_path):
     })
 
 
+def test_feddyn_alpha_equals_separate_jobs(tmp_path):
+    check_against_separate_jobs(tmp_path, ["algorithm=feddyn", "sweep.alpha=[0.003,0.1]"], {
+        f"alpha={a:g},seed=0": ["algorithm=feddyn", f"algorithm.alpha={a}", "partition.seed=0"]
+        for a in (0.003, 0.1)
+    })
+
+
 def test_client_dp_noise_multipliers_equal_separate_jobs(tmp_path):
     dp = ["privacy=dp_client", "privacy.target_epsilon=null", "privacy.clip=0.5"]
     summary = check_against_separate_jobs(tmp_path, dp + ["sweep.noise_multiplier=[0.3,1.5]"], {

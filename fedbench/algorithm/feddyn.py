@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedbench import hparams
 from fedbench.algorithm.base import Algorithm, positive
 
 
@@ -39,7 +40,8 @@ def _context(h, g_k):
 
 def _grad_adjust_for(alpha: float):
     def grad_adjust(grads, params, anchor, g_k):
-        return jax.tree.map(lambda g, gk, p, p0: g - gk + alpha * (p - p0),
+        a = hparams.value("alpha", alpha)  # a replica's own alpha in an in-program sweep
+        return jax.tree.map(lambda g, gk, p, p0: g - gk + a * (p - p0),
                             grads, g_k, params, anchor)
 
     return grad_adjust
@@ -48,8 +50,9 @@ def _grad_adjust_for(alpha: float):
 def _finish_for(alpha: float):
     def finish(deltas, stats, entries, h, valid, lr):
         del stats, h, lr
+        a = hparams.value("alpha", alpha)
         shape = lambda d: (-1,) + (1,) * (d.ndim - 1)  # noqa: E731
-        new = jax.tree.map(lambda g, d: jnp.where(valid.reshape(shape(d)), g - alpha * d, g),
+        new = jax.tree.map(lambda g, d: jnp.where(valid.reshape(shape(d)), g - a * d, g),
                            entries, deltas)
         return {"delta": deltas}, new
 
@@ -68,8 +71,9 @@ def _aggregate(uploads, weights, stats, valid, num_clients):
 def _server_update_for(alpha: float):
     def server_update(params, opt_state, h, aggregates, optimizer):
         del optimizer
-        h = jax.tree.map(lambda h, s: h - alpha * s, h, aggregates["sum_over_clients"])
-        params = jax.tree.map(lambda w, d, hh: w + d - hh / alpha, params, aggregates["delta"], h)
+        a = hparams.value("alpha", alpha)
+        h = jax.tree.map(lambda h, s: h - a * s, h, aggregates["sum_over_clients"])
+        params = jax.tree.map(lambda w, d, hh: w + d - hh / a, params, aggregates["delta"], h)
         return params, opt_state, h
 
     return server_update
