@@ -21,11 +21,12 @@ import contextvars
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-#: What the state may carry: the client ``lr``, FedProx's ``mu``, FedDyn's ``alpha``, the DP
+#: What the state may carry: the client ``lr``, the server optimiser's ``server_lr`` (FedAvgM,
+#: FedAdam/Yogi/Adagrad, FedBuff), FedProx's ``mu``, FedDyn's ``alpha``, the DP
 #: ``clip`` and the DP noise's standard deviation ``noise_std`` (``noise_multiplier * clip``, computed on the host
 #: in float64 exactly as a plain run's constant is, so the float32 values agree bit for bit).
 #: ``noise_salt``: the replica's own :func:`fedbench.privacy.release.noise_salt` (uint32).
-NAMES = ("lr", "mu", "alpha", "clip", "noise_std", "noise_salt")
+NAMES = ("lr", "server_lr", "mu", "alpha", "clip", "noise_std", "noise_salt")
 
 _CURRENT: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "fedbench_hparams", default=None)

@@ -33,6 +33,7 @@ from fedbench.results import CompileCounter, write_json, write_jsonl
 #: sweep.<name> -> the config path it sets.
 SWEEP_KEYS = {
     "lr": ("lr",),
+    "server_lr": ("algorithm", "server_lr"),  # FedAvgM, FedAdam/Yogi/Adagrad, FedBuff
     "mu": ("algorithm", "mu"),
     "alpha": ("algorithm", "alpha"),  # FedDyn's
     "noise_multiplier": ("privacy", "noise_multiplier"),
@@ -75,6 +76,9 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
                               "(the clip and noise split are state of their own)")
         if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
             raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
+        if name == "server_lr" and "server_lr" not in (cfg.get("algorithm") or {}):
+            raise ConfigError("sweep.server_lr", out[name], "null unless the algorithm has a "
+                              "server_lr (fedavgm, fedadam, fedyogi, fedadagrad, fedbuff)")
         if name == "alpha" and (cfg.get("algorithm") or {}).get("name") != "feddyn":
             raise ConfigError("sweep.alpha", out[name], "null unless algorithm=feddyn")
         if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
@@ -174,6 +178,8 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
     algorithm = run_cfg.get("algorithm") or {}
     if algorithm.get("name") == "fedprox" and algorithm.get("mu") is not None:
         values["mu"] = float(algorithm["mu"])
+    if algorithm.get("server_lr") is not None:
+        values["server_lr"] = float(algorithm["server_lr"])
     if algorithm.get("name") == "feddyn" and algorithm.get("alpha") is not None:
         values["alpha"] = float(algorithm["alpha"])
     mechanism = None if plan is None else plan.mechanism

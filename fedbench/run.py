@@ -8,6 +8,8 @@ block, and finally writes ``summary.json``. Both files are replaced atomically.
 
 from __future__ import annotations
 
+import json
+
 import math
 import sys
 import time
@@ -212,7 +214,13 @@ def run_experiment(
     if replicas is not None:
         if cfg.get("site_speed", 0.0):
             raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
-        plans = [privacy if not swept(job) else plan_for(c) for _, c in replicas]
+        plans, calibrated = [], {}  # seeds of one swept value share its calibration
+        for _, c in replicas:
+            key = json.dumps([c.get("privacy"), c["num_clients"], c["rounds"]], sort_keys=True,
+                             default=str)
+            if key not in calibrated:
+                calibrated[key] = privacy if not swept(job) else plan_for(c)
+            plans.append(calibrated[key])
         return run_replicas(job, out_dir, sim, replicas, plans, make_evaluate, partition_stats,
                             progress, tracker, checkpoints, _replica_data(job, built, replicas))
 

@@ -1,6 +1,6 @@
 """``fedbench -m ... sweep_group=true``: a Hydra multirun whose vectorisable axes run in-program.
 
-A multirun over ``lr``, ``algorithm.mu``, ``algorithm.alpha``, ``privacy.noise_multiplier``, ``privacy.clip``,
+A multirun over ``lr``, ``algorithm.server_lr``, ``algorithm.mu``, ``algorithm.alpha``, ``privacy.noise_multiplier``, ``privacy.clip``,
 ``privacy.target_epsilon``, ``partition.alpha`` (and ``seed`` when the partition is pinned) does not need a separate
 process, data load and compilation per value: those values are data of one compiled program
 (:mod:`fedbench.replicas`). With ``sweep_group=true`` the command line is rewritten before Hydra
@@ -28,6 +28,7 @@ GROUPABLE = {
     "lr": "lr",
     "algorithm.mu": "mu",
     "algorithm.alpha": "alpha",
+    "algorithm.server_lr": "server_lr",
     "privacy.noise_multiplier": "noise_multiplier",
     "privacy.clip": "clip",
     "privacy.target_epsilon": "target_epsilon",

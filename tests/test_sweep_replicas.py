@@ -58,6 +58,15 @@ def test_feddyn_alpha_equals_separate_jobs(tmp_path):
     })
 
 
+@pytest.mark.parametrize("algorithm", ["fedavgm", "fedadam"])
+def test_server_learning_rates_equal_separate_jobs(tmp_path, algorithm):
+    check_against_separate_jobs(tmp_path, [f"algorithm={algorithm}", "sweep.server_lr=[0.3,1]"], {
+        f"server_lr={v:g},seed=0": [f"algorithm={algorithm}", f"algorithm.server_lr={v}",
+                                    "partition.seed=0"]
+        for v in (0.3, 1)
+    })
+
+
 def test_client_dp_noise_multipliers_equal_separate_jobs(tmp_path):
     dp = ["privacy=dp_client", "privacy.target_epsilon=null", "privacy.clip=0.5"]
     summary = check_against_separate_jobs(tmp_path, dp + ["sweep.noise_multiplier=[0.3,1.5]"], {

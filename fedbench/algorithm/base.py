@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedbench import hparams
 from fedbench.errors import ConfigError
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
 from fedbench.task import batch_loss_fn
@@ -185,6 +186,19 @@ class Algorithm:
     @property
     def normalized(self) -> bool:
         return self.name == "fednova"
+
+
+def server_step(server_lr: float) -> optax.GradientTransformation:
+    """The server optimiser's last step: ``-server_lr`` times the direction, the rate read from
+    the run's ``hparams`` (``server_lr``; a replica's own in an in-program sweep) with the
+    constant as default. Equals ``optax.scale(-server_lr)`` bit for bit (a sign flip is exact)."""
+
+    def update(updates, state, params=None):
+        del params
+        rate = hparams.value("server_lr", server_lr)
+        return jax.tree.map(lambda u: u * -rate, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def check_client_dp(algorithm: Algorithm) -> None:

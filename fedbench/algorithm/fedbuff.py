@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench.algorithm.base import Algorithm, positive
+from fedbench.algorithm.base import Algorithm, positive, server_step
 from fedbench.errors import ConfigError
 from fedbench.local import map_over_clients
 
@@ -57,7 +57,7 @@ def fedbuff(cfg: Mapping[str, Any], clients_per_round: int | None) -> Algorithm:
     if restart not in RESTARTS:
         raise ConfigError("algorithm.restart", restart, "one of: " + ", ".join(RESTARTS))
     server_lr = positive(cfg, "server_lr")
-    return Algorithm("fedbuff", "async", optax.sgd(server_lr),
+    return Algorithm("fedbuff", "async", server_step(server_lr),
                      settings={"server_lr": server_lr, "buffer_size": k, "concurrency": m,
                                "restart": restart},
                      buffer_size=k, concurrency=m,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench.algorithm.base import Algorithm, positive, unit
+from fedbench.algorithm.base import Algorithm, positive, server_step, unit
 
 
 class FedOptState(NamedTuple):
@@ -67,7 +67,7 @@ def _fedopt(name: str, cfg: Mapping[str, Any]) -> Algorithm:
     server_lr, tau = positive(cfg, "server_lr"), positive(cfg, "tau")
     beta1, beta2 = unit(cfg, "beta1"), unit(cfg, "beta2")
     transform = optax.chain(
-        scale_by_fedopt(name.removeprefix("fed"), beta1, beta2, tau), optax.scale(-server_lr)
+        scale_by_fedopt(name.removeprefix("fed"), beta1, beta2, tau), server_step(server_lr)
     )
     settings = {"server_lr": server_lr, "beta1": beta1, "beta2": beta2, "tau": tau}
     return Algorithm(name, "federated", transform, settings=settings)
