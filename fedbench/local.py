@@ -144,7 +144,8 @@ def make_local_update(
     ``local_steps`` every client takes exactly that many steps (``epochs`` is then ignored),
     cycling through fresh epochs; ``local_epochs`` must then be at least
     :func:`epochs_for_steps` of the smallest client. ``unroll`` steps run per loop iteration
-    (each masked), which cuts per-iteration overhead.
+    (all but the first masked: the loop condition stops the first), which cuts per-iteration
+    overhead.
     """
     if estimator is None:
         estimator = minibatch_estimator(
@@ -158,20 +159,25 @@ def make_local_update(
             total = estimator.steps(count, local_epochs if epochs is None else epochs)
         aux = estimator.prepare(x, count, key)
 
-        def step(carry):
+        def step(carry, masked):
             params, s, loss_sum, overflow = carry
-            active = s < total
             loss, grads, over = estimator.grad(params, x, y, count, key, aux, s)
             if grad_adjust is not None:
                 grads = grad_adjust(grads, params, server_params, context)
             rate = hparams.value("lr", lr)  # a replica's own lr in an in-program sweep
+            if not masked:  # the loop's condition already stopped here (vmap: JAX selects)
+                params = jax.tree.map(lambda p, g: p - rate * g, params, grads)
+                return params, s + 1, loss_sum + loss, overflow + over
+            active = s < total
             params = jax.tree.map(lambda p, g: jnp.where(active, p - rate * g, p), params, grads)
             return (params, s + active, loss_sum + jnp.where(active, loss, 0.0),
                     overflow + jnp.where(active, over, 0))
 
         def body(carry):
-            for _ in range(unroll):  # `unroll` masked steps per loop iteration
-                carry = step(carry)
+            # `unroll` steps per loop iteration: every one but the first may run past the
+            # client's last step, so those are masked; the first never is (the loop condition).
+            for i in range(unroll):
+                carry = step(carry, masked=i > 0)
             return carry
 
         zero = jnp.zeros((), jnp.int32)
