@@ -26,7 +26,12 @@ def test_audit_group_is_added_once():
                                      ({"defences": [["smudge", 1]]}, "audit.defences"),
                                      ({"defences": [["prune", 1.5]]}, "audit.defences"),
                                      ({"membership": {"shadows": 2}}, "audit.shadows"),
-                                     ({"trails": 3}, "audit.trails")])
+                                     ({"trails": 3}, "audit.trails"),
+                                     ({"epsilon": {"run": {"kind": "x"}}},
+                                      "audit.epsilon.run.kind"),
+                                     ({"epsilon": {"run": {"sites": 1}}},
+                                      "audit.epsilon.run.sites"),
+                                     ({"epsilon": {"runs": 2}}, "audit.epsilon.runs")])
 def test_bad_audit_settings_name_the_key(cfg, key):
     with pytest.raises(ConfigError) as err:
         parse_audit(cfg, num_clients=20)

@@ -14,6 +14,13 @@ Jagielski's one-run bound (NeurIPS 2023), so each canary is included with probab
   add/remove adjacency the accountant uses; under fixed-size cohorts it is a replaced one);
 * the score of canary ``i`` is ``<w_T - w_0, u_i>``, the final model's movement along ``u_i``.
 
+That is the white-box *gradient* canary. The black-box *input* canary (``kind="input"``, Steinke
+et al. Sec. 6.1, at the client level): each canary site holds one canary example (uniform noise
+over each feature's training range, a random label) and trains on it as any site does; "in"
+sends its real clipped update, "out" a zero update; the score is the final model's
+logit-scaled confidence in the canary's label (Carlini et al.'s ``phi``), which needs nothing
+but the released model.
+
 The canary transform comes after DP's clip (``clip * u_i`` has norm exactly the bound) and
 before any compressor. Canaries from several independent runs (replicas of one program, each
 with its own key) are pooled: each canary touches only its own run, so the runs together are
@@ -51,24 +58,57 @@ def included(run_key: jax.Array, slot: jax.Array) -> jax.Array:
     return jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(run_key, INCLUSION), slot))
 
 
-def canary_transform(num_clients: int, num_canaries: int) -> UpdateTransform:
-    """Replaces the message of each of the last ``num_canaries`` sites with its canary (reads
-    ``info["client"]``, ``info["run_key"]`` and ``info["clip"]``)."""
+KINDS = ("gradient", "input")
+
+
+def canary_transform(num_clients: int, num_canaries: int, kind: str = "gradient"
+                     ) -> UpdateTransform:
+    """Replaces the message of each of the last ``num_canaries`` sites (reads
+    ``info["client"]``, ``info["run_key"]`` and ``info["clip"]``): ``gradient``: with its
+    canary ``clip * u_i`` or zeros; ``input``: with its own clipped update or zeros."""
     first = num_clients - num_canaries
 
     def update(delta, state, info):
         slot = info["client"] - first
         is_canary = slot >= 0
-        scale = jnp.where(included(info["run_key"], slot), info["clip"], 0.0)
-        canary = jax.tree.map(lambda u: scale * u, direction(info["run_key"], slot, delta))
+        inside = included(info["run_key"], slot)
+        if kind == "gradient":
+            scale = jnp.where(inside, info["clip"], 0.0)
+            canary = jax.tree.map(lambda u: scale * u, direction(info["run_key"], slot, delta))
+        else:
+            canary = jax.tree.map(lambda d: jnp.where(inside, d, jnp.zeros_like(d)), delta)
         sent = jax.tree.map(lambda c, d: jnp.where(is_canary, c, d), canary, delta)
         return sent, state, {}
 
     return UpdateTransform(lambda params: (), update)
 
 
-def check_canaries(cfg: Mapping[str, Any], num_canaries: Any) -> None:
+def input_canaries(data, num_canaries: int, seed: int):
+    """``data`` with each of the last ``num_canaries`` sites holding one canary example:
+    uniform over each feature's range in the training data, a uniformly random label.
+    Returns ``(data, x [m, F...], y [m])``."""
+    rng = np.random.default_rng([seed, 0xCA4C])
+    pooled, _ = data.pooled_train()
+    lo, hi = pooled.min(axis=0), pooled.max(axis=0)
+    x = rng.uniform(lo, hi, (num_canaries,) + lo.shape).astype(np.float32)
+    y = rng.integers(0, data.num_classes, num_canaries).astype(np.int32)
+    first = data.num_clients - num_canaries
+    train_x, train_y = np.array(data.train_x), np.array(data.train_y)
+    counts = np.array(data.train_counts)
+    train_x[first:] = 0
+    train_y[first:] = 0
+    train_x[first:, 0], train_y[first:, 0], counts[first:] = x, y, 1
+    return data.replace(train_x=jnp.asarray(train_x), train_y=jnp.asarray(train_y),
+                        train_counts=jnp.asarray(counts)), x, y
+
+
+def check_canaries(cfg: Mapping[str, Any], num_canaries: Any, kind: str = "gradient") -> None:
     """Canaries audit client-level DP-FedAvg with a fixed clip and one global model."""
+    if kind not in KINDS:
+        raise ConfigError("audit.epsilon.run.kind", kind, "one of: " + ", ".join(KINDS))
+    if kind == "input" and cfg.get("local_steps") is not None:
+        raise ConfigError("local_steps", cfg["local_steps"], "null for input canaries (a "
+                          "canary site holds one example; the step schedule follows epochs)")
     privacy = cfg.get("privacy") or {}
     if privacy.get("name") != "dp_client":
         raise ConfigError("privacy.name", privacy.get("name", "none"),
@@ -85,8 +125,8 @@ def check_canaries(cfg: Mapping[str, Any], num_canaries: Any) -> None:
 
 
 def canary_scores(cfg: Mapping[str, Any], num_canaries: int, seeds: Sequence[int],
-                  axis: str = "map", values: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  axis: str = "map", values: Mapping[str, Any] | None = None,
+                  kind: str = "gradient") -> dict[str, Any]:
     """Runs ``cfg`` once per seed (replicas of one program) with its last ``num_canaries`` sites
     as canaries; returns per run the included and excluded canaries' scores, and the epsilon
     the run's accountant reports for its rounds.
@@ -96,10 +136,12 @@ def canary_scores(cfg: Mapping[str, Any], num_canaries: int, seeds: Sequence[int
     from fedbench.replicas import run_values
     from fedbench.run import build_simulator
 
-    check_canaries(cfg, num_canaries)
+    check_canaries(cfg, num_canaries, kind)
     built = build_simulator(cfg, transforms=(canary_transform(cfg["num_clients"],
-                                                              num_canaries),))
+                                                              num_canaries, kind),))
     sim = built.sim
+    if kind == "input":  # the round reads the data as an argument: replacing it is enough
+        sim.data, canary_x, canary_y = input_canaries(sim.data, num_canaries, int(cfg["seed"]))
     if sim.per_client_models or sim.algorithm.kind != "federated":
         raise ConfigError("algorithm.name", cfg["algorithm"]["name"],
                           "a synchronous algorithm with one global model for canaries")
@@ -110,6 +152,13 @@ def canary_scores(cfg: Mapping[str, Any], num_canaries: int, seeds: Sequence[int
 
     @jax.jit
     def score(first, last):
+        if kind == "input":  # black box: the released model's confidence in each canary
+            logits = sim.apply_fn(last.params, canary_x)
+            own = jnp.take_along_axis(logits, canary_y[:, None], axis=1)[:, 0]
+            rest = jnp.where(jax.nn.one_hot(canary_y, logits.shape[1], dtype=bool), -jnp.inf,
+                             logits)
+            phi = own - jax.nn.logsumexp(rest, axis=1)  # log p_y - log(1 - p_y)
+            return phi, jax.vmap(lambda s: included(first.key, s))(slots)
         moved = jax.tree.map(lambda a, b: b - a, first.params, last.params)
         dirs = jax.vmap(lambda s: direction(first.key, s, moved))(slots)
         dots = sum(jnp.tensordot(d, m, axes=m.ndim) for d, m in

@@ -197,7 +197,8 @@ def _epsilon_lines(eps: dict[str, Any]) -> list[str]:
     """Theoretical epsilon beside each empirical lower bound, then everything as JSON."""
     lines = ["## Epsilon", ""]
     audits = [("one white-box round (Gaussian mechanism)", eps.get("one_round")),
-              ("canary sites through whole runs", eps.get("whole_run"))]
+              (f"{(eps.get('whole_run') or {}).get('kind', 'gradient')} canary sites through "
+               "whole runs", eps.get("whole_run"))]
     audits = [(n, a) for n, a in audits if a and "skipped" not in a]
     if audits:
         lines += ["| audit | theoretical epsilon | lower bound | f-DP lower bound | canaries | "

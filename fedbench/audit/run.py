@@ -148,12 +148,12 @@ def whole_run_audit(cfg: dict[str, Any], audit: AuditSettings) -> dict[str, Any]
 
     seeds = [int(cfg["seed"]) + 1000 + r for r in range(audit.canary_runs)]
     try:
-        out = canary_scores(cfg, audit.run_canaries, seeds)
+        out = canary_scores(cfg, audit.run_canaries, seeds, kind=audit.canary_kind)
     except ConfigError as err:
         return {"skipped": str(err)}
     pooled = [np.concatenate([r[k] for r in out["runs"]]) for k in ("in", "out")]
     return {"theoretical": out["claimed_epsilon"], "runs": len(seeds),
-            "canary_sites": audit.run_canaries,
+            "canary_sites": audit.run_canaries, "kind": audit.canary_kind,
             **epsilon_audit.audit_scores(*pooled, delta=out["delta"],
                                          significance=audit.significance)}
 

@@ -27,6 +27,7 @@ class AuditSettings:
     significance: float = 0.05
     run_canaries: int | None = None  # canary sites through whole runs (None: half the sites)
     canary_runs: int = 4
+    canary_kind: str = "gradient"
     sites: bool = False
     site_shadows: int = 16
 
@@ -45,7 +46,7 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     cfg = dict(cfg or {})
     base = AuditSettings()
     known = ({f.name for f in dataclasses.fields(AuditSettings)}
-             - {"site_shadows", "run_canaries", "canary_runs"}) | {"name", "membership", "epsilon"}
+             - {"site_shadows", "run_canaries", "canary_runs", "canary_kind"}) | {"name", "membership", "epsilon"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"audit.{key}", cfg[key], "one of the keys of conf/audit/default.yaml: "
@@ -86,8 +87,11 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
             raise ConfigError(f"audit.epsilon.{key}", eps[key], "one of: canaries, significance, run")
     run = dict(eps.get("run") or {})
     for key in run:
-        if key not in ("sites", "runs"):
-            raise ConfigError(f"audit.epsilon.run.{key}", run[key], "one of: sites, runs")
+        if key not in ("sites", "runs", "kind"):
+            raise ConfigError(f"audit.epsilon.run.{key}", run[key], "one of: sites, runs, kind")
+    if run.get("kind", base.canary_kind) not in ("gradient", "input"):
+        raise ConfigError("audit.epsilon.run.kind", run["kind"], "one of: gradient, input")
+    merged["canary_kind"] = run.get("kind", base.canary_kind)
     sites_in_run = run.get("sites")
     if sites_in_run is not None and (isinstance(sites_in_run, bool) or not isinstance(
             sites_in_run, int) or not 0 <= sites_in_run < num_clients or sites_in_run == 1):
