@@ -74,6 +74,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     finite = sorted(e for e in stats if math.isfinite(e))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -84,6 +85,7 @@ def main() -> None:
             label="Abadi et al. 2016: MNIST 60k (published)")
     ax.axhline(ABADI_NONPRIVATE, color="k", ls=":", lw=1, label="Abadi et al. non-private (~0.98)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(finite, [f"{e:g}" for e in finite])
     ax.set_xlabel("epsilon (delta = 1e-5)")
     ax.set_ylabel("test accuracy")
