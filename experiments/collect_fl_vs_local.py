@@ -5,7 +5,8 @@
 For each study writes ``<study>.csv`` (the tidy table of fedbench-compare: regime, model, seed,
 evaluation set, metric, value) and ``summary.csv`` (mean and sd over seeds per study, regime and
 evaluation set, where ``local`` on a site means that site's own model on its own test split and
-``local`` on ``pooled`` the mean over site models), and ``fl_vs_local.png``.
+``local`` on ``pooled`` the mean over site models), ``<study>_verdicts.json`` (fedbench-compare's
+verdicts with their bootstrap intervals) and ``fl_vs_local.png``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def main() -> None:
             print(f"missing {table}; skipped")
             continue
         shutil.copyfile(table, args.out / f"{study}.csv")
+        if (table.parent / "verdicts.json").exists():  # each verdict with its 95% interval
+            shutil.copyfile(table.parent / "verdicts.json", args.out / f"{study}_verdicts.json")
         summary += summarise(study, read(table))
     with open(args.out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(summary[0]))
