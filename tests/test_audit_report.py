@@ -131,3 +131,24 @@ def test_wandb_offline_run_holds_the_audit_metrics_and_images(report, tmp_path, 
     for key, value in audit_metrics(result).items():
         assert history[key] == pytest.approx(value), key
     assert history["round"] == 3
+
+
+def test_metrics_and_report_carry_personal_models_and_the_whole_run_audit(tmp_path):
+    result = _result()
+    roc = {"tpr_at_0.1%_fpr": 0.0, "tpr_at_1%_fpr": 0.02, "members": 10, "nonmembers": 5}
+    result["personal"] = {"loss_threshold": {"auc": 0.79, **roc},
+                          "lira_offline": {"auc": 0.8, **roc},
+                          "sites": 4, "reference_models": 3}
+    result["epsilon"] = {"claimed": 8.0, "delta": 1e-5, "whole_run": {
+        "theoretical": 8.0, "kind": "gradient", "runs": 4, "canary_sites": 2,
+        "epsilon_one_run": 0.9, "epsilon_one_run_fdp": 1.3, "ceiling_fdp": 5.6,
+        "auroc": 0.86, "canaries": 200}}
+    flat = audit_metrics(result)
+    assert flat["personal/lira_offline/auc"] == 0.8
+    assert flat["epsilon/whole_run/epsilon_one_run_fdp"] == 1.3
+    assert not any(k.endswith("/kind") for k in flat)  # numbers only
+    write_reports(result, tmp_path)
+    text = (tmp_path / "audit.md").read_text()
+    assert "personalised model" in text and "| gradient canary sites through whole runs | 8.00 |" in text
+    assert "at least 1.30, consistent with the claim" in " ".join(json.loads(
+        (tmp_path / "audit.json").read_text())["verdict"])

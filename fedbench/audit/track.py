@@ -19,15 +19,18 @@ from fedbench.tracking import Tracker, build_tracker
 
 def audit_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The report's numbers, flat: ``inversion/<scenario>/<defence>/<metric>``,
-    ``membership/<attack>/<metric>``, ``sites/<attack>/<metric>`` and ``epsilon/<name>`` (finite numbers only)."""
+    ``membership/<attack>/<metric>``, ``personal/<attack>/<metric>`` (each site's personalised
+    model), ``sites/<attack>/<metric>``, ``epsilon/<name>``, ``epsilon/one_round/<name>`` and
+    ``epsilon/whole_run/<name>`` (finite numbers only)."""
     out: dict[str, float] = {}
     for row in result["inversion"]["rows"]:
         for key in ("mse", "psnr", "ssim", "label_accuracy"):
             out[f"inversion/{row['scenario']}/{row['defence']}/{key}"] = float(row[key])
-    for attack, summary in (result.get("membership") or {}).items():
-        if isinstance(summary, Mapping):
-            for key, value in summary.items():
-                out[f"membership/{attack}/{key}"] = float(value)
+    for group in ("membership", "personal"):
+        for attack, summary in (result.get(group) or {}).items():
+            if isinstance(summary, Mapping):
+                for key, value in summary.items():
+                    out[f"{group}/{attack}/{key}"] = float(value)
     sites = result.get("sites") or {}
     for attack in ("lira_online", "lira_offline"):
         for key, value in (sites.get(attack) or {}).items():
@@ -36,8 +39,10 @@ def audit_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for key in ("claimed", "delta", "noise_multiplier"):
         if isinstance(eps.get(key), (int, float)):
             out[f"epsilon/{key}"] = float(eps[key])
-    for key, value in (eps.get("one_round") or {}).items():
-        out[f"epsilon/one_round/{key}"] = float(value)
+    for audit in ("one_round", "whole_run"):
+        for key, value in (eps.get(audit) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"epsilon/{audit}/{key}"] = float(value)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
