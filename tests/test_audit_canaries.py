@@ -67,13 +67,13 @@ INPUT = ["model=logreg", "partition=iid", "dataset.num_clients=250", "clients_pe
 def test_input_canaries_are_sound_and_seen_by_a_black_box_attack():
     """Input canaries (one random-noise example with a random label per canary site, scored by
     the released model's confidence in it): the bound stays below the accountant's epsilon in
-    >= 95 of 100 runs at sigma 2; at sigma 0.3 over 10 rounds the canaries are told apart
+    >= 95% of 40 runs at sigma 2; at sigma 0.3 over 10 rounds the canaries are told apart
     (pooled AUROC over 2,000 canaries well above 0.5; its standard error is about 0.013)."""
     out = canary_scores(compose(INPUT + ["rounds=3", "privacy.noise_multiplier=2.0"]), 200,
-                        list(range(100)), kind="input")
+                        list(range(40)), kind="input")
     one_run, fdp, _ = _bounds(out)
-    assert np.sum(fdp <= out["claimed_epsilon"]) >= 95
-    assert np.sum(one_run <= out["claimed_epsilon"]) >= 95
+    assert np.sum(fdp <= out["claimed_epsilon"]) >= 38
+    assert np.sum(one_run <= out["claimed_epsilon"]) >= 38
     weak = canary_scores(compose(INPUT + ["rounds=10", "lr=0.5",
                                           "privacy.noise_multiplier=0.3"]), 200,
                          list(range(10)), kind="input")

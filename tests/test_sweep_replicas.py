@@ -58,8 +58,8 @@ def test_feddyn_alpha_equals_separate_jobs(tmp_path):
     })
 
 
-@pytest.mark.parametrize("algorithm", ["fedavgm", "fedadam"])
-def test_server_learning_rates_equal_separate_jobs(tmp_path, algorithm):
+def test_server_learning_rates_equal_separate_jobs(tmp_path, algorithm="fedadam"):
+    """FedAdam's server step (FedAvgM's and FedBuff's are the same ``server_step``)."""
     check_against_separate_jobs(tmp_path, [f"algorithm={algorithm}", "sweep.server_lr=[0.3,1]"], {
         f"server_lr={v:g},seed=0": [f"algorithm={algorithm}", f"algorithm.server_lr={v}",
                                     "partition.seed=0"]
