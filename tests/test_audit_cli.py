@@ -31,7 +31,9 @@ def test_audit_group_is_added_once():
                                       "audit.epsilon.run.kind"),
                                      ({"epsilon": {"run": {"sites": 1}}},
                                       "audit.epsilon.run.sites"),
-                                     ({"epsilon": {"runs": 2}}, "audit.epsilon.runs")])
+                                     ({"epsilon": {"runs": 2}}, "audit.epsilon.runs"),
+                                     ({"membership": {"shadow_kind": "x"}},
+                                      "audit.membership.shadow_kind")])
 def test_bad_audit_settings_name_the_key(cfg, key):
     with pytest.raises(ConfigError) as err:
         parse_audit(cfg, num_clients=20)

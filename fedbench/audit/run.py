@@ -125,11 +125,21 @@ def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str
     batch = int(cfg["batch_size"])
     steps = max(1, int(math.ceil(epochs * len(pop_y) / 2 / batch)))
     masks = shadow_masks(jax.random.PRNGKey(int(cfg["seed"]) + 1), audit.shadows, len(pop_y))
-    shadows = train_shadows(lambda k: model.init(k, pop_x[:1]), model.apply, pop_x, pop_y, masks,
-                            jax.random.PRNGKey(int(cfg["seed"]) + 2), float(cfg["lr"]), batch,
-                            steps)
-    shadow_phi = np.stack([membership.logit_confidence(model.apply(
-        jax.tree.map(lambda a, i=i: a[i], shadows), pop_x), pop_y) for i in range(audit.shadows)])
+    if audit.shadow_kind == "federations":  # shadow federations: simulator replicas
+        from fedbench.audit.shadow_federations import shadow_federation_params, site_owners
+
+        owners = np.r_[site_owners(data.train_counts), site_owners(data.test_counts)]
+        params_list, masks = shadow_federation_params(
+            federation_config(cfg), np.asarray(pop_x), np.asarray(pop_y), owners,
+            np.asarray(masks), [int(cfg["seed"]) + 100 + s for s in range(audit.shadows)])
+        steps = None
+    else:
+        shadows = train_shadows(lambda k: model.init(k, pop_x[:1]), model.apply, pop_x, pop_y,
+                                masks, jax.random.PRNGKey(int(cfg["seed"]) + 2),
+                                float(cfg["lr"]), batch, steps)
+        params_list = [jax.tree.map(lambda a, i=i: a[i], shadows) for i in range(audit.shadows)]
+    shadow_phi = np.stack([membership.logit_confidence(model.apply(p, pop_x), pop_y)
+                           for p in params_list])
     target_phi = membership.logit_confidence(logits, pop_y)
     lira = membership.lira_offline_scores(target_phi, shadow_phi, np.asarray(masks))
     online = membership.lira_online_scores(target_phi, shadow_phi, np.asarray(masks))
@@ -137,7 +147,7 @@ def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str
         "loss_threshold": membership.roc_summary(loss[is_member], loss[~is_member]),
         "lira_offline": membership.roc_summary(lira[is_member], lira[~is_member]),
         "lira_online": membership.roc_summary(online[is_member], online[~is_member]),
-        "shadows": audit.shadows, "shadow_steps": steps,
+        "shadows": audit.shadows, "shadow_steps": steps, "shadow_kind": audit.shadow_kind,
     }
 
 

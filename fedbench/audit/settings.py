@@ -23,6 +23,7 @@ class AuditSettings:
     membership: bool = True
     shadows: int = 8
     shadow_epochs: float | None = None
+    shadow_kind: str = "central"
     canaries: int = 1000
     significance: float = 0.05
     run_canaries: int | None = None  # canary sites through whole runs (None: half the sites)
@@ -46,7 +47,8 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     cfg = dict(cfg or {})
     base = AuditSettings()
     known = ({f.name for f in dataclasses.fields(AuditSettings)}
-             - {"site_shadows", "run_canaries", "canary_runs", "canary_kind"}) | {"name", "membership", "epsilon"}
+             - {"site_shadows", "run_canaries", "canary_runs", "canary_kind", "shadow_kind"}
+             ) | {"name", "membership", "epsilon"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"audit.{key}", cfg[key], "one of the keys of conf/audit/default.yaml: "
@@ -81,6 +83,10 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
                                or epochs <= 0):
         raise ConfigError("audit.membership.shadow_epochs", epochs, "null or a number > 0")
     merged["shadow_epochs"] = epochs
+    kind = member.get("shadow_kind", base.shadow_kind)
+    if kind not in ("central", "federations"):
+        raise ConfigError("audit.membership.shadow_kind", kind, "one of: central, federations")
+    merged["shadow_kind"] = kind
     eps = dict(cfg.get("epsilon") or {})
     for key in eps:
         if key not in ("canaries", "significance", "run"):
