@@ -25,6 +25,7 @@ import optax
 
 from fedbench.algorithm.base import prepare_clients
 from fedbench.dataset.federated import FederatedData
+from fedbench.dataset.flat import FlatFederatedData, flat_sums
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
 from fedbench.task import batch_loss_fn, concordance_index, cox_terms
 
@@ -180,7 +181,28 @@ class Evaluation:
         return {"train_loss": losses.sum() / data.train_counts.sum(), "test_scores": test_scores,
                 "pooled_scores": pooled_scores}
 
+    def _flat_impl(self, params, data: FlatFederatedData):
+        """:meth:`_evaluate_impl` over flat storage (global model, classification): per-example
+        losses in chunks of ``eval_chunk`` rows, summed per client (``segment_sum``)."""
+        def per_example(logits, y):
+            return cross_entropy(logits, y), jnp.argmax(logits, -1) == y
+
+        c, chunk = data.num_clients, self.settings.eval_chunk
+        train_loss, train_correct = flat_sums(self.apply_fn, params, data.rows_x, data.rows_y,
+                                              data.train_segments(), c, chunk, per_example)
+        test_loss, test_correct = flat_sums(self.apply_fn, params, data.test_rows_x,
+                                            data.test_rows_y, data.test_segments(), c, chunk,
+                                            per_example)
+        n_train, pooled_n = data.train_counts.sum(), data.test_rows_y.shape[0]
+        return {"train_loss": train_loss.sum() / n_train,
+                "train_accuracy": train_correct.sum() / n_train,
+                "test_loss": test_loss.sum() / pooled_n,
+                "test_accuracy": test_correct.sum() / pooled_n,
+                "client_test_correct": test_correct}
+
     def _evaluate_impl(self, params, data: FederatedData):
+        if isinstance(data, FlatFederatedData):
+            return self._flat_impl(params, data)
         if data.task == "survival":
             return self._survival_impl(params, data)
         per_client = self.per_client_models
@@ -246,7 +268,11 @@ class Evaluation:
 
     def _site_outputs_impl(self, params, data: FederatedData):
         """Outputs of the model(s) on every site's test split and on the pooled test set; with
-        per-client models (``local``, Ditto, FedPer, finetune) a leading axis over them."""
+        per-client models (``local``, Ditto, FedPer, finetune) a leading axis over them. Flat
+        storage: the pooled outputs, which are every site's split one after another."""
+        if isinstance(data, FlatFederatedData):
+            pooled = self._outputs(params, data.test_rows_x)
+            return pooled, pooled
         def one(p):
             per_site = jax.lax.map(lambda x: self._outputs(p, x), data.test_x)
             return per_site, self._outputs(p, data.pooled_test_x)
@@ -288,11 +314,17 @@ class Evaluation:
                                                              self.data))
         per_site, pooled = np.asarray(per_site), np.asarray(pooled)
         counts = np.asarray(self.data.test_counts)
-        test_y, pooled_y = np.asarray(self.data.test_y), np.asarray(self.data.pooled_test_y)
+        pooled_y = np.asarray(self.data.pooled_test_y)
+        if isinstance(self.data, FlatFederatedData):  # each site's rows of the pooled split
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            per_site = [pooled[s:s + m] for s, m in zip(starts, counts)]
+            test_y = [pooled_y[s:s + m] for s, m in zip(starts, counts)]
+        else:
+            test_y = np.asarray(self.data.test_y)
 
         def table(metric):
             def row(site_out):
-                return [self._metric(site_out[j, :m], test_y[j, :m], metric)
+                return [self._metric(site_out[j][:m], test_y[j][:m], metric)
                         for j, m in enumerate(counts)]
 
             if not self.per_client_models:

@@ -214,8 +214,8 @@ def replica_chunk(cfg: Mapping[str, Any], sim, count: int, axis: str,
     states = jax.eval_shape(sim.init)
     memory = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
     if axis == "vmap":
-        x = sim.data.train_x
-        memory += sim.settings.clients_per_round * x[0].size * x.dtype.itemsize
+        row = sim.data.example_input()
+        memory += sim.settings.clients_per_round * sim.data.max_train * row.size * row.dtype.itemsize
     memory = memory / 2**20 + data_mb
     budget = cfg.get("replica_memory_mb")
     if budget is None:

@@ -33,6 +33,7 @@ def federated_round(sim, state, data):
     sample_key, clients_key = sim.round_keys(state)
     ids, valid, overflow = sim.sample_cohort(sample_key)
     counts = data.train_counts[ids]
+    x, y = data.cohort(ids)  # [k, N, F...]: padded rows, or gathered from flat storage
     keys = jax.random.split(clients_key, ids.shape[0])
     epochs, keep = straggler_plan(
         sim.straggler_key(state), ids.shape[0], sim.local_epochs, sim.stragglers,
@@ -45,12 +46,12 @@ def federated_round(sim, state, data):
     received = broadcast(sim, state.params, state)  # the model as the clients decode it
     own = entries["algorithm"]
     if alg.client_prepare is not None:  # a choice before training (IFCA's cluster)
-        own = prepare_clients(sim, received, data.train_x[ids], data.train_y[ids], counts,
+        own = prepare_clients(sim, received, x, y, counts,
                               own, batch_loss_fn(data.task))
     context = alg.client_context(state.server, own) if alg.client_context is not None else None
     personal = alg.personal_pass
     if personal is not None and personal.first:  # a local pass before the main one (FedRep)
-        own = personal_update(sim, received, data.train_x[ids], data.train_y[ids], counts,
+        own = personal_update(sim, received, x, y, counts,
                               keys, epochs, context, own)
         context = alg.client_context(state.server, own)
     round_info = sim.round_info(state)
@@ -60,11 +61,11 @@ def federated_round(sim, state, data):
         chunk=sim.settings.client_chunk,
     )
     deltas, sent, stats, transform_states, infos = client(
-        received, data.train_x[ids], data.train_y[ids], counts, keys, epochs, context,
+        received, x, y, counts, keys, epochs, context,
         entries["transforms"], round_info, ids,
     )
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
-        own = personal_update(sim, received, data.train_x[ids], data.train_y[ids], counts,
+        own = personal_update(sim, received, x, y, counts,
                               keys, epochs, context, own, deltas)
     uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid,
                                              sim.settings.lr)

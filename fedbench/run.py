@@ -50,6 +50,7 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
     _check_task_and_schedule,
     _integer,
     _store_dtype,
+    check_client_storage,
     build_stragglers,
     validate,
 )
@@ -84,6 +85,7 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
     compressor = build_compression(cfg.get("compression"), (cfg.get("privacy") or {}).get("name"),
                                    algorithm.kind)  # uplink compression (after DP clipping)
     raw = load_dataset(cfg["dataset"])
+    storage = check_client_storage(cfg, algorithm, raw.task)
     data, partition_stats = build_federated(
         raw,
         cfg["partition"],
@@ -91,6 +93,7 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         seed=cfg["seed"] if cfg["partition"].get("seed") is None else cfg["partition"]["seed"],
         test_fraction=float(cfg["dataset"].get("test_fraction", 0.2)),
         normalization=cfg["dataset"].get("normalize"),
+        storage=storage,
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
     check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
@@ -184,7 +187,7 @@ def run_experiment(
     built = build_simulator(cfg, progress)
     sim, privacy, plan_for, algorithm = built.sim, built.privacy, built.plan_for, built.algorithm
     model, data, partition_stats = built.model, built.data, built.partition_stats
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.train_x[0, :1])  # no compute
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())  # no compute
     # e.g. SCAFFOLD also sends (and receives) control variates; only parts that leave a site
     model_bytes = dense_bits(shapes["params"], algorithm) // 8
 

@@ -273,8 +273,8 @@ class Simulator(Replicas, Evaluation):
     def param_shapes(self):
         """The model's parameter shapes (``jax.ShapeDtypeStruct``s), from shapes alone: no data
         array may be touched here, or a call under ``jit`` would bake it in as a constant."""
-        x = self.data.train_x
-        example = jax.ShapeDtypeStruct((1,) + tuple(x.shape[2:]), x.dtype)
+        x = self.data.example_input()
+        example = jax.ShapeDtypeStruct(x.shape, x.dtype)
         return jax.eval_shape(self.model.init, jax.random.PRNGKey(0), example)["params"]
 
     def _make_store_template(self) -> dict[str, Any]:
@@ -295,7 +295,7 @@ class Simulator(Replicas, Evaluation):
 
     def _init_from_key(self, key: jax.Array) -> ServerState:
         init_key, run_key = jax.random.split(key)
-        init = lambda k: self.model.init(k, self.data.train_x[0, :1])["params"]  # noqa: E731
+        init = lambda k: self.model.init(k, self.data.example_input())["params"]  # noqa: E731
         models = self.algorithm.init_models  # e.g. IFCA's K cluster models
         params = init(init_key) if models is None else models(init, init_key)
         if self.algorithm.personal:

@@ -94,6 +94,38 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     )
 
 
+CLIENT_STORAGES = ("padded", "flat")
+
+
+def check_client_storage(cfg: Mapping[str, Any], algorithm, task: str) -> str:
+    """``client_storage``: ``padded`` (every client padded to the largest,
+    :mod:`fedbench.dataset.federated`) or ``flat`` (one array plus offsets, only the sampled
+    clients gathered, :mod:`fedbench.dataset.flat`). Flat storage serves the global-model
+    path: a federated or asynchronous algorithm without per-client models on a classification
+    task, without partitions as replicas; anything else is refused here, before any work.
+    """
+    storage = cfg.get("client_storage", "padded")
+    if storage not in CLIENT_STORAGES:
+        raise ConfigError("client_storage", storage, "one of: " + ", ".join(CLIENT_STORAGES))
+    if storage == "padded":
+        return storage
+    why = None
+    if algorithm.kind not in ("federated", "async", "centralized"):
+        why = f"algorithm {algorithm.kind!r} (it trains on every client each round)"
+    elif (algorithm.personal or algorithm.client_models is not None
+          or algorithm.finetune_steps > 0 or algorithm.client_prepare is not None
+          or algorithm.personal_pass is not None):
+        why = "per-client models or a per-client pass (personalised and clustered algorithms)"
+    elif task != "classification":
+        why = f"task {task!r} (flat evaluation covers classification)"
+    elif any((cfg.get("sweep") or {}).get(k) is not None
+             for k in ("partition_alpha", "partition_seed")):
+        why = "partitions as replicas (sweep.partition_alpha / partition_seed pad each replica)"
+    if why is not None:
+        raise ConfigError("client_storage", storage, f"padded for {why}")
+    return storage
+
+
 def _store_dtype(cfg: Mapping[str, Any]):
     """``client_store_dtype``: the dtype of the per-client store's floating entries."""
     name = cfg.get("client_store_dtype", "float32")

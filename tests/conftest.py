@@ -18,8 +18,10 @@ if sys.path[:1] != [str(REPO)]:
 from fedbench.dataset.federated import from_client_arrays  # noqa: E402
 
 
-def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0):
-    """Clients of very different sizes with a learnable linear labelling."""
+def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0,
+                     storage="padded"):
+    """Clients of very different sizes with a learnable linear labelling (``storage``:
+    ``padded`` FederatedData or ``flat`` FlatFederatedData of the same arrays)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(features, classes))
     xs, ys, txs, tys = [], [], [], []
@@ -30,6 +32,10 @@ def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0)
         tx = rng.normal(size=(max(1, n // 3), features)).astype(np.float32)
         txs.append(tx)
         tys.append(np.argmax(tx @ w, axis=1).astype(np.int32))
+    if storage == "flat":
+        from fedbench.dataset.flat import flat_from_client_arrays
+
+        return flat_from_client_arrays(xs, ys, txs, tys, classes)
     return from_client_arrays(xs, ys, txs, tys, classes)
 
 

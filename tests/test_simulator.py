@@ -35,6 +35,7 @@ def make_sim(data, algorithm_cfg, model=None, axis="vmap", **kw):
         lr=kw.get("lr", 0.1),
         client_axis=axis,
         unroll=kw.get("unroll", 1),
+        client_chunk=kw.get("client_chunk"),
     )
     model = model or MLP(data.num_classes, (8,))
     return Simulator(model, build_algorithm(algorithm_cfg), data, settings, seed=kw.get("seed", 0))
@@ -192,8 +193,14 @@ def test_fedprox_with_mu_zero_is_fedavg_exactly(uneven_data):
     assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pc)))
 
 
-def test_blocks_do_not_recompile_and_do_not_change_results(uneven_data):
-    sim = make_sim(uneven_data, {"name": "fedadam", "server_lr": 0.05})
+@pytest.mark.parametrize("layout", ["vmap", "map", "chunked", "flat"])
+def test_blocks_do_not_recompile_and_do_not_change_results(layout):
+    # Each program layout: vmap, lax.map, groups of clients (client_chunk) and flat client
+    # storage (the cohort gathered each round); the sharded layout: tests/test_devices.py.
+    data = make_uneven_data(storage="flat" if layout == "flat" else "padded")
+    axis = "vmap" if layout == "vmap" else "map"
+    sim = make_sim(data, {"name": "fedadam", "server_lr": 0.05}, axis=axis,
+                   client_chunk=2 if layout == "chunked" else None)
     state = sim.init()
     first = sim.run(state, 3)
     jax.block_until_ready(first)

@@ -239,7 +239,7 @@ def _server_update(sim, state, data, start, ids, keys, staleness):
     example- and staleness-weighted mean. Returns ``(params, opt_state)``."""
     counts = data.train_counts[ids]
     update = map_over_clients(sim.local_update, sim.client_axis, (0, 0, 0, 0, 0))
-    deltas, _ = update(start, data.train_x[ids], data.train_y[ids], counts, keys)
+    deltas, _ = update(start, *data.cohort(ids), counts, keys)
     weights = counts.astype(jnp.float32) / jnp.maximum(jnp.sum(counts), 1)  # all empty: 0
     weights = weights / jnp.sqrt(1.0 + staleness.astype(jnp.float32))
     mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)

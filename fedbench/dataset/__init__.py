@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedbench.dataset.federated import FederatedData, from_client_arrays
-from fedbench.dataset.synthetic import generate_synthetic
+from fedbench.dataset.synthetic import generate_synthetic, generate_synthetic_vectorised
 from fedbench.errors import ConfigError
 
 __all__ = [
@@ -94,23 +94,30 @@ def _synthetic(cfg: Mapping[str, Any]) -> RawDataset:
             raise ConfigError(f"dataset.{key}", value, "a positive integer or null (as in the paper)")
     if cfg.get("num_classes") is not None and int(cfg["num_classes"]) < 2:
         raise ConfigError("dataset.num_classes", cfg["num_classes"], ">= 2")
-    train_x, train_y, test_x, test_y = generate_synthetic(
-        alpha,
-        beta,
+    options = dict(
         iid=bool(cfg.get("iid", False)),
         num_clients=cfg.get("num_clients"),
         dimension=cfg.get("dimension"),
         num_classes=cfg.get("num_classes"),
         samples_per_client=cfg.get("samples_per_client"),
         seed=int(cfg.get("seed", 0)),
+        sizes=_synthetic_sizes(cfg),
     )
+    num_classes = 10 if cfg.get("num_classes") is None else int(cfg["num_classes"])
+    generator = cfg.get("generator") or "per_client"
+    if generator not in ("per_client", "vectorised"):
+        raise ConfigError("dataset.generator", generator, "null (per_client) or vectorised")
+    if generator == "vectorised":  # all clients at once: a different sample, seconds at 100k
+        x, y, clients, is_test = generate_synthetic_vectorised(alpha, beta, **options)
+        return RawDataset("synthetic", x, y, num_classes, natural_client=clients,
+                          natural_is_test=is_test, normalize="none")
+    train_x, train_y, test_x, test_y = generate_synthetic(alpha, beta, **options)
     xs, ys, clients, is_test = [], [], [], []
     for c, (trx, tr_y, tex, te_y) in enumerate(zip(train_x, train_y, test_x, test_y)):
         xs += [trx, tex]
         ys += [tr_y, te_y]
         clients.append(np.full(len(trx) + len(tex), c))
         is_test += [np.zeros(len(trx), bool), np.ones(len(tex), bool)]
-    num_classes = 10 if cfg.get("num_classes") is None else int(cfg["num_classes"])
     return RawDataset(
         "synthetic",
         np.concatenate(xs),
@@ -120,6 +127,25 @@ def _synthetic(cfg: Mapping[str, Any]) -> RawDataset:
         natural_is_test=np.concatenate(is_test),
         normalize="none",
     )
+
+
+def _synthetic_sizes(cfg: Mapping[str, Any]) -> tuple[float, float, int] | None:
+    """``dataset.size_mean`` / ``size_sigma`` / ``size_offset``: client sizes
+    ``int(lognormal(mean, sigma)) + offset`` (all null: the paper's 4, 2, 50)."""
+    keys = ("size_mean", "size_sigma", "size_offset")
+    if all(cfg.get(k) is None for k in keys):
+        return None
+    mean, sigma, offset = (cfg.get(k) if cfg.get(k) is not None else v
+                           for k, v in zip(keys, (4.0, 2.0, 50)))
+    for key, value, ok in (("size_mean", mean, isinstance(mean, (int, float))),
+                           ("size_sigma", sigma, isinstance(sigma, (int, float)) and sigma >= 0),
+                           ("size_offset", offset, isinstance(offset, int) and offset >= 1)):
+        if isinstance(value, bool) or not ok:
+            raise ConfigError(f"dataset.{key}", value, {
+                "size_mean": "a number (the log-size's mean)",
+                "size_sigma": "a number >= 0 (the log-size's standard deviation)",
+                "size_offset": "an integer >= 1 (every client's minimum size)"}[key])
+    return float(mean), float(sigma), int(offset)
 
 
 def _tcga_brca(cfg: Mapping[str, Any]) -> RawDataset:

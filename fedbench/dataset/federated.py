@@ -62,6 +62,14 @@ class FederatedData:
     def feature_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.train_x.shape[2:])
 
+    def cohort(self, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The padded training arrays of clients ``ids``: ``[k, N, F...]`` and ``[k, N]``."""
+        return self.train_x[ids], self.train_y[ids]
+
+    def example_input(self) -> jax.Array:
+        """One input row ``[1, F...]`` (to initialise a model)."""
+        return self.train_x[0, :1]
+
     def client_train(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """The unpadded training arrays of one client (host NumPy), for reference loops."""
         n = int(self.train_counts[client])

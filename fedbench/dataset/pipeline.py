@@ -9,6 +9,7 @@ import numpy as np
 
 from fedbench.dataset import RawDataset, impute_median, normalize
 from fedbench.dataset.federated import FederatedData, from_client_arrays
+from fedbench.dataset.flat import FlatFederatedData, flat_from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.partition import heterogeneity_stats, partition
 from fedbench.partition.feature_shift import shift_clients, shift_plan
@@ -35,7 +36,8 @@ def build_federated(
     seed: int,
     test_fraction: float = 0.2,
     normalization: str | None = None,
-) -> tuple[FederatedData, dict[str, Any]]:
+    storage: str = "padded",
+) -> tuple[FederatedData | FlatFederatedData, dict[str, Any]]:
     """Partitions, splits, shifts, imputes and normalises (train statistics only), and pads.
 
     Each client's raw inputs (train and test split alike) first get its feature shift
@@ -52,6 +54,8 @@ def build_federated(
       test_fraction: share of each client's examples held out as its own test split (ignored for
         ``natural`` partitions of datasets that carry their own split).
       normalization: ``standardize`` or ``none``; ``None`` = the dataset's default.
+      storage: ``padded`` (:class:`FederatedData`) or ``flat`` (:class:`FlatFederatedData`:
+        one array plus offsets, for large federations of unequal clients).
 
     Returns:
       ``(data, stats)``: the padded federated data and heterogeneity statistics of the training
@@ -99,7 +103,8 @@ def build_federated(
     train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
     train_x, test_x, panels = apply_panels(  # sites' lab panels (fedbench/partition/panels.py)
         partition_cfg, train_x, test_x, seed, (normalization or raw.normalize) == "standardize")
-    data = from_client_arrays(
+    build = flat_from_client_arrays if storage == "flat" else from_client_arrays
+    data = build(
         train_x, train_t, test_x, test_t, raw.num_classes, task=raw.task,
         client_groups=None if groups is None else groups["client_groups"],
     )

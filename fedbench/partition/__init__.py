@@ -147,8 +147,13 @@ def quantity(
 
 
 def natural(natural_client: np.ndarray | None, num_clients: int) -> list[np.ndarray]:
-    """The dataset's own clients (e.g. Synthetic's 30 devices)."""
-    return [np.flatnonzero(natural_client == c) for c in range(num_clients)]
+    """The dataset's own clients (e.g. Synthetic's 30 devices): each client's example indices in
+    increasing order. One stable sort (``O(n log n)``), not a scan of all ``n`` examples per
+    client, so 100,000 clients partition in well under a second."""
+    client = np.asarray(natural_client)
+    order = np.argsort(client, kind="stable")
+    bounds = np.searchsorted(client[order], np.arange(num_clients + 1))
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _largest_remainder(targets: np.ndarray, total: int) -> np.ndarray:

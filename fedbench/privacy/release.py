@@ -46,15 +46,18 @@ TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
 #: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
 #: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
 #: ``eval_every`` (results do not depend on how rounds are cut into blocks), how the program
-#: is laid out (``replica_axis``, ``replica_memory_mb``, ``devices``, ``client_chunk``), the
+#: is laid out (``replica_axis``, ``replica_memory_mb``, ``devices``, ``client_chunk``,
+#: ``client_storage``), the
 #: checkpoint settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
 #: with its own values set and ``sweep`` as in a plain run), and the two reporting switches below.
 NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "replica_memory_mb", "devices",
-                      "client_chunk", "eval_every", "sweep_name", "tracking", "hydra", "resume",
-                      "checkpoint_every")  # a resumed run draws the same noise
+                      "client_chunk", "client_storage", "eval_every", "sweep_name", "tracking",
+                      "hydra", "resume", "checkpoint_every")  # a resumed run draws the same noise
 #: Keys left out of :func:`noise_salt` while null (their default): a run that does not use them
 #: keeps the noise it drew before they existed.
 NOISE_SALT_IGNORED_IF_NULL = ("members",)
+#: ``dataset.`` keys likewise left out while null (Synthetic's size and generator options).
+NOISE_SALT_IGNORED_DATASET_IF_NULL = ("size_mean", "size_sigma", "size_offset", "generator")
 NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics")
 
 
@@ -74,6 +77,9 @@ def noise_salt(cfg: Mapping[str, Any]) -> int:
     if partition.get("seed") is None:
         partition["seed"] = cfg.get("seed")
     config["partition"] = partition
+    if isinstance(cfg.get("dataset"), Mapping):
+        config["dataset"] = {k: v for k, v in cfg["dataset"].items()
+                             if not (k in NOISE_SALT_IGNORED_DATASET_IF_NULL and v is None)}
     privacy = cfg.get("privacy") or {}
     config["privacy"] = {k: v for k, v in privacy.items() if k not in NOISE_SALT_IGNORED_PRIVACY}
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,127 @@
+"""Flat client storage (#14 item 4): one array plus offsets, the cohort gathered each round.
+
+Independent expectations: the padded layout (the same run must train the same parameters bit
+for bit), plain NumPy indexing and counting, the synthetic generator's closed-form moments.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import compose, make_uneven_data
+
+from fedbench.dataset import load_dataset
+from fedbench.dataset.pipeline import build_federated
+from fedbench.errors import ConfigError
+from fedbench.partition import natural
+from fedbench.run import build_simulator, run_experiment
+
+SIZES = (3, 17, 8, 25, 1, 12, 40, 2)
+
+
+def test_cohort_gather_equals_padded_indexing():
+    padded = make_uneven_data(sizes=SIZES, seed=3)
+    flat = make_uneven_data(sizes=SIZES, seed=3, storage="flat")
+    ids = np.array([6, 0, 4, 6, 1], np.int32)  # repeated ids occur in padded cohorts
+    x, y = flat.cohort(ids)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(padded.train_x)[ids])
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(padded.train_y)[ids])
+    np.testing.assert_array_equal(np.asarray(flat.pooled_test_x), np.asarray(padded.pooled_test_x))
+    for c in range(len(SIZES)):
+        for a, b in zip(flat.client_train(c), padded.client_train(c)):
+            np.testing.assert_array_equal(a, b)
+    segments = np.asarray(flat.train_segments())
+    np.testing.assert_array_equal(segments, np.repeat(np.arange(len(SIZES)), SIZES))
+
+
+def test_heavy_tailed_clients_take_memory_of_their_examples_not_of_the_largest():
+    sizes = [5] * 199 + [2000]  # one large site among many small ones
+    flat = make_uneven_data(sizes=sizes, storage="flat")
+    padded = make_uneven_data(sizes=sizes)
+    rows = sum(sizes)
+    assert flat.rows_x.nbytes == rows * 4 * 4  # [rows, 4 features] float32
+    assert padded.train_x.nbytes == len(sizes) * 2000 * 4 * 4
+    assert padded.train_x.nbytes > 50 * flat.rows_x.nbytes
+
+
+@pytest.mark.parametrize("axis", ["map", "vmap"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold", "fedbuff"])
+def test_flat_storage_trains_the_same_parameters_as_padded(axis, algorithm):
+    runs = {}
+    for storage in ("padded", "flat"):
+        cfg = compose([f"algorithm={algorithm}", f"client_axis={axis}",
+                       f"client_storage={storage}", "num_clients=12", "clients_per_round=4"])
+        built = build_simulator(cfg)
+        state = built.sim.run(built.sim.init(), 4)
+        runs[storage] = (built.sim, state)
+    (sim_p, st_p), (sim_f, st_f) = runs["padded"], runs["flat"]
+    for a, b in zip(jax.tree.leaves(st_p.params), jax.tree.leaves(st_f.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ev_p, ev_f = sim_p.evaluate(st_p), sim_f.evaluate(st_f)
+    assert ev_p.keys() == ev_f.keys()
+    for key in ev_p:  # the same sums in another order: equal up to float32 rounding
+        np.testing.assert_allclose(ev_f[key], ev_p[key], rtol=1e-5, err_msg=key)
+    sites_p, sites_f = sim_p.site_results(st_p), sim_f.site_results(st_f)
+    np.testing.assert_allclose(sites_f["own"], sites_p["own"], rtol=1e-6)
+    assert sites_f["test_sizes"] == sites_p["test_sizes"]
+
+
+def test_natural_partition_is_each_clients_indices_in_order():
+    rng = np.random.default_rng(0)
+    client = rng.integers(0, 9, 5000)
+    parts = natural(client, 9)
+    for c, part in enumerate(parts):
+        np.testing.assert_array_equal(part, np.flatnonzero(client == c))
+
+
+def test_vectorised_synthetic_has_the_papers_moments_and_split():
+    cfg = {"name": "synthetic", "iid": True, "num_clients": 3000, "size_mean": 3,
+           "size_sigma": 1, "size_offset": 5, "generator": "vectorised", "seed": 1}
+    raw = load_dataset(cfg)
+    sizes = np.bincount(raw.natural_client, minlength=3000)
+    # n_k = int(lognormal(3, 1)) + 5: median int(e^3) + 5 = 25 (up to sampling)
+    assert sizes.min() >= 5 and 22 <= np.median(sizes) <= 28
+    tests = np.bincount(raw.natural_client, weights=raw.natural_is_test, minlength=3000)
+    np.testing.assert_array_equal(tests, sizes - (0.9 * sizes).astype(int))
+    # Synthetic-IID with beta = 0: x ~ N(0, diag(j^-1.2)), j = 1..60.
+    var = raw.x.astype(np.float64).var(axis=0)
+    expected = np.arange(1, 61, dtype=np.float64) ** -1.2
+    np.testing.assert_allclose(var, expected, rtol=0.03)
+    assert np.abs(raw.x.mean(axis=0)).max() < 0.01
+    # The labels are one shared linear model's argmax: a linear classifier fits them.
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e4, max_iter=2000).fit(raw.x[:20000], raw.y[:20000])
+    assert fit.score(raw.x[:20000], raw.y[:20000]) > 0.97
+
+
+def test_non_iid_vectorised_clients_differ_and_size_options_are_checked():
+    cfg = {"name": "synthetic", "alpha": 1.0, "beta": 1.0, "num_clients": 200,
+           "generator": "vectorised", "size_mean": 3, "size_sigma": 1, "size_offset": 5}
+    raw = load_dataset(cfg)
+    means = np.stack([raw.x[raw.natural_client == c].mean(axis=0) for c in range(200)])
+    # v_k ~ N(B_k, 1) per client with B_k ~ N(0, 1): client means spread by about sqrt(2).
+    assert 1.0 < means[:, 0].std() < 2.0
+    data, _ = build_federated(raw, {"name": "natural"}, 200, 0, storage="flat")
+    assert data.num_clients == 200 and int(data.train_counts.sum()) + int(
+        data.test_counts.sum()) == raw.x.shape[0]
+    with pytest.raises(ConfigError, match="dataset.size_sigma"):
+        load_dataset({**cfg, "size_sigma": -1})
+    with pytest.raises(ConfigError, match="dataset.generator"):
+        load_dataset({**cfg, "generator": "fast"})
+
+
+def test_flat_storage_refuses_what_it_does_not_serve(tmp_path):
+    with pytest.raises(ConfigError, match="client_storage.*per-client models"):
+        build_simulator(compose(["algorithm=ditto", "client_storage=flat"]))
+    with pytest.raises(ConfigError, match="client_storage.*survival"):
+        build_simulator(compose(["dataset=tcga_brca", "client_storage=flat"]))
+    with pytest.raises(ConfigError, match="client_storage"):
+        build_simulator(compose(["client_storage=sparse"]))
+
+
+def test_a_flat_run_writes_its_results(tmp_path):
+    cfg = compose(["client_storage=flat", "rounds=4", "eval_every=2", "checkpoint_every=0"])
+    final = run_experiment(cfg, str(tmp_path), progress=None)["final"]
+    assert np.isfinite(final["train_loss"]) and 0 <= final["test_accuracy"] <= 1
