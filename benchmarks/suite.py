@@ -14,6 +14,7 @@ Workloads (FedAvg, 1 local epoch; W1-W4 on the synthetic 784-feature data of
   W2  2NN (784-200-200-10, McMahan et al.), 100 clients x 600, all 100 per round, batch 50
   W3  LogReg 784->10, 3,400 clients x 100 examples, 100 clients/round, batch 20
   W4  CNN (McMahan et al.) on 28x28x1, 100 clients x 600 images, 10 clients/round, batch 50
+      (``conv_impl=auto``, the CLI's default: im2col on CPU)
   W5  LogReg 60->10 on Synthetic-IID (Li et al. 2020), 100,000 clients of
       int(lognormal(3, 1)) + 5 examples (90% train), 1,000 clients/round, batch 10, lr 0.01,
       ``client_storage=flat``, the vectorised generator
@@ -110,13 +111,14 @@ def build(name: str, spec: dict, axis: str):
     from bench_simulator import NUM_CLASSES, SEED, make_data, settings_for
 
     from fedbench.algorithm import build_algorithm
-    from fedbench.model import CNN, MLP, LogReg
+    from fedbench.model import CNN, MLP, LogReg, resolve_conv_impl
     from fedbench.simulator import Simulator
 
     data, _, _ = make_data(spec)
     model = {"logreg": lambda: LogReg(num_classes=NUM_CLASSES),
              "mlp": lambda: MLP(NUM_CLASSES, (200, 200)),
-             "cnn": lambda: CNN(num_classes=NUM_CLASSES)}[spec["model"]]()
+             "cnn": lambda: CNN(num_classes=NUM_CLASSES,  # the CLI's default: conv_impl=auto
+                                conv_impl=resolve_conv_impl("auto"))}[spec["model"]]()
     sim = Simulator(model, build_algorithm({"name": "fedavg"}), data,
                     settings_for(spec, axis, 1), seed=SEED)
     return sim, float(spec["examples"])
@@ -129,7 +131,8 @@ def measure(name: str, spec: dict, axis: str) -> dict:
     t = time.perf_counter()
     sim, mean_examples = build(name, spec, axis)
     state = jax.block_until_ready(sim.init())
-    row = {"workload": name, "axis": sim.client_axis, "setup_s": time.perf_counter() - t}
+    row = {"workload": name, "axis": sim.client_axis, "setup_s": time.perf_counter() - t,
+           "clients": spec["clients"], "per_round": spec["per_round"]}
     t = time.perf_counter()
     state = jax.block_until_ready(sim.run(state, 0))
     row["compile_s"] = time.perf_counter() - t
@@ -170,9 +173,14 @@ def main(argv=None) -> None:
     p.add_argument("--axis", default="auto", help="client_axis: auto | map | vmap")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument("--out", help="JSON file for the rows, the machine and the matmul peak")
+    p.add_argument("--clients", type=int, help="W5's number of clients (default 100,000)")
+    p.add_argument("--per-round", type=int, help="W5's clients per round (default 1,000)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one workload, JSON on stdout
     args = p.parse_args(argv)
     specs = {k: {**v, **(QUICK[k] if args.quick else {})} for k, v in WORKLOADS.items()}
+    for key, value in (("clients", args.clients), ("per_round", args.per_round)):
+        if value is not None:
+            specs["W5"][key] = value
     if args.one:
         print("ROW " + json.dumps(measure(args.one, specs[args.one], args.axis)), flush=True)
         return
@@ -183,6 +191,8 @@ def main(argv=None) -> None:
     for name in args.workloads.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--axis", args.axis]
         cmd += ["--quick"] if args.quick else []
+        cmd += [f"--clients={args.clients}"] if args.clients else []
+        cmd += [f"--per-round={args.per_round}"] if args.per_round else []
         done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
         rows.append(json.loads(found[0]) if found and done.returncode == 0 else

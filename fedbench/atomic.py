@@ -22,6 +22,9 @@ from typing import Any
 INFINITE_AS_STRING = ("epsilon",)
 
 
+#: False in every process but the first of a multi-process job (:mod:`fedbench.distributed`).
+WRITER = True
+
 def json_ready(value: Any, key: str | None = None) -> Any:
     """JSON has no NaN/inf: write them as null, except an infinite value of a key in
     :data:`INFINITE_AS_STRING`, written as ``"inf"`` so that tables keep it."""
@@ -40,7 +43,10 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed over it.
 
     A reader (or a crash) never sees a half-written file; on failure the temporary file goes.
+    In a job of several processes (:mod:`fedbench.distributed`) only process 0 writes.
     """
+    if not WRITER:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -192,10 +192,11 @@ def make_local_update(
 
 
 def client_mesh(devices: int):
-    """A one-axis mesh ``clients`` over the first ``devices`` local devices (None for one)."""
-    if devices <= 1:
-        return None
-    return jax.sharding.Mesh(np.asarray(jax.local_devices()[:devices]), ("clients",))
+    """A one-axis mesh ``clients`` over ``devices`` devices, every process's in a multi-host
+    job (:func:`fedbench.distributed.clients_mesh`); None for one."""
+    from fedbench.distributed import clients_mesh
+
+    return clients_mesh(devices)
 
 
 def replicated(mesh):

@@ -43,6 +43,7 @@ from fedbench.replicas import (
     simulator_config,
     swept,
 )
+from fedbench.distributed import initialize as initialize_distributed
 from fedbench.results import CompileCounter, device_info, package_versions, write_json, write_jsonl
 from fedbench.simulator import Simulator
 from fedbench.tracking import Tracker, build_tracker
@@ -175,6 +176,7 @@ def run_experiment(
       ConfigError: for any bad setting, before training starts.
     """
     out_dir = Path(out_dir)
+    initialize_distributed(cfg)  # several hosts: before anything touches JAX's devices
     job = cfg  # seeds / in-program sweep: several replicas, the program built from the first's
     num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
     replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None

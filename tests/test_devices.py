@@ -25,8 +25,9 @@ SCRIPT = textwrap.dedent("""
     from fedbench.simulator import Settings, Simulator
 
     assert jax.device_count() == 4
+    from fedbench.distributed import clients_mesh
+    out = {"mesh": [d.id for d in clients_mesh(4).devices]}  # process-major, then by id
     data = make_uneven_data(sizes=(3, 17, 8, 25, 1, 12, 9, 14, 5, 30), seed=2)
-    out = {}
     for name in ("fedavg", "scaffold"):
         params = {}
         for devices in (1, 4):
@@ -59,6 +60,7 @@ def test_a_cohort_sharded_over_four_devices_equals_one_device(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["mesh"] == [0, 1, 2, 3]
     for name in ("fedavg", "scaffold"):
         assert out[name] < 1e-5, (name, out[name])  # 5 clients padded to 8 over 4 devices
         assert out[f"{name}_sharded"]
