@@ -14,10 +14,10 @@ if [ "$(python -c 'import jax; print(jax.default_backend())')" = "cpu" ]; then q
 # 1. Tests whose code paths differ by backend: vmap client axis, replicas, sharding, determinism.
 timeout 240 python -m pytest -q -p no:nbmake -o addopts="" tests/test_simulator.py \
   tests/test_replicas.py tests/test_devices.py tests/test_client_chunk.py \
-  tests/test_determinism.py 2>&1 | tail -5 | tee "$out/tests.txt"
-# 2. W1, W3, W4 through the simulator with client_axis=vmap (and the client loop for scale).
-timeout 180 python benchmarks/bench_simulator.py $quick --workloads W1,W3,W4 \
-  --variants "client loop,sim vmap u1,sim vmap u8" --out "$out/bench_simulator.json" \
-  2>&1 | tail -20 | tee "$out/bench_simulator.txt"
+  tests/test_determinism.py tests/test_flat_storage.py tests/test_distributed.py 2>&1 \
+  | tail -5 | tee "$out/tests.txt"
+# 2. The W1-W5 table with client_axis=vmap (benchmarks/suite.py; W5: flat client storage).
+timeout 200 python benchmarks/suite.py $quick --axis vmap --out "$out/suite.json" \
+  2>&1 | tail -9 | tee "$out/suite.txt"
 # 3. The scale target: 100,000 clients of 60 examples, 10,000 per round, >= 100 rounds/s.
 timeout 120 python benchmarks/gpu_scale.py $quick --devices all | tee "$out/gpu_scale.json"

@@ -101,7 +101,7 @@ def build(name: str, spec: dict, axis: str):
         cfg = compose(["dataset=synthetic", "dataset.iid=true",
                        f"dataset.num_clients={spec['clients']}", "dataset.size_mean=3",
                        "dataset.size_sigma=1", "dataset.size_offset=5",
-                       "dataset.generator=vectorised", "client_storage=flat",
+                       "dataset.generator=vectorised", f"client_storage={spec['storage']}",
                        f"clients_per_round={spec['per_round']}", f"batch_size={spec['batch']}",
                        f"local_epochs={spec['epochs']}", f"lr={spec['lr']}",
                        f"client_axis={axis}"])
@@ -132,7 +132,8 @@ def measure(name: str, spec: dict, axis: str) -> dict:
     sim, mean_examples = build(name, spec, axis)
     state = jax.block_until_ready(sim.init())
     row = {"workload": name, "axis": sim.client_axis, "setup_s": time.perf_counter() - t,
-           "clients": spec["clients"], "per_round": spec["per_round"]}
+           "clients": spec["clients"], "per_round": spec["per_round"],
+           "storage": spec.get("storage", "padded")}
     t = time.perf_counter()
     state = jax.block_until_ready(sim.run(state, 0))
     row["compile_s"] = time.perf_counter() - t
@@ -175,9 +176,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="JSON file for the rows, the machine and the matmul peak")
     p.add_argument("--clients", type=int, help="W5's number of clients (default 100,000)")
     p.add_argument("--per-round", type=int, help="W5's clients per round (default 1,000)")
+    p.add_argument("--storage", default="flat", help="W5's client_storage: flat | padded")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one workload, JSON on stdout
     args = p.parse_args(argv)
     specs = {k: {**v, **(QUICK[k] if args.quick else {})} for k, v in WORKLOADS.items()}
+    specs["W5"]["storage"] = args.storage
     for key, value in (("clients", args.clients), ("per_round", args.per_round)):
         if value is not None:
             specs["W5"][key] = value
@@ -193,6 +196,7 @@ def main(argv=None) -> None:
         cmd += ["--quick"] if args.quick else []
         cmd += [f"--clients={args.clients}"] if args.clients else []
         cmd += [f"--per-round={args.per_round}"] if args.per_round else []
+        cmd += [f"--storage={args.storage}"]
         done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
         rows.append(json.loads(found[0]) if found and done.returncode == 0 else
