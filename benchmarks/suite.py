@@ -118,7 +118,7 @@ def build(name: str, spec: dict, axis: str):
     model = {"logreg": lambda: LogReg(num_classes=NUM_CLASSES),
              "mlp": lambda: MLP(NUM_CLASSES, (200, 200)),
              "cnn": lambda: CNN(num_classes=NUM_CLASSES,  # the CLI's default: conv_impl=auto
-                                conv_impl=resolve_conv_impl("auto"))}[spec["model"]]()
+                                conv_impl=resolve_conv_impl(os.environ.get("FEDBENCH_CONV", "auto")))}[spec["model"]]()
     sim = Simulator(model, build_algorithm({"name": "fedavg"}), data,
                     settings_for(spec, axis, 1), seed=SEED)
     return sim, float(spec["examples"])
@@ -144,7 +144,8 @@ def measure(name: str, spec: dict, axis: str) -> dict:
         state = jax.block_until_ready(sim.run(state, spec["rounds"]))
         times.append(time.perf_counter() - t)
     rate = spec["rounds"] / sorted(times)[len(times) // 2]
-    flops = 3 * forward_flops(sim.model, state.params, sim.data.example_input())
+    reference = sim.model.clone(conv_impl="lax") if hasattr(sim.model, "conv_impl") else sim.model
+    flops = 3 * forward_flops(reference, state.params, sim.data.example_input())  # one count
     examples = spec["per_round"] * mean_examples * spec["epochs"] * rate
     row.update(rounds_per_s=rate, updates_per_s=spec["per_round"] * rate,
                examples_per_s=examples, gflops=examples * flops / 1e9,

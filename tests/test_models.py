@@ -178,3 +178,28 @@ def test_model_config_errors():
     assert resolve_conv_impl("lax") == "lax" and resolve_conv_impl("im2col") == "im2col"
     expected_auto = "im2col" if jax.default_backend() == "cpu" else "lax"
     assert resolve_conv_impl("auto") == expected_auto
+
+
+@pytest.mark.parametrize("x_shape,k_shape", [((3, 9, 7, 4), (5, 5, 4, 6)),
+                                             ((2, 6, 6, 1), (3, 3, 1, 2)),
+                                             ((2, 8, 5, 3), (5, 3, 3, 2))])
+def test_hybrid_conv_gradients_equal_autodiff_of_the_xla_convolution(x_shape, k_shape):
+    from fedbench.model.conv import hybrid_conv
+
+    rng = np.random.default_rng(sum(x_shape) + 7 * sum(k_shape))
+    x = jnp.asarray(rng.normal(size=x_shape).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=k_shape).astype(np.float32))
+    weights = jnp.asarray(rng.normal(size=x_shape[:3] + k_shape[3:]).astype(np.float32))
+
+    def lax_conv(a, b):
+        return jax.lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def grads(conv):
+        return jax.jit(jax.grad(lambda a, b: (conv(a, b) * weights).sum(), argnums=(0, 1)))(
+            x, kernel)
+
+    for got, want in zip(grads(hybrid_conv), grads(lax_conv)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="odd kernel"):
+        hybrid_conv(x, jnp.zeros((4, 4) + k_shape[2:]))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from fedbench.errors import ConfigError
 
 MODELS = ("logreg", "mlp", "cnn", "cox", "semi")
-CONV_IMPLS = ("auto", "lax", "im2col")
+CONV_IMPLS = ("auto", "lax", "im2col", "hybrid")
 
 
 class LogReg(nn.Module):
@@ -98,6 +98,10 @@ class Conv5x5(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.impl == "im2col":
             y = im2col_conv(x, kernel)
+        elif self.impl == "hybrid":
+            from fedbench.model.conv import hybrid_conv
+
+            y = hybrid_conv(x, kernel)
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
