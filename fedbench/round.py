@@ -60,10 +60,8 @@ def federated_round(sim, state, data):
         (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None, 0), mesh=sim.mesh,
         chunk=sim.settings.client_chunk,
     )
-    deltas, sent, stats, transform_states, infos = client(
-        received, x, y, counts, keys, epochs, context,
-        entries["transforms"], round_info, ids,
-    )
+    deltas, sent, stats, transform_states, infos = data.with_cohort(ids, lambda x, y: client(
+        received, x, y, counts, keys, epochs, context, entries["transforms"], round_info, ids))
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
         own = personal_update(sim, received, x, y, counts,
                               keys, epochs, context, own, deltas)

@@ -125,3 +125,44 @@ def test_a_flat_run_writes_its_results(tmp_path):
     cfg = compose(["client_storage=flat", "rounds=4", "eval_every=2", "checkpoint_every=0"])
     final = run_experiment(cfg, str(tmp_path), progress=None)["final"]
     assert np.isfinite(final["train_loss"]) and 0 <= final["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("axis", ["map", "vmap"])
+def test_cohorts_padded_to_their_own_bucket_train_as_the_padded_layout(axis):
+    from fedbench.algorithm import build_algorithm
+    from fedbench.model import MLP
+    from fedbench.simulator import Settings, Simulator
+
+    sizes = (3, 17, 8, 25, 1, 12, 40, 2, 6, 9)
+    settings = Settings(clients_per_round=2, local_epochs=2, batch_size=4, lr=0.1,
+                        client_axis=axis)
+    runs = {}
+    for storage in ("padded", "flat"):
+        data = make_uneven_data(sizes=sizes, seed=4, storage=storage)
+        sim = Simulator(MLP(3, (8,)), build_algorithm({"name": "scaffold"}, 2), data, settings,
+                        seed=0)
+        runs[storage] = (sim, sim.run(sim.init(), 12))
+    flat_sim, _ = runs["flat"]
+    assert flat_sim.data.bucket_lengths() == (40, 10)
+    # The short branch is taken: some sampled pairs hold no client over 10 examples.
+    state = flat_sim.init()
+    largest = [int(np.max(np.asarray(sizes)[np.asarray(flat_sim.sample_cohort(
+        flat_sim.round_keys(state.replace(round=r))[0])[0])])) for r in range(12)]
+    assert min(largest) <= 10 < max(largest), largest
+    for a, b in zip(jax.tree.leaves(runs["padded"][1].params),
+                    jax.tree.leaves(runs["flat"][1].params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_epoch_orders_and_dp_sgd_samples_do_not_depend_on_the_padded_length():
+    from fedbench.local import epoch_order
+    from fedbench.privacy.dp_sgd import sample_examples
+
+    key = jax.random.PRNGKey(5)
+    for count in (1, 7, 10):
+        short, long = epoch_order(key, count, 10), epoch_order(key, count, 40)
+        np.testing.assert_array_equal(np.asarray(short[:count]), np.asarray(long[:count]))
+        a = sample_examples(key, jax.numpy.int32(count), 10, 4)
+        b = sample_examples(key, jax.numpy.int32(count), 40, 4)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b[:10]))
+        assert not np.asarray(b[10:]).any()

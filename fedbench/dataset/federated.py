@@ -66,6 +66,10 @@ class FederatedData:
         """The padded training arrays of clients ``ids``: ``[k, N, F...]`` and ``[k, N]``."""
         return self.train_x[ids], self.train_y[ids]
 
+    def with_cohort(self, ids: jax.Array, fn):
+        """``fn(x, y)`` on the padded training arrays of clients ``ids``."""
+        return fn(*self.cohort(ids))
+
     def example_input(self) -> jax.Array:
         """One input row ``[1, F...]`` (to initialise a model)."""
         return self.train_x[0, :1]

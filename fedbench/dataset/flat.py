@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: The shortest padded length :meth:`FlatFederatedData.bucket_lengths` goes down to.
+MIN_BUCKET = 8
+
 
 @flax.struct.dataclass
 class FlatFederatedData:
@@ -76,10 +79,11 @@ class FlatFederatedData:
         """One input row ``[1, F...]`` (to initialise a model)."""
         return self.rows_x[:1]
 
-    def cohort(self, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def cohort(self, ids: jax.Array, length: int | None = None) -> tuple[jax.Array, jax.Array]:
         """The training rows of clients ``ids``, ``[k, N, F...]`` and ``[k, N]``, zero past each
-        client's count: the arrays ``FederatedData.cohort`` returns for the same clients."""
-        n = self.max_train
+        client's count: the arrays ``FederatedData.cohort`` returns for the same clients
+        (``length``: pad to that many rows instead of ``N``; every client must fit)."""
+        n = self.max_train if length is None else length
         offsets, counts = self.train_offsets[ids], self.train_counts[ids]
         valid = jnp.arange(n)[None, :] < counts[:, None]
         rows = jnp.where(valid, offsets[:, None] + jnp.arange(n)[None, :], 0)
@@ -90,6 +94,29 @@ class FlatFederatedData:
             return jnp.where(mask, picked, jnp.zeros((), a.dtype))
 
         return take(self.rows_x), take(self.rows_y)
+
+    def bucket_lengths(self) -> tuple[int, ...]:
+        """Padded lengths a cohort may get: ``N``, ``ceil(N / 4)``, ``ceil(N / 16)``, ... down
+        to :data:`MIN_BUCKET` rows, longest first."""
+        lengths = [self.max_train]
+        while -(-lengths[-1] // 4) >= MIN_BUCKET:
+            lengths.append(-(-lengths[-1] // 4))
+        return tuple(lengths)
+
+    def with_cohort(self, ids: jax.Array, fn):
+        """``fn(x, y)`` on clients ``ids``' rows padded to the shortest of
+        :meth:`bucket_lengths` that holds the largest of them (a ``lax.switch``, each length
+        compiled once). Training does not depend on the padded length (epoch orders and
+        Poisson samples are drawn per slot from partitionable keys, padding sorts last), so the
+        result is the padded layout's bit for bit, at the cost of the cohort's largest client
+        rather than the population's."""
+        lengths = self.bucket_lengths()
+        if len(lengths) == 1:
+            return fn(*self.cohort(ids))
+        largest = jnp.max(self.train_counts[ids])
+        # Branch i pads to lengths[i]; choose the last (shortest) one that still fits.
+        index = jnp.sum(jnp.asarray(lengths[1:]) >= largest)
+        return jax.lax.switch(index, [lambda n=n: fn(*self.cohort(ids, n)) for n in lengths])
 
     def train_segments(self) -> jax.Array:
         """The client id of every training row, ``[R]`` int32 (traceable)."""
