@@ -79,8 +79,12 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
         raise ConfigError("devices", devices, "1 unless client_axis=vmap (the cohort is sharded "
                           "over devices as one batched program)")
     chunk = cfg.get("client_chunk")
-    if chunk is not None:
-        chunk = _integer(cfg, "client_chunk", 1, "null or an integer >= 1")
+    if chunk == "auto":
+        # Groups were never faster on CPU (W1, W3: benchmarks/NOTES.md, "Small clients in
+        # groups"), and under vmap (GPU/TPU) the whole cohort is one batch already.
+        chunk = None
+    elif chunk is not None:
+        chunk = _integer(cfg, "client_chunk", 1, "null, auto or an integer >= 1")
     return Settings(
         devices=devices,
         client_chunk=chunk,

@@ -35,3 +35,15 @@ def test_groups_of_clients_equal_one_client_at_a_time(name, chunk):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(one.participation),
                                   np.asarray(grouped.participation))
+
+
+def test_client_chunk_auto_is_no_grouping_and_bad_values_name_the_key():
+    from conftest import compose
+
+    from fedbench.errors import ConfigError
+    from fedbench.run import validate
+
+    assert validate(compose(["client_chunk=auto"])).client_chunk is None
+    assert validate(compose(["client_chunk=4"])).client_chunk == 4
+    with pytest.raises(ConfigError, match="client_chunk"):
+        validate(compose(["client_chunk=0"]))
