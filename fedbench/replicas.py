@@ -84,8 +84,9 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
         if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
             raise ConfigError("sweep.partition_alpha", out[name], "null unless the partition has an alpha "
                               "(partition=dirichlet)")
-        if name == "partition_seed" and not all(isinstance(v, int) for v in out[name]):
-            raise ConfigError("sweep.partition_seed", out[name], "a list of integers")
+        if name == "partition_seed" and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out[name]):
+            raise ConfigError("sweep.partition_seed", out[name], "a list of integers >= 0")
     if "target_epsilon" in out and "noise_multiplier" in out:
         raise ConfigError("sweep.noise_multiplier", out["noise_multiplier"],
                           "null when sweep.target_epsilon is set (one of them sets the noise)")

@@ -53,6 +53,7 @@ def test_padding_keeps_each_partitions_rows_and_counts():
     (["sweep.partition_alpha=[0.1,1]", "local_steps=3"], "sweep.partition_alpha"),
     (["sweep.partition_seed=[0,1]", "algorithm=ditto"], "sweep.partition_seed"),
     (["sweep.partition_seed=[0.5]"], "sweep.partition_seed"),
+    (["sweep.partition_seed=[-1]"], "sweep.partition_seed"),  # NumPy's seeds are >= 0
 ])
 def test_partition_sweeps_that_cannot_share_a_program_are_refused(tmp_path, overrides, key):
     with pytest.raises(ConfigError) as err:
