@@ -14,7 +14,8 @@ Workloads (FedAvg, 1 local epoch; W1-W4 on the synthetic 784-feature data of
   W2  2NN (784-200-200-10, McMahan et al.), 100 clients x 600, all 100 per round, batch 50
   W3  LogReg 784->10, 3,400 clients x 100 examples, 100 clients/round, batch 20
   W4  CNN (McMahan et al.) on 28x28x1, 100 clients x 600 images, 10 clients/round, batch 50
-      (``conv_impl=auto``, the CLI's default: im2col on CPU)
+      (``conv_impl=auto`` and ``cpu_fusions=auto``, the CLI's defaults: on CPU the hybrid
+      convolution and YNNPACK dots)
   W5  LogReg 60->10 on Synthetic-IID (Li et al. 2020), 100,000 clients of
       int(lognormal(3, 1)) + 5 examples (90% train), 1,000 clients/round, batch 10, lr 0.01,
       ``client_storage=flat``, the vectorised generator
@@ -27,13 +28,17 @@ epochs x rounds/s (the work the algorithm asks for: padding and masked steps not
 ``GFLOP/s`` = examples/s x 3 x the model's forward FLOPs per example (XLA's cost analysis of a
 one-example forward pass; backward ~ 2x forward), beside the machine's float32 matmul peak
 measured by this script (2048^2 x 2048^2, jitted, best of 5); ``peak GiB``: the process's
-maximum resident set. No PyTorch loop here: torch is not installed on the machines this ran
-on (``benchmarks/NOTES.md``).
+maximum resident set. With ``--torch`` (the ``bench`` extra) each workload also runs through
+``torch_loop.py``'s plain PyTorch per-client loop in its own process, right after the
+simulator's, and the table adds its rounds/s and the simulator's ratio to it.
+``--cpu-fusions`` sets the simulator's ``cpu_fusions`` (``fedbench/xla_options.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import resource
@@ -104,7 +109,7 @@ def build(name: str, spec: dict, axis: str):
                        "dataset.generator=vectorised", f"client_storage={spec['storage']}",
                        f"clients_per_round={spec['per_round']}", f"batch_size={spec['batch']}",
                        f"local_epochs={spec['epochs']}", f"lr={spec['lr']}",
-                       f"client_axis={axis}"])
+                       f"client_axis={axis}", f"cpu_fusions={spec['cpu_fusions']}"])
         sim = build_simulator(cfg).sim
         return sim, float(np.mean(np.asarray(sim.data.train_counts)))
     sys.path.insert(0, str(HERE))
@@ -119,8 +124,8 @@ def build(name: str, spec: dict, axis: str):
              "mlp": lambda: MLP(NUM_CLASSES, (200, 200)),
              "cnn": lambda: CNN(num_classes=NUM_CLASSES,  # the CLI's default: conv_impl=auto
                                 conv_impl=resolve_conv_impl(os.environ.get("FEDBENCH_CONV", "auto")))}[spec["model"]]()
-    sim = Simulator(model, build_algorithm({"name": "fedavg"}), data,
-                    settings_for(spec, axis, 1), seed=SEED)
+    settings = dataclasses.replace(settings_for(spec, axis, 1), cpu_fusions=spec["cpu_fusions"])
+    sim = Simulator(model, build_algorithm({"name": "fedavg"}), data, settings, seed=SEED)
     return sim, float(spec["examples"])
 
 
@@ -133,7 +138,9 @@ def measure(name: str, spec: dict, axis: str) -> dict:
     state = jax.block_until_ready(sim.init())
     row = {"workload": name, "axis": sim.client_axis, "setup_s": time.perf_counter() - t,
            "clients": spec["clients"], "per_round": spec["per_round"],
-           "storage": spec.get("storage", "padded")}
+           "storage": spec.get("storage", "padded"), "cpu_fusions": spec["cpu_fusions"],
+           "compiler_options": sim.compiler_options,
+           "conv_impl": getattr(sim.model, "conv_impl", None)}
     t = time.perf_counter()
     state = jax.block_until_ready(sim.run(state, 0))
     row["compile_s"] = time.perf_counter() - t
@@ -157,6 +164,10 @@ def measure(name: str, spec: dict, axis: str) -> dict:
 def table(rows: list[dict], peak: float) -> str:
     head = ("| workload | axis | setup s | compile s | rounds/s | updates/s | examples/s | "
             "GFLOP/s | % of matmul peak | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    torch_cols = any("torch_rounds_per_s" in r for r in rows)
+    if torch_cols:
+        head = head.replace(" peak GiB |\n", " peak GiB | PyTorch rounds/s | vs PyTorch |\n")
+        head += "---|---|"
     lines = [head]
     for r in rows:
         if "error" in r:
@@ -165,8 +176,23 @@ def table(rows: list[dict], peak: float) -> str:
         lines.append(
             f"| {r['workload']} | {r['axis']} | {r['setup_s']:.1f} | {r['compile_s']:.1f} | "
             f"{r['rounds_per_s']:.2f} | {r['updates_per_s']:,.0f} | {r['examples_per_s']:,.0f} | "
-            f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | {r['peak_gib']:.2f} |")
+            f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | {r['peak_gib']:.2f} |"
+            + (f" {r['torch_rounds_per_s']:.3f} | {r['rounds_per_s'] / r['torch_rounds_per_s']:.2f}x |"
+               if "torch_rounds_per_s" in r else " - | - |" if torch_cols else ""))
     return "\n".join(lines)
+
+
+def torch_row(name: str, quick: bool) -> dict:
+    """``torch_loop.py``'s rounds/s for ``name`` (own process), or why there is none."""
+    if importlib.util.find_spec("torch") is None:
+        return {"torch_error": "torch is not installed (pip install -e '.[bench]')"}
+    cmd = [sys.executable, str(HERE / "torch_loop.py"), "--workloads", name]
+    done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+    found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if not found or done.returncode:
+        return {"torch_error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    row = json.loads(found[0])
+    return {"torch_rounds_per_s": row["rounds_per_s"], "torch": row["torch"]}
 
 
 def main(argv=None) -> None:
@@ -178,10 +204,15 @@ def main(argv=None) -> None:
     p.add_argument("--clients", type=int, help="W5's number of clients (default 100,000)")
     p.add_argument("--per-round", type=int, help="W5's clients per round (default 1,000)")
     p.add_argument("--storage", default="flat", help="W5's client_storage: flat | padded")
+    p.add_argument("--cpu-fusions", default="auto", help="cpu_fusions: auto | xla | dots")
+    p.add_argument("--torch", action="store_true",
+                   help="also each workload through torch_loop.py (the bench extra)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one workload, JSON on stdout
     args = p.parse_args(argv)
     specs = {k: {**v, **(QUICK[k] if args.quick else {})} for k, v in WORKLOADS.items()}
     specs["W5"]["storage"] = args.storage
+    for spec in specs.values():
+        spec["cpu_fusions"] = args.cpu_fusions
     for key, value in (("clients", args.clients), ("per_round", args.per_round)):
         if value is not None:
             specs["W5"][key] = value
@@ -197,11 +228,13 @@ def main(argv=None) -> None:
         cmd += ["--quick"] if args.quick else []
         cmd += [f"--clients={args.clients}"] if args.clients else []
         cmd += [f"--per-round={args.per_round}"] if args.per_round else []
-        cmd += [f"--storage={args.storage}"]
+        cmd += [f"--storage={args.storage}", f"--cpu-fusions={args.cpu_fusions}"]
         done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
         rows.append(json.loads(found[0]) if found and done.returncode == 0 else
                     {"workload": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})
+        if args.torch and "error" not in rows[-1]:
+            rows[-1].update(torch_row(name, args.quick))
         print(table(rows[-1:], peak).splitlines()[-1], flush=True)
     machine = {"platform": jax.default_backend(), "devices": str(jax.devices()),
                "cpu_count": os.cpu_count(), "jax": jax.__version__,

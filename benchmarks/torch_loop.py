@@ -128,6 +128,7 @@ def main(argv=None) -> None:
         rows.append(measure(name, spec))
         print(f"{name}: {rows[-1]['rounds_per_s']:.3f} rounds/s "
               f"({1 / rows[-1]['rounds_per_s']:.3f} s/round)", flush=True)
+        print("ROW " + json.dumps(rows[-1]), flush=True)  # read by suite.py --torch
     if args.out:
         Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "quick": args.quick,
                                               "rows": rows}, indent=1) + "\n")

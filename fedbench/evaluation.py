@@ -28,6 +28,7 @@ from fedbench.dataset.federated import FederatedData
 from fedbench.dataset.flat import FlatFederatedData, flat_sums
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
 from fedbench.task import batch_loss_fn, concordance_index, cox_terms
+from fedbench.xla_options import jit as xla_jit
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -69,7 +70,7 @@ class Evaluation:
         if alg.client_models is None and alg.finetune_steps == 0:
             return state.params
         if not hasattr(self, "_client_models"):
-            self._client_models = jax.jit(self._client_models_impl)
+            self._client_models = xla_jit(self._client_models_impl, self.compiler_options)
         store = None if state.store is None else state.store["algorithm"]
         return self._client_models(state.params, state.server, store, state.key, state.round,
                                    self.data)
@@ -98,7 +99,7 @@ class Evaluation:
         if self.algorithm.client_clusters is None:
             return {}
         if not hasattr(self, "_clusters"):
-            self._clusters = jax.jit(self._clusters_impl)
+            self._clusters = xla_jit(self._clusters_impl, self.compiler_options)
         store = None if state.store is None else state.store["algorithm"]
         clusters = np.asarray(self._clusters(state.params, state.server, store, self.data))
         out: dict[str, Any] = {"clusters": clusters.tolist()}
@@ -309,7 +310,7 @@ class Evaluation:
         entries with ROC AUC in place of accuracy.
         """
         if not hasattr(self, "_site_outputs"):
-            self._site_outputs = jax.jit(self._site_outputs_impl)
+            self._site_outputs = xla_jit(self._site_outputs_impl, self.compiler_options)
         per_site, pooled = jax.device_get(self._site_outputs(self.evaluated_params(state),
                                                              self.data))
         per_site, pooled = np.asarray(per_site), np.asarray(pooled)

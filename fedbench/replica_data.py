@@ -27,6 +27,7 @@ import numpy as np
 
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
+from fedbench.xla_options import jit as xla_jit
 
 DATA_KEYS = ("partition_alpha", "partition_seed")
 
@@ -106,7 +107,7 @@ def evaluation_view(sim, data: FederatedData):
     compiled evaluation, so its metrics are its separate job's."""
     view = copy.copy(sim)
     view.data = data
-    view._evaluate = jax.jit(view._evaluate_impl)
+    view._evaluate = xla_jit(view._evaluate_impl, view.compiler_options)
     for cached in ("_client_models", "_clusters", "_site_outputs"):  # bound to the original
         view.__dict__.pop(cached, None)
     return view

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from fedbench import hparams
 from fedbench.errors import ConfigError
 from fedbench.state import ServerState
+from fedbench.xla_options import jit as xla_jit
 
 
 class Replicas:
@@ -43,7 +44,7 @@ class Replicas:
                 many = lambda s, data, n: jax.lax.map(lambda r: one(*r, n), (s, data))  # noqa: E731
             else:
                 many = lambda s, data, n: jax.lax.map(lambda r: one(r, data, n), s)  # noqa: E731
-            self._run_many, self._many_axis = jax.jit(many), (axis, stacked)
+            self._run_many, self._many_axis = xla_jit(many, self.compiler_options), (axis, stacked)
         return self._run_many(states, self._payload() if payload is None else payload,
                               jnp.int32(num_rounds))
 

@@ -72,6 +72,7 @@ from fedbench.store import init_store
 from fedbench.stragglers import Stragglers, report_share, straggler_plan
 from fedbench.task import batch_loss_fn
 from fedbench.transforms import UpdateTransform, chain, clip_by_norm, identity
+from fedbench.xla_options import compiler_options, jit as xla_jit
 
 __all__ = [  # re-exported: the simulator's vocabulary in one import
     "CLIENT_AXES", "ClientDP", "ClientStats", "SampleDP", "ServerState", "Settings",
@@ -215,8 +216,10 @@ class Simulator(Replicas, Evaluation):
         # variate) and of what it sends uncompressed (one model-sized tensor per release).
         self.dense_bits = dense_bits(self.param_shapes(), algorithm)  # only what leaves a site
         self.down_bits = download_bits(self)
-        self._run = jax.jit(self._run_rounds)
-        self._evaluate = jax.jit(self._evaluate_impl)
+        # XLA:CPU's library for matrix products (fedbench/xla_options.py, `cpu_fusions`).
+        self.compiler_options = compiler_options(settings.cpu_fusions, model)
+        self._run = xla_jit(self._run_rounds, self.compiler_options)
+        self._evaluate = xla_jit(self._evaluate_impl, self.compiler_options)
 
     # -- the pieces of a round ----------------------------------------------------------------
     def client_update(self, params, x, y, count, key, epochs, context, transform_state, info,

@@ -32,6 +32,8 @@ class Settings:
         :func:`fedbench.local.client_mesh`).
       client_chunk: under ``client_axis=map``, ``vmap`` over groups of this many clients
         inside the ``lax.map`` (None or 1: one client at a time).
+      cpu_fusions: XLA:CPU's library fusions, ``auto`` | ``xla`` (XLA's own choice) | ``dots``
+        (YNNPACK for matrix products only) (:mod:`fedbench.xla_options`).
     """
 
     clients_per_round: int
@@ -44,6 +46,7 @@ class Settings:
     local_steps: int | None = None
     devices: int = 1
     client_chunk: int | None = None
+    cpu_fusions: str = "auto"
 
 
 @flax.struct.dataclass

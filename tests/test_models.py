@@ -176,7 +176,7 @@ def test_model_config_errors():
         resolve_conv_impl("fft")
     assert err.value.key == "model.conv_impl" and "fft" in str(err.value)
     assert resolve_conv_impl("lax") == "lax" and resolve_conv_impl("im2col") == "im2col"
-    expected_auto = "im2col" if jax.default_backend() == "cpu" else "lax"
+    expected_auto = "hybrid" if jax.default_backend() == "cpu" else "lax"
     assert resolve_conv_impl("auto") == expected_auto
 
 

@@ -47,12 +47,14 @@ TEST_METRICS = ("test_loss", "test_accuracy", "test_cindex")
 #: (it enters through the run key), ``seeds`` (replica ``s`` is the run ``seed=s``, tested),
 #: ``eval_every`` (results do not depend on how rounds are cut into blocks), how the program
 #: is laid out (``replica_axis``, ``replica_memory_mb``, ``devices``, ``client_chunk``,
-#: ``client_storage``, ``distributed``), the
+#: ``client_storage``, ``distributed``; ``cpu_fusions``, XLA:CPU's matrix library, changes float
+#: rounding only and keeps the noise a run drew before it existed), the
 #: checkpoint settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
 #: with its own values set and ``sweep`` as in a plain run), and the two reporting switches below.
 NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "replica_memory_mb", "devices",
-                      "client_chunk", "client_storage", "distributed", "eval_every", "sweep_name", "tracking",
-                      "hydra", "resume", "checkpoint_every")  # a resumed run draws the same noise
+                      "client_chunk", "client_storage", "cpu_fusions", "distributed", "eval_every",
+                      "sweep_name", "tracking", "hydra", "resume",
+                      "checkpoint_every")  # a resumed run draws the same noise
 #: Keys left out of :func:`noise_salt` while null (their default): a run that does not use them
 #: keeps the noise it drew before they existed.
 NOISE_SALT_IGNORED_IF_NULL = ("members",)
