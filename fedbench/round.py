@@ -33,7 +33,10 @@ def federated_round(sim, state, data):
     sample_key, clients_key = sim.round_keys(state)
     ids, valid, overflow = sim.sample_cohort(sample_key)
     counts = data.train_counts[ids]
-    x, y = data.cohort(ids)  # [k, N, F...]: padded rows, or gathered from flat storage
+    # The cohort's rows outside training only for passes that need them (IFCA's choice, the
+    # personal passes); flat storage refuses those and gathers inside `with_cohort` alone.
+    needs_rows = alg.client_prepare is not None or alg.personal_pass is not None
+    x, y = data.cohort(ids) if needs_rows else (None, None)  # [k, N, F...]
     keys = jax.random.split(clients_key, ids.shape[0])
     epochs, keep = straggler_plan(
         sim.straggler_key(state), ids.shape[0], sim.local_epochs, sim.stragglers,

@@ -8,7 +8,6 @@ is checked against one device in tests/test_devices.py (4 forced CPU devices).
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import jax
@@ -83,4 +82,5 @@ def test_multihost_slurm_launcher_checks_against_the_plugin_schema():
     assert checked.tasks_per_node == checked.gpus_per_node  # one process per GPU
     assert checked.nodes >= 2
     assert cfg.distributed.enabled is False  # off unless asked for
-    json.dumps(OmegaConf.to_container(cfg.distributed))
+    assert OmegaConf.to_container(cfg.distributed) == {  # read from Slurm unless given
+        "enabled": False, "coordinator": None, "processes": None, "process_id": None}
