@@ -14,7 +14,8 @@ if [ "$(python -c 'import jax; print(jax.default_backend())')" = "cpu" ]; then q
 # 1. Tests whose code paths differ by backend: vmap client axis, replicas, sharding, determinism.
 timeout 240 python -m pytest -q -p no:nbmake -o addopts="" tests/test_simulator.py \
   tests/test_replicas.py tests/test_devices.py tests/test_client_chunk.py \
-  tests/test_determinism.py tests/test_flat_storage.py tests/test_distributed.py 2>&1 \
+  tests/test_determinism.py tests/test_flat_storage.py tests/test_distributed.py \
+  tests/test_xla_options.py 2>&1 \
   | tail -5 | tee "$out/tests.txt"
 # 2. The W1-W5 table with client_axis=vmap (benchmarks/suite.py; W5: flat client storage).
 timeout 200 python benchmarks/suite.py $quick --axis vmap --out "$out/suite.json" \
