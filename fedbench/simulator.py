@@ -216,7 +216,7 @@ class Simulator(Replicas, Evaluation):
         # variate) and of what it sends uncompressed (one model-sized tensor per release).
         self.dense_bits = dense_bits(self.param_shapes(), algorithm)  # only what leaves a site
         self.down_bits = download_bits(self)
-        # XLA:CPU's library for matrix products (fedbench/xla_options.py, `cpu_fusions`).
+        # XLA:CPU's library fusions (fedbench/xla_options.py, `cpu_fusions`), per program.
         self.compiler_options = compiler_options(settings.cpu_fusions, model)
         self._run = xla_jit(self._run_rounds, self.compiler_options)
         self._evaluate = xla_jit(self._evaluate_impl, self.compiler_options)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
 from fedbench.simulator import CLIENT_AXES, Settings, Stragglers
-from fedbench.xla_options import CPU_FUSIONS
+from fedbench.xla_options import check as check_cpu_fusions
 
 
 def _integer(cfg: Mapping[str, Any], key: str, minimum: int, what: str | None = None) -> int:
@@ -86,11 +86,8 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
         chunk = None
     elif chunk is not None:
         chunk = _integer(cfg, "client_chunk", 1, "null, auto or an integer >= 1")
-    cpu_fusions = cfg.get("cpu_fusions", "auto")
-    if cpu_fusions not in CPU_FUSIONS:
-        raise ConfigError("cpu_fusions", cpu_fusions, "one of: " + ", ".join(CPU_FUSIONS))
     return Settings(
-        cpu_fusions=cpu_fusions,
+        cpu_fusions=check_cpu_fusions(cfg.get("cpu_fusions", "auto")),
         devices=devices,
         client_chunk=chunk,
         clients_per_round=cfg["clients_per_round"],

@@ -30,6 +30,13 @@ YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 YNN_DOTS = {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT"}
 
 
+def check(cpu_fusions: Any) -> str:
+    """``cpu_fusions`` if it is one of :data:`CPU_FUSIONS`, else a ConfigError naming the key."""
+    if cpu_fusions not in CPU_FUSIONS:
+        raise ConfigError("cpu_fusions", cpu_fusions, "one of: " + ", ".join(CPU_FUSIONS))
+    return cpu_fusions
+
+
 @functools.cache
 def ynn_dots_available() -> bool:
     """Whether this jax and XLA accept :data:`YNN_DOTS` (compiles a 2x2 product with it)."""
@@ -58,8 +65,7 @@ def compiler_options(cpu_fusions: str, model: Any, backend: str | None = None) -
     Raises:
       ConfigError: an unknown value, or ``dots`` where this XLA has no such option.
     """
-    if cpu_fusions not in CPU_FUSIONS:
-        raise ConfigError("cpu_fusions", cpu_fusions, "one of: " + ", ".join(CPU_FUSIONS))
+    check(cpu_fusions)
     if (backend or jax.default_backend()) != "cpu" or cpu_fusions == "xla":
         return {}
     if cpu_fusions == "dots":
