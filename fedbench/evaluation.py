@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedbench import hparams
 from fedbench.algorithm.base import prepare_clients
 from fedbench.dataset.federated import FederatedData
 from fedbench.dataset.flat import FlatFederatedData, flat_sums
@@ -65,15 +66,17 @@ class Evaluation:
         """The model(s) evaluation scores: ``state.params`` (the global model, or for
         ``local`` its per-client stack), the algorithm's ``client_models`` stack, or the
         global model after ``finetune_steps`` local SGD steps at every client (client lr and
-        batch size, key ``fold_in(fold_in(run_key, round), 0xF17E)``)."""
+        batch size, key ``fold_in(fold_in(run_key, round), 0xF17E)``; the client lr is the run's
+        own, ``state.hparams["lr"]`` when it carries one: a sweep replica's)."""
         alg = self.algorithm
         if alg.client_models is None and alg.finetune_steps == 0:
             return state.params
         if not hasattr(self, "_client_models"):
             self._client_models = xla_jit(self._client_models_impl, self.compiler_options)
         store = None if state.store is None else state.store["algorithm"]
+        lr = hparams.get(state.hparams, "lr", None)
         return self._client_models(state.params, state.server, store, state.key, state.round,
-                                   self.data)
+                                   self.data, lr)
 
     def _entries_now(self, params, entries, data):
         """Every client's store entries after ``client_prepare`` (as if it took part now)."""
@@ -110,7 +113,7 @@ class Evaluation:
                                                            clusters))
         return out
 
-    def _client_models_impl(self, params, server, entries, key, round_, data):
+    def _client_models_impl(self, params, server, entries, key, round_, data, lr=None):
         # ``data`` is an argument: a concrete array closed over would be baked into the program.
         alg = self.algorithm
         if alg.client_models is not None:
@@ -124,7 +127,8 @@ class Evaluation:
         )
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, round_), 0xF17E),
                                 data.num_clients)
-        deltas, _ = map_over_clients(update, "map", (None, 0, 0, 0, 0))(
+        deltas, _ = map_over_clients(
+            lambda p, x, y, n, k: update(p, x, y, n, k, lr=lr), "map", (None, 0, 0, 0, 0))(
             params, data.train_x, data.train_y, data.train_counts, keys)
         return jax.tree.map(lambda p, d: p + d, params, deltas)
 

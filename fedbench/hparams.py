@@ -50,10 +50,12 @@ def value(name: str, default):
     return current[name]
 
 
-def active(name: str) -> bool:
-    """Whether the current scope carries ``name`` (the value is then traced, not a constant)."""
-    current = _CURRENT.get()
-    return current is not None and name in current
+def get(values: Mapping[str, Any] | None, name: str, default):
+    """``values[name]`` (a run's ``ServerState.hparams``, passed explicitly) if it holds
+    ``name``, else ``default`` (the constant of a run that carries none)."""
+    if values is None or name not in values:
+        return default
+    return values[name]
 
 
 def stack(values: list[Mapping[str, Any]], index: int | None = None) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Local training: the one SGD loop every client runs, and mapping it over the client axis.
 
-A client's local update is ``local_update(server_params, x, y, count, key, epochs, context) ->
-(delta, stats)``: SGD from the server model for the client's own number of steps, with
+A client's local update is ``local_update(server_params, x, y, count, key, epochs, context,
+lr) -> (delta, stats)``: SGD from the server model for the client's own number of steps, at the
+step size ``lr`` the round passes in (the run's, or a sweep replica's own:
+:func:`fedbench.hparams.get`), with
 
 * a **gradient estimator** that says what one step's gradient is: the task loss of a minibatch
   cut from a fresh random order of the client's examples (:func:`minibatch_estimator`), or
@@ -32,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbench import hparams
 from fedbench.task import masked_cross_entropy
 
 Params = Any
@@ -52,7 +53,9 @@ class GradientEstimator(NamedTuple):
     """How one local step's gradient is computed (a pair of pure functions).
 
     ``prepare(x, count, key) -> aux`` runs once per local update (e.g. the epochs' orders);
-    ``grad(params, x, y, count, key, aux, step) -> (loss, grads, overflow)`` runs per step.
+    ``grad(params, x, y, count, key, aux, step, lr) -> (loss, grads, overflow)`` runs per step
+    (``lr``: the step size the loop applies next, for estimators that write a projected step as
+    a gradient, APFL's mixing weight).
     ``steps(count, epochs) -> int`` is the client's number of steps for ``epochs`` epochs.
     """
 
@@ -106,8 +109,8 @@ def minibatch_estimator(
         )
         return jnp.pad(orders, ((0, 0), (0, padded - length)))
 
-    def grad(params, x, y, count, key, orders, s):
-        del key
+    def grad(params, x, y, count, key, orders, s, lr=None):
+        del key, lr
         steps_per_epoch = jnp.maximum((count + batch_size - 1) // batch_size, 1)
         epoch = s // steps_per_epoch
         start = (s % steps_per_epoch) * batch_size
@@ -131,8 +134,11 @@ def make_local_update(
     grad_adjust: GradAdjust | None = None,
     estimator: GradientEstimator | None = None,
 ) -> Callable[..., tuple[Params, ClientStats]]:
-    """Builds ``local_update(server_params, x, y, count, key[, epochs, context]) -> (delta,
+    """Builds ``local_update(server_params, x, y, count, key[, epochs, context, lr]) -> (delta,
     stats)``.
+
+    ``lr`` (the argument of ``local_update``) is the step size of this call: a run's or a sweep
+    replica's own, passed in by the round; ``None`` takes the ``lr`` given here.
 
     ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]`` (or ``[N, 2]`` survival targets),
     ``count``: the client's real size, ``epochs``: optional per-client number of epochs
@@ -147,12 +153,14 @@ def make_local_update(
     (all but the first masked: the loop condition stops the first), which cuts per-iteration
     overhead.
     """
+    build_lr = lr
     if estimator is None:
         estimator = minibatch_estimator(
             apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn
         )
 
-    def local_update(server_params, x, y, count, key, epochs=None, context=None):
+    def local_update(server_params, x, y, count, key, epochs=None, context=None, lr=None):
+        rate = build_lr if lr is None else lr
         if local_steps is not None:
             total = jnp.asarray(local_steps, jnp.int32)
         else:
@@ -161,10 +169,9 @@ def make_local_update(
 
         def step(carry, masked):
             params, s, loss_sum, overflow = carry
-            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s)
+            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate)
             if grad_adjust is not None:
                 grads = grad_adjust(grads, params, server_params, context)
-            rate = hparams.value("lr", lr)  # a replica's own lr in an in-program sweep
             if not masked:  # the loop's condition already stopped here (vmap: JAX selects)
                 params = jax.tree.map(lambda p, g: p - rate * g, params, grads)
                 return params, s + 1, loss_sum + loss, overflow + over

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fedbench import hparams
 from fedbench.algorithm.base import personal_update, prepare_clients
 from fedbench.compression.downlink import broadcast
 from fedbench.compression.traffic import add_bits
@@ -31,8 +32,10 @@ def federated_round(sim, state, data):
     """One round of a synchronous federated algorithm (``sim``: the :class:`Simulator`)."""
     alg = sim.algorithm
     sample_key, clients_key = sim.round_keys(state)
-    ids, valid, overflow = sim.sample_cohort(sample_key)
+    members = hparams.get(state.hparams, "members", None)  # a sub-federation's 0/1 mask
+    ids, valid, overflow = sim.sample_cohort(sample_key, members)
     counts = data.train_counts[ids]
+    lr = hparams.get(state.hparams, "lr", sim.settings.lr)  # this run's (replica's) own
     # The cohort's rows outside training only for passes that need them (IFCA's choice, the
     # personal passes); flat storage refuses those and gathers inside `with_cohort` alone.
     needs_rows = alg.client_prepare is not None or alg.personal_pass is not None
@@ -55,21 +58,21 @@ def federated_round(sim, state, data):
     personal = alg.personal_pass
     if personal is not None and personal.first:  # a local pass before the main one (FedRep)
         own = personal_update(sim, received, x, y, counts,
-                              keys, epochs, context, own)
+                              keys, epochs, context, own, lr=lr)
         context = alg.client_context(state.server, own)
     round_info = sim.round_info(state)
     client = map_over_clients(
         sim.client_update, sim.client_axis,
-        (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None, 0), mesh=sim.mesh,
+        (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None, 0, None), mesh=sim.mesh,
         chunk=sim.settings.client_chunk,
     )
     deltas, sent, stats, transform_states, infos = data.with_cohort(ids, lambda x, y: client(
-        received, x, y, counts, keys, epochs, context, entries["transforms"], round_info, ids))
+        received, x, y, counts, keys, epochs, context, entries["transforms"], round_info, ids,
+        lr))
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
         own = personal_update(sim, received, x, y, counts,
-                              keys, epochs, context, own, deltas)
-    uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid,
-                                             sim.settings.lr)
+                              keys, epochs, context, own, deltas, lr=lr)
+    uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid, lr)
     uploads = {**uploads, "delta": sent}
     overflow = state.overflow + overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
     participation = state.participation.at[ids].add(valid.astype(jnp.int32))

@@ -26,7 +26,7 @@ from fedbench.algorithm import build_algorithm, check_client_dp
 from fedbench.checkpoint import RunCheckpoints
 from fedbench.compression import build_compression
 from fedbench.compression.downlink import build_downlink
-from fedbench.compression.traffic import dense_bits, traffic
+from fedbench.compression.traffic import dense_bits, other_up_bits, sent_shapes, traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
@@ -97,6 +97,9 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         storage=storage,
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
+    if compressor is not None:  # error feedback only around a contractive compressor
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())
+        compressor.check_error_feedback(sent_shapes(shapes["params"], algorithm))
     check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
     _check_task_and_schedule(cfg, settings, algorithm, data.task)
     from fedbench.privacy.plan import build_privacy, noise_salt  # dp-accounting only when needed
@@ -191,7 +194,8 @@ def run_experiment(
     model, data, partition_stats = built.model, built.data, built.partition_stats
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())  # no compute
     # e.g. SCAFFOLD also sends (and receives) control variates; only parts that leave a site
-    model_bytes = dense_bits(shapes["params"], algorithm) // 8
+    up_bits = dense_bits(shapes["params"], algorithm)
+    others_up = other_up_bits(shapes["params"], algorithm)
 
     def make_evaluate(privacy, view=sim):  # a state's metrics, under a replica's plan and data
         def evaluate(state) -> dict[str, Any]:
@@ -199,8 +203,7 @@ def run_experiment(
             if not _finite(state):
                 metrics = _without_model_metrics(metrics)
             if algorithm.kind in ("federated", "async"):
-                metrics.update(traffic(state, model_bytes, len(algorithm.releases), sim.links,
-                                       sim.down_bits))
+                metrics.update(traffic(state, up_bits, others_up, sim.links, sim.down_bits))
             if privacy is not None:
                 if int(state.overflow):
                     raise BufferOverflowError(

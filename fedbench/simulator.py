@@ -43,7 +43,9 @@ from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
 from fedbench.algorithm.fednova import fednova_mean
 from fedbench.compression.downlink import download_bits
-from fedbench.compression.traffic import dense_bits, reports_bits, upload_bits, zero_bits
+from fedbench.compression.traffic import (
+    dense_bits, other_up_bits, reports_bits, sent_leaves, upload_bits, zero_bits,
+)
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
@@ -71,7 +73,7 @@ from fedbench.state import ServerState, Settings
 from fedbench.store import init_store
 from fedbench.stragglers import Stragglers, report_share, straggler_plan
 from fedbench.task import batch_loss_fn
-from fedbench.transforms import UpdateTransform, chain, clip_by_norm, identity
+from fedbench.transforms import UpdateTransform, chain, clip_by_norm, identity, on_leaves
 from fedbench.xla_options import compiler_options, jit as xla_jit
 
 __all__ = [  # re-exported: the simulator's vocabulary in one import
@@ -198,6 +200,8 @@ class Simulator(Replicas, Evaluation):
         # What leaves a site: DP-FedAvg's clipping first, then any other transform.
         clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
+        if algorithm.shared is not None:  # the transforms see only what leaves the site
+            self.transform = on_leaves(self.transform, sent_leaves(self.param_shapes(), algorithm))
         self.store_template = self._make_store_template()
         # Transforms that report each message's encoded size (compressors): the state counts them.
         self.counts_bits = algorithm.kind == "federated" and reports_bits(self)
@@ -215,6 +219,7 @@ class Simulator(Replicas, Evaluation):
         # Dense float32 size of what a client receives (the model and e.g. SCAFFOLD's control
         # variate) and of what it sends uncompressed (one model-sized tensor per release).
         self.dense_bits = dense_bits(self.param_shapes(), algorithm)  # only what leaves a site
+        self.other_up_bits = other_up_bits(self.param_shapes(), algorithm)
         self.down_bits = download_bits(self)
         # XLA:CPU's library fusions (fedbench/xla_options.py, `cpu_fusions`), per program.
         self.compiler_options = compiler_options(settings.cpu_fusions, model)
@@ -223,29 +228,32 @@ class Simulator(Replicas, Evaluation):
 
     # -- the pieces of a round ----------------------------------------------------------------
     def client_update(self, params, x, y, count, key, epochs, context, transform_state, info,
-                      client=None):
+                      client=None, lr=None):
         """One client: local training, then its delta through the update transforms (which see
         ``info`` plus the client's own ``"key"``, e.g. for random compression, and its id
-        ``"client"``, e.g. for audit canaries).
+        ``"client"``, e.g. for audit canaries); ``lr``: the run's client learning rate (None: the
+        settings').
         Returns ``(delta, sent, stats, transform_state, transform_info)``. Training starts at
         the algorithm's ``client_start`` (FedPer: its own head) and only its ``shared`` part of
         the delta enters the transforms (FedPer: the body)."""
         alg = self.algorithm
         start = params if alg.client_start is None else alg.client_start(params, context)
-        delta, stats = self.local_update(start, x, y, count, key, epochs, context)
+        delta, stats = self.local_update(start, x, y, count, key, epochs, context, lr)
         info = {**info, "key": jax.random.fold_in(key, 0xC0DEC), "client": client}
         shared = delta if alg.shared is None else alg.shared(delta)
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
 
-    def sample_cohort(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def sample_cohort(self, key: jax.Array, members: jax.Array | None = None
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
-        client-level DP with Poisson sampling each client with probability ``q`` in a buffer."""
+        client-level DP with Poisson sampling each client with probability ``q`` in a buffer.
+        ``members``: a sub-federation's ``[num_clients]`` 0/1 mask (the run's
+        ``hparams["members"]``): only these sites are sampled."""
         dp = self.privacy
         if isinstance(dp, ClientDP) and dp.sampling == "poisson":
             ids, valid, count = poisson_cohort(key, self.data.num_clients, dp.rate, dp.buffer)
             return ids, valid, (count > dp.buffer).astype(jnp.int32)
-        members = hparams.value("members", None)  # a sub-federation: only these sites (`sites`)
         if members is not None:  # uniform among members (Gumbel top-k); fewer: the rest invalid
             scores = jnp.where(members > 0, jax.random.gumbel(key, members.shape), -jnp.inf)
             ids = jax.lax.top_k(scores, self.settings.clients_per_round)[1].astype(jnp.int32)
@@ -269,9 +277,19 @@ class Simulator(Replicas, Evaluation):
             bound = self.round_info(state)["clip"]
             mean, clip = dp_noisy_mean(uploads["delta"], infos["norm"], valid, dp,
                                        self.noise_key(state), bound)
-            return {"delta": mean}, clip if clip is not None else state.clip
-        return (self.algorithm.aggregate(uploads, weights, stats, valid, self.data.num_clients),
-                state.clip)
+            private = self.algorithm.dp_aggregate  # the algorithm's post-processing, if declared
+            aggregates = {"delta": mean} if private is None else private({"delta": mean})
+            return aggregates, clip if clip is not None else state.clip
+        return (self.algorithm.aggregate(uploads, weights, stats, valid,
+                                         self.federation_size(state)), state.clip)
+
+    def federation_size(self, state: ServerState):
+        """How many sites the run's federation holds: the sub-federation's members
+        (``hparams["members"]``, ``fedbench-contribution``'s coalitions) when it has one, else
+        every client of the data. Every count an algorithm divides by (SCAFFOLD's and FedDyn's
+        ``N``) is this one, so ``members=S`` is the run on a dataset of the sites in S."""
+        members = hparams.get(state.hparams, "members", None)
+        return self.data.num_clients if members is None else jnp.sum(members)
 
     def param_shapes(self):
         """The model's parameter shapes (``jax.ShapeDtypeStruct``s), from shapes alone: no data

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import jax
+
 from fedbench.privacy.mechanisms import clip_to_norm
 
 Params = Any
@@ -50,6 +52,28 @@ def chain(*transforms: UpdateTransform) -> UpdateTransform:
             new_states.append(s)
             infos.update(info)
         return delta, tuple(new_states), infos
+
+    return UpdateTransform(init, update)
+
+
+def on_leaves(transform: UpdateTransform, sent: tuple[bool, ...]) -> UpdateTransform:
+    """``transform`` applied to the list of the leaves marked ``sent`` (what leaves the site:
+    :func:`fedbench.compression.traffic.sent_leaves`); the other leaves pass through as they
+    are (zeros: never uploaded). A compressor then encodes, and counts the bits of, exactly the
+    parts a client uploads (FedPer's body, not its zeroed head)."""
+
+    def pick(tree):
+        return [leaf for leaf, s in zip(jax.tree.leaves(tree), sent, strict=True) if s]
+
+    def init(params):
+        return transform.init(pick(params))
+
+    def update(delta, state, round_info):
+        leaves, treedef = jax.tree.flatten(delta)
+        out, state, info = transform.update(pick(delta), state, round_info)
+        rest = iter(out)
+        merged = [next(rest) if s else leaf for leaf, s in zip(leaves, sent)]
+        return jax.tree.unflatten(treedef, merged), state, info
 
     return UpdateTransform(init, update)
 

@@ -47,11 +47,11 @@ def apfl_estimator(adaptive: bool, alpha_lr: float):
     step ``p - lr g`` then gives Algorithm 1's updates; the ``alpha`` entry is the projected
     step written as a gradient)."""
 
-    def build(apply_fn, *, local_epochs, batch_size, loss_fn, lr):
+    def build(apply_fn, *, local_epochs, batch_size, loss_fn):
         base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                    loss_fn=loss_fn)
 
-        def grad(p, x, y, count, key, aux, s):
+        def grad(p, x, y, count, key, aux, s, lr):
             w, v, a = p["w"], p["v"], p["alpha"]
             _, g_w, _ = base.grad(w, x, y, count, key, aux, s)
             mixed = jax.tree.map(lambda vv, ww: a * vv + (1 - a) * ww, v, w)

@@ -30,7 +30,7 @@ Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pi
   evaluated with (default ``None``: the global model for everyone);
 * ``finetune_steps``: evaluate each client with the global model after that many local SGD
   steps on its own training data;
-* ``estimator(apply_fn, local_epochs=, batch_size=, loss_fn=, lr=) -> GradientEstimator``: the
+* ``estimator(apply_fn, local_epochs=, batch_size=, loss_fn=) -> GradientEstimator``: the
   gradient of one local step (default: the task loss of a minibatch; pFedMe: its Moreau
   envelope's, :mod:`fedbench.algorithm.pfedme`);
 * ``client_prepare(params, entry, loss) -> entry``: a per-client step before training, with
@@ -94,6 +94,28 @@ def send_delta(deltas, stats, entries, server_state, valid, lr):
     return {"delta": deltas}, entries
 
 
+class Messages(NamedTuple):
+    """What one client exchanges with the server in a round, declared by its algorithm.
+
+    ``down`` and ``up`` map a message's name to the parameter shapes it carries (a pytree of
+    ``jax.ShapeDtypeStruct``; parts that never leave a site are absent). The first ``down``
+    message is the server model(s), the one a downlink compressor encodes; ``up["delta"]`` is
+    the model delta, the one an uplink compressor encodes; every other message travels dense.
+    Traffic (``bytes_up``, ``bytes_down``, the link clock) counts exactly these.
+    """
+
+    down: Mapping[str, Any]
+    up: Mapping[str, Any]
+
+
+def default_messages(algorithm: "Algorithm", sent: Any) -> Messages:
+    """Each client downloads the model and uploads its delta, plus one model-sized tensor each
+    way per other release (SCAFFOLD's control variates ``c`` down and ``dc_i`` up). ``sent``:
+    the model's shapes less the parts that stay at the site."""
+    extra = {name: sent for name in algorithm.releases if name != "delta"}
+    return Messages(down={"model": sent, **extra}, up={"delta": sent, **extra})
+
+
 class PersonalPass(NamedTuple):
     """A second local pass at each sampled client whose model never leaves the site.
 
@@ -142,6 +164,15 @@ class Algorithm:
       estimator, client_prepare, init_models, client_clusters: a custom local gradient, a
         per-client choice before training, several server models, reported clusters.
       dp_sample: why sample-level DP (DP-SGD) cannot cover this algorithm (None: it can).
+      dp_aggregate: how an algorithm with its own ``aggregate`` aggregates under a client-level
+        mechanism: a function of the mechanism's ``{"delta": noisy mean of the clipped deltas}``
+        (post-processing only). ``None`` with an own ``aggregate``: refused under
+        ``privacy=dp_client`` (the mechanism would silently replace it).
+      messages: ``messages(algorithm, sent_shapes) -> Messages``: what a client downloads and
+        uploads per round (:class:`Messages`; default :func:`default_messages`; IFCA: its K
+        models down).
+      hyperparameters: the ``algorithm.<key>`` scalars an in-program sweep may vary
+        (``sweep.<key>``), each read from the run's ``hparams`` where the algorithm uses it.
     """
 
     name: str
@@ -172,6 +203,9 @@ class Algorithm:
     client_prepare: Callable[[Params, Any, Callable], Any] | None = None
     init_models: Callable[[Callable, Any], Params] | None = None
     client_clusters: Callable[[Params, Any, Any], Any] | None = None
+    dp_aggregate: Callable[[dict], dict] | None = None
+    hyperparameters: tuple[str, ...] = ()
+    messages: Callable[["Algorithm", Any], Messages] = default_messages
 
     # Read-only descriptions kept for reports and the reference loop (nothing in the round
     # tests them).
@@ -209,6 +243,15 @@ def check_client_dp(algorithm: Algorithm) -> None:
     """
     if algorithm.kind != "federated":
         return  # only synchronous rounds take DP-FedAvg; build_privacy reports the others
+    if algorithm.dp_client is None and algorithm.releases == ("delta",) and (
+            algorithm.aggregate is not mean_aggregate and algorithm.dp_aggregate is None):
+        raise ConfigError(
+            "algorithm.name", algorithm.name,
+            f"an algorithm that aggregates with the example-weighted mean or declares how it "
+            f"aggregates under a mechanism (dp_aggregate) with privacy=dp_client ("
+            f"{algorithm.name} has its own aggregate, which the mechanism's noisy mean would "
+            f"replace)",
+        )
     if algorithm.dp_client is not None or algorithm.releases != ("delta",):
         raise ConfigError(
             "algorithm.name", algorithm.name,
@@ -237,7 +280,7 @@ def custom_estimator(sim, local_epochs: int, batch_size: int):
     build = sim.algorithm.estimator
     return None if build is None else build(
         sim.apply_fn, local_epochs=local_epochs, batch_size=batch_size,
-        loss_fn=batch_loss_fn(sim.data.task), lr=sim.settings.lr)
+        loss_fn=batch_loss_fn(sim.data.task))
 
 
 def make_personal_update(sim, local_epochs: int, batch_size: int):
@@ -253,24 +296,27 @@ def make_personal_update(sim, local_epochs: int, batch_size: int):
         local_epochs = epochs_for_steps(local_steps, smallest, batch_size)
     lr = settings.lr if personal.lr is None else personal.lr
     estimator = None if personal.estimator is None else personal.estimator(
-        sim.apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn, lr=lr)
+        sim.apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn)
     return make_local_update(
         sim.apply_fn, lr=lr, local_epochs=local_epochs, batch_size=batch_size,
         unroll=settings.unroll, loss_fn=loss_fn, local_steps=local_steps,
         grad_adjust=personal.grad_adjust, estimator=estimator)
 
 
-def personal_update(sim, params, x, y, counts, keys, epochs, context, entries, deltas=None):
+def personal_update(sim, params, x, y, counts, keys, epochs, context, entries, deltas=None,
+                    lr=None):
     """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's ``v_k``):
     each client trains from ``start(params, context, delta)`` (``deltas``: the main pass's, None
     before it) on its own data with its own minibatch order (``fold_in(key, 0xD1770)``;
-    ``same_order``: the main pass's); nothing of it is sent."""
+    ``same_order``: the main pass's); nothing of it is sent. Its step size is the pass's own
+    ``lr`` if it has one (pFedMe's personal rate), else ``lr``, the run's client rate."""
     personal = sim.algorithm.personal_pass
+    lr = personal.lr if personal.lr is not None else lr
 
     def one(x, y, count, key, epochs, context, delta):
         start = personal.start(params, context, delta)
         key = key if personal.same_order else jax.random.fold_in(key, 0xD1770)
-        delta, _ = sim.personal_local_update(start, x, y, count, key, epochs, params)
+        delta, _ = sim.personal_local_update(start, x, y, count, key, epochs, params, lr)
         return delta, start
 
     axes = (0,) * 6 + (None if deltas is None else 0,)

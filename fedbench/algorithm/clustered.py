@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench.algorithm.base import Algorithm, optimizer_update, positive
+from fedbench.algorithm.base import Algorithm, Messages, optimizer_update, positive
 from fedbench.errors import ConfigError
 
 
@@ -105,8 +105,12 @@ def _ifca_for(k: int):
         del stats, valid, num_clients
         return {"delta": cluster_means(uploads["delta"], uploads["cluster"], weights, k)}
 
+    def messages(algorithm, sent):  # every client downloads all K models to choose its cluster
+        down = jax.tree.map(lambda s: jax.ShapeDtypeStruct((k, *s.shape), s.dtype), sent)
+        return Messages(down={"models": down}, up={"delta": sent})
+
     return dict(init_models=init_models, client_prepare=prepare, client_finish=finish,
-                aggregate=aggregate)
+                aggregate=aggregate, messages=messages)
 
 
 def ifca(cfg: Mapping[str, Any]) -> Algorithm:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedbench import hparams
 from fedbench.algorithm.base import Algorithm, positive, server_step
 from fedbench.errors import ConfigError
 from fedbench.local import map_over_clients
@@ -238,7 +239,10 @@ def _server_update(sim, state, data, start, ids, keys, staleness):
     """The buffer's local updates (over the client axis) and the server step on their
     example- and staleness-weighted mean. Returns ``(params, opt_state)``."""
     counts = data.train_counts[ids]
-    update = map_over_clients(sim.local_update, sim.client_axis, (0, 0, 0, 0, 0))
+    lr = hparams.get(state.hparams, "lr", sim.settings.lr)
+    update = map_over_clients(
+        lambda p, x, y, n, k: sim.local_update(p, x, y, n, k, lr=lr), sim.client_axis,
+        (0, 0, 0, 0, 0))
     deltas, _ = update(start, *data.cohort(ids), counts, keys)
     weights = counts.astype(jnp.float32) / jnp.maximum(jnp.sum(counts), 1)  # all empty: 0
     weights = weights / jnp.sqrt(1.0 + staleness.astype(jnp.float32))

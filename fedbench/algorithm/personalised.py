@@ -186,7 +186,9 @@ def _local_parts(keys_of):
 
     return {"client_state": zeros, "client_context": lambda server, entries: entries,
             "client_start": start, "shared": shared, "client_finish": finish,
-            "aggregate": aggregate, "client_models": client_models}
+            "aggregate": aggregate, "client_models": client_models,
+            # Under a client-level mechanism: its noisy mean, local parts zeroed again.
+            "dp_aggregate": lambda private: {**private, "delta": shared(private["delta"])}}
 
 
 _HEAD_DP = ("its clients' {} stored relative to the global {}, which the noisy mean would "

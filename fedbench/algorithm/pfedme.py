@@ -52,12 +52,13 @@ def moreau_estimator(lam: float, steps: int, personal_lr: float):
     inner steps on the step's minibatch (Dinh et al. Eq. 7-8); its loss is the minibatch loss
     of the last inner iterate."""
 
-    def build(apply_fn, *, local_epochs, batch_size, loss_fn, lr):
-        del lr
+    def build(apply_fn, *, local_epochs, batch_size, loss_fn):
         base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                    loss_fn=loss_fn)
 
-        def grad(w, x, y, count, key, aux, s):
+        def grad(w, x, y, count, key, aux, s, lr=None):
+            del lr
+
             def inner(_, carry):
                 theta, _ = carry
                 loss, g, _ = base.grad(theta, x, y, count, key, aux, s)  # step s's minibatch
@@ -74,13 +75,12 @@ def moreau_estimator(lam: float, steps: int, personal_lr: float):
     return build
 
 
-def one_batch_estimator(apply_fn, *, local_epochs, batch_size, loss_fn, lr):
+def one_batch_estimator(apply_fn, *, local_epochs, batch_size, loss_fn):
     """Every step on the first minibatch of a fresh order (the inner problem's ``D``)."""
-    del lr
     base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                loss_fn=loss_fn)
     return GradientEstimator(
-        base.prepare, lambda p, x, y, count, key, aux, s: base.grad(p, x, y, count, key, aux, 0),
+        base.prepare, lambda p, x, y, count, key, aux, s, lr=None: base.grad(p, x, y, count, key, aux, 0),
         base.steps)
 
 

@@ -7,7 +7,8 @@ delta inside the client map, after DP clipping if any; :func:`build_compression`
 
 * ``none``: the delta is sent as it is (dense float32; the default);
 * ``topk`` / ``randk``: ``k`` entries (``fraction`` or ``k`` per block), the largest in magnitude
-  or uniformly random (rescaled by ``d / k``, unbiased);
+  or uniformly random (rescaled by ``d / k``, unbiased; unscaled under error feedback, which
+  needs a contractive compressor: :meth:`Compressor.check_error_feedback`);
 * ``quantize``: unbiased stochastic uniform ``bits``-bit quantisation, a float32 scale per
   tensor (or per ``bucket_size`` entries);
 * ``qsgd``: QSGD with ``levels`` = ``s`` and ``bucket_size`` (Alistarh et al. 2017);

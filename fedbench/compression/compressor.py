@@ -11,7 +11,13 @@ else the quantiser's count). It depends on shapes and settings only.
 
 With ``error_feedback`` each client keeps its residual ``e`` in the per-client store (zeros at
 first) and sends ``C(delta + e)``, keeping ``e <- (delta + e) - C(delta + e)``; a client that is
-not sampled (or whose update is dropped) keeps its residual unchanged.
+not sampled (or whose update is dropped) keeps its residual unchanged. Error feedback needs a
+contractive compressor, ``E||C(x) - x||^2 <= (1 - d) ||x||^2`` with ``d > 0`` (Stich et al.
+2018, Definition 2.1; Karimireddy et al. 2019, Assumption A): under it ``randk`` sends its ``k``
+values unscaled (Stich et al.'s rand-k; the ``d / k`` rescaling makes it expansive and the
+residual grows), and a quantiser is accepted only where its variance bound ``omega`` (``E||Q(x)
+- x||^2 <= omega ||x||^2``) is below 1 for every bucket of the model (:meth:`Compressor.
+contraction`), else refused (:meth:`Compressor.check_error_feedback`).
 
 References:
   S. U. Stich, J.-B. Cordonnier, M. Jaggi. "Sparsified SGD with Memory", NeurIPS 2018,
@@ -37,6 +43,7 @@ from fedbench.compression.sparsify import (
     rand_k_indices,
     top_k_indices,
 )
+from fedbench.errors import ConfigError
 from fedbench.transforms import UpdateTransform
 
 SPARSIFIERS = ("topk", "randk")
@@ -107,9 +114,58 @@ class Compressor:
         bits = position_bits(size, kept) + value_bits
         if indices is None:
             return values, bits
-        if self.sparsifier == "randk":
+        if self.sparsifier == "randk" and not self.error_feedback:
             values = values * jnp.asarray(size / kept, values.dtype)  # unbiased: E = block
         return jnp.zeros_like(block).at[indices].set(values), bits
+
+    # -- declarations -------------------------------------------------------------------------
+    def variance_bound(self, entries: int) -> float:
+        """``omega`` of the quantiser on ``entries`` values: ``E||Q(x) - x||^2 <= omega
+        ||x||^2`` (0 without a quantiser or for the scaled sign, which is biased and handled by
+        :meth:`contraction`). QSGD: ``min(n / s^2, sqrt(n) / s)`` per bucket of ``n`` entries
+        (Alistarh et al. 2017, Lemma 3.1); stochastic uniform ``b``-bit rounding between a
+        bucket's min and max: each entry's variance is at most ``Delta^2 / 4`` with ``Delta =
+        (max - min) / (2^b - 1)`` and ``(max - min)^2 <= 2 ||x||^2``, so ``n / (2 (2^b - 1)^2)``."""
+        if self.quantizer not in ("quantize", "qsgd") or entries == 0:
+            return 0.0
+        n = entries if self.bucket_size is None else min(self.bucket_size, entries)
+        if self.quantizer == "qsgd":
+            return min(n / self.levels**2, np.sqrt(n) / self.levels)
+        return n / (2.0 * (2**self.bits - 1) ** 2)
+
+    def contraction(self, shapes) -> float:
+        """The worst block's ``1 - d`` bound of ``E||C(x) - x||^2 / ||x||^2`` for a model of
+        ``shapes`` (below 1: contractive, error feedback may wrap it). Top-k and unscaled rand-k
+        keep ``k`` of ``n`` entries (``1 - k / n``, in expectation for rand-k; at most that for
+        top-k); a quantiser of the kept values adds ``omega k / n``; the scaled sign alone is
+        contractive (Karimireddy et al. 2019, Lemma 8: ``1 - ||x||_1^2 / (n ||x||_2^2) < 1``)."""
+        leaves = [int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(shapes)]
+        blocks = leaves if self.per_tensor else [sum(leaves)]
+        worst = 0.0
+        for n in blocks:
+            kept = n if self.sparsifier is None else kept_entries(n, self.fraction, self.k)
+            if self.quantizer == "signsgd":
+                bound = 1.0 - 1.0 / n
+            else:
+                bound = 1.0 - kept / n + self.variance_bound(kept) * kept / n
+            worst = max(worst, bound)
+        return worst
+
+    def check_error_feedback(self, shapes, key: str = "compression.error_feedback") -> None:
+        """Refuses error feedback around a compressor that is not contractive for these shapes.
+
+        Raises:
+          ConfigError: naming ``key``, the compressor and its bound.
+        """
+        if not self.error_feedback:
+            return
+        bound = self.contraction(shapes)
+        if bound >= 1.0:
+            raise ConfigError(
+                key, True,
+                f"false for {self.name} on this model: error feedback needs a contractive "
+                f"compressor, and its bound E||C(x) - x||^2 / ||x||^2 <= {bound:.3g} is not below "
+                "1 (more bits or levels, or a smaller compression.bucket_size)")
 
     # -- one client's delta -----------------------------------------------------------------
     def compress(self, tree: Params, key: jax.Array | None = None) -> tuple[Params, int]:

@@ -67,9 +67,11 @@ def broadcast(sim, params, state):
 
 
 def download_bits(sim) -> int:
-    """Bits of one client's download: the model (quantised with a downlink compressor, else
-    dense float32) plus any other model-sized state the algorithm sends, dense."""
-    releases = len(sim.algorithm.releases)
-    dense = sim.dense_bits // releases
-    model = dense if sim.downlink is None else sim.downlink.message_bits(sim.param_shapes())
-    return model + dense * (releases - 1)
+    """Bits of one client's download: its algorithm's declared ``down`` messages
+    (:class:`~fedbench.algorithm.base.Messages`), the first (the server model or models)
+    quantised with a downlink compressor, else dense; the others dense."""
+    from fedbench.compression.traffic import declared_messages, tree_bits
+
+    (first, model), *others = declared_messages(sim.param_shapes(), sim.algorithm).down.items()
+    bits = tree_bits(model) if sim.downlink is None else sim.downlink.message_bits(model)
+    return bits + sum(tree_bits(m) for _, m in others)

@@ -38,50 +38,75 @@ def total_bits(counter) -> int:
     return (high << _LOW_BITS) + low
 
 
-def traffic(state, model_bytes: int, num_releases: int, links=None,
+def traffic(state, up_bits: int, other_up_bits: int, links=None,
             down_bits: int | None = None) -> dict[str, Any]:
     """A run's traffic so far, for ``metrics.jsonl``.
 
-    ``bytes_up``: every update that arrived, dense float32 (``model_bytes`` covers all
-    ``num_releases`` model-sized tensors a client sends, e.g. SCAFFOLD's control variate too),
-    or for a compressed delta its exact encoded bits in whole bytes plus the other releases
-    dense; ``compression_ratio``: dense float32 over that (with compression only).
-    ``bytes_down``: every client that started downloaded the server model, dropped stragglers
-    and FedBuff clients still in flight included, each ``down_bits`` (whole bytes; default
-    ``model_bytes``: dense). ``simulated_seconds``: the clock, when the
-    sites have links (:mod:`fedbench.links`; the clock is then in seconds).
+    ``bytes_up``: every update that arrived, each its declared upload messages dense
+    (``up_bits``: :func:`dense_bits`), or with a compressed delta its exact encoded bits plus
+    the other messages dense (``other_up_bits``, e.g. SCAFFOLD's control variate), in whole
+    bytes; ``compression_ratio``: dense over that (with compression only). ``bytes_down``:
+    every client that started downloaded its declared messages, dropped stragglers and FedBuff
+    clients still in flight included, each ``down_bits`` (whole bytes; default ``up_bits``).
+    ``simulated_seconds``: the clock, when the sites have links (:mod:`fedbench.links`; the
+    clock is then in seconds).
     """
     uploads = int(np.asarray(state.participation).sum())
-    out: dict[str, Any] = {"bytes_up": uploads * model_bytes}
+    dense = -(-up_bits // 8)
+    out: dict[str, Any] = {"bytes_up": uploads * dense}
     if state.bits_up is not None:
-        others = model_bytes // num_releases * (num_releases - 1)
-        out["bytes_up"] = -(-total_bits(state.bits_up) // 8) + uploads * others
-        out["compression_ratio"] = (uploads * model_bytes / out["bytes_up"]
+        out["bytes_up"] = -(-(total_bits(state.bits_up) + uploads * other_up_bits) // 8)
+        out["compression_ratio"] = (uploads * dense / out["bytes_up"]
                                     if out["bytes_up"] else None)
-    per_download = model_bytes if down_bits is None else -(-down_bits // 8)
+    per_download = dense if down_bits is None else -(-down_bits // 8)
     out["bytes_down"] = int(np.asarray(state.downloads).sum()) * per_download
     if links is not None and state.clock is not None:
         out["simulated_seconds"] = float(state.clock)
     return out
 
 
-def dense_bits(shapes, algorithm) -> int:
-    """Bits of one client's dense message: every model-sized release (``algorithm.releases``)
-    holds the parameters that leave the site, each at its dtype's width. Those are the elements
-    the algorithm's ``shared`` keeps (FedPer's and FedRep's heads and a semi-federated model's
-    local parts are zeroed there: never uploaded, and never changed at the server, so never
-    downloaded again); without ``shared``, the whole model. ``shapes``: the parameters or their
-    ``jax.ShapeDtypeStruct`` leaves."""
+def sent_leaves(shapes, algorithm) -> tuple[bool, ...]:
+    """For each leaf of the model: whether it leaves the site. The algorithm's ``shared`` zeroes
+    the parts that stay (FedPer's and FedRep's heads, a semi-federated model's local parts:
+    never uploaded, never changed at the server, so never downloaded again); a leaf it zeroes
+    entirely stays. Host-side, on shapes (outside any trace)."""
     shared = getattr(algorithm, "shared", None)
     leaves = jax.tree.leaves(shapes)
     if shared is None:
-        counts = [int(np.prod(leaf.shape)) for leaf in leaves]
-    else:  # count what ``shared`` keeps of a model of ones
-        kept = shared(jax.tree.map(lambda leaf: np.ones(leaf.shape, np.float32), shapes))
-        counts = [int(np.count_nonzero(np.asarray(k))) for k in jax.tree.leaves(kept)]
-    bits = sum(8 * np.dtype(leaf.dtype).itemsize * n
-               for leaf, n in zip(leaves, counts, strict=True))
-    return int(bits) * len(algorithm.releases)
+        return (True,) * len(leaves)
+    kept = shared(jax.tree.map(lambda leaf: np.ones(leaf.shape, np.float32), shapes))
+    return tuple(bool(np.any(np.asarray(k))) for k in jax.tree.leaves(kept))
+
+
+def sent_shapes(shapes, algorithm):
+    """``shapes`` with the leaves that stay at the site replaced by None (no leaf)."""
+    leaves, treedef = jax.tree.flatten(shapes)
+    keep = sent_leaves(shapes, algorithm)
+    return jax.tree.unflatten(treedef, [leaf if k else None for leaf, k in zip(leaves, keep)])
+
+
+def tree_bits(shapes) -> int:
+    """Bits of a dense message of these shapes, each leaf at its dtype's width."""
+    return int(sum(8 * np.dtype(leaf.dtype).itemsize * int(np.prod(leaf.shape))
+                   for leaf in jax.tree.leaves(shapes)))
+
+
+def declared_messages(shapes, algorithm):
+    """The algorithm's :class:`~fedbench.algorithm.base.Messages` for a model of ``shapes``."""
+    return algorithm.messages(algorithm, sent_shapes(shapes, algorithm))
+
+
+def dense_bits(shapes, algorithm) -> int:
+    """Bits of one client's dense upload: every message the algorithm declares (``up``), each
+    leaf at its dtype's width. ``shapes``: the parameters or their ``jax.ShapeDtypeStruct``
+    leaves."""
+    return sum(tree_bits(m) for m in declared_messages(shapes, algorithm).up.values())
+
+
+def other_up_bits(shapes, algorithm) -> int:
+    """Bits of the upload messages besides the delta (sent dense even with a compressor)."""
+    up = declared_messages(shapes, algorithm).up
+    return sum(tree_bits(m) for name, m in up.items() if name != "delta")
 
 
 def reports_bits(sim) -> bool:
@@ -103,5 +128,4 @@ def upload_bits(sim, infos) -> jax.Array | None:
     delta plus any other release dense (SCAFFOLD's control variate); else None (dense)."""
     if not sim.counts_bits:
         return None
-    releases = len(sim.algorithm.releases)
-    return infos["bits"].astype(jnp.float32) + sim.dense_bits // releases * (releases - 1)
+    return infos["bits"].astype(jnp.float32) + sim.other_up_bits

@@ -104,7 +104,8 @@ def dp_sgd_estimator(
     def prepare(x, count, key):
         return None
 
-    def grad(params, x, y, count, key, aux, s):
+    def grad(params, x, y, count, key, aux, s, lr=None):
+        del lr
         length = x.shape[0]
         # A replica's own clip and z * clip (host-computed) in an in-program sweep.
         bound, std = hparams.value("clip", clip), hparams.value("noise_std", stddev)
