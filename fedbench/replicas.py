@@ -30,12 +30,12 @@ import numpy as np
 from fedbench.errors import ConfigError
 from fedbench.results import CompileCounter, write_json, write_jsonl
 
-#: sweep.<name> -> the config path it sets.
+#: sweep.<name> -> the config path it sets, for keys no algorithm owns. An algorithm's own
+#: keys (``sweep.<key>`` -> ``algorithm.<key>``) are those it declares beside its code
+#: (``Algorithm.hyperparameters``: FedProx's ``mu``, FedDyn's ``alpha``, the server
+#: optimisers' ``server_lr``): :func:`sweep_keys`.
 SWEEP_KEYS = {
     "lr": ("lr",),
-    "server_lr": ("algorithm", "server_lr"),  # FedAvgM, FedAdam/Yogi/Adagrad, FedBuff
-    "mu": ("algorithm", "mu"),
-    "alpha": ("algorithm", "alpha"),  # FedDyn's
     "noise_multiplier": ("privacy", "noise_multiplier"),
     "clip": ("privacy", "clip"),
     "target_epsilon": ("privacy", "target_epsilon"),
@@ -46,14 +46,37 @@ SWEEP_KEYS = {
 _PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
 
 
+def algorithm_hyperparameters(algorithm_cfg: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The sweepable keys the configured algorithm declares (``Algorithm.hyperparameters``)."""
+    from fedbench.algorithm import BUILDERS, build_algorithm
+
+    name = (algorithm_cfg or {}).get("name")
+    if name not in BUILDERS:
+        return ()
+    return build_algorithm(dict(algorithm_cfg)).hyperparameters
+
+
+def sweep_keys(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``sweep.<name>`` -> the config path it sets, for this config: :data:`SWEEP_KEYS` and
+    the algorithm's declared hyper-parameters."""
+    declared = algorithm_hyperparameters(cfg.get("algorithm"))
+    return {**SWEEP_KEYS, **{key: ("algorithm", key) for key in declared}}
+
+
 def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
     """The ``sweep`` keys that hold a list of values, checked."""
     out = {}
+    keys = sweep_keys(cfg) if any(v is not None for v in (cfg.get("sweep") or {}).values()) \
+        else SWEEP_KEYS
     for name, values in (cfg.get("sweep") or {}).items():
         if values is None:
             continue
-        if name not in SWEEP_KEYS:
-            raise ConfigError(f"sweep.{name}", values, "a key of: " + ", ".join(SWEEP_KEYS))
+        if name not in keys:
+            algorithm = (cfg.get("algorithm") or {}).get("name")
+            raise ConfigError(f"sweep.{name}", values,
+                              f"null, or a key of ({algorithm} declares "
+                              f"{', '.join(k for k in keys if k not in SWEEP_KEYS) or 'none'}): "
+                              + ", ".join(keys))
         values = [values] if isinstance(values, (str, int, float)) else list(values)
         if name == "members":  # a list of client-index lists, each checked by check_members
             values = [sorted(int(c) for c in v) if not isinstance(v, (str, int, float)) else v
@@ -74,13 +97,6 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
         if name in _PRIVATE and (privacy.get("adaptive_clip") or {}).get("enabled"):
             raise ConfigError(f"sweep.{name}", out[name], "null with privacy.adaptive_clip "
                               "(the clip and noise split are state of their own)")
-        if name == "mu" and (cfg.get("algorithm") or {}).get("name") != "fedprox":
-            raise ConfigError("sweep.mu", out[name], "null unless algorithm=fedprox")
-        if name == "server_lr" and "server_lr" not in (cfg.get("algorithm") or {}):
-            raise ConfigError("sweep.server_lr", out[name], "null unless the algorithm has a "
-                              "server_lr (fedavgm, fedadam, fedyogi, fedadagrad, fedbuff)")
-        if name == "alpha" and (cfg.get("algorithm") or {}).get("name") != "feddyn":
-            raise ConfigError("sweep.alpha", out[name], "null unless algorithm=feddyn")
         if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
             raise ConfigError("sweep.partition_alpha", out[name], "null unless the partition has an alpha "
                               "(partition=dirichlet)")
@@ -116,8 +132,9 @@ def replica_configs(cfg: Mapping[str, Any], num_seeds: int) -> list[tuple[str, d
         rep.update(seed=seed, seeds=1, partition={**cfg["partition"], "seed": part_seed})
         if "sweep" in cfg:
             rep["sweep"] = {k: None for k in (cfg.get("sweep") or {})}
+        keys = sweep_keys(cfg)
         for name, value in zip(grid, values):
-            _set(rep, SWEEP_KEYS[name], value)
+            _set(rep, keys[name], value)
             if name == "target_epsilon":
                 _set(rep, ("privacy", "noise_multiplier"), None)
             if name == "noise_multiplier":
@@ -177,12 +194,9 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
         mask[list(run_cfg["members"])] = 1.0
         values["members"] = mask
     algorithm = run_cfg.get("algorithm") or {}
-    if algorithm.get("name") == "fedprox" and algorithm.get("mu") is not None:
-        values["mu"] = float(algorithm["mu"])
-    if algorithm.get("server_lr") is not None:
-        values["server_lr"] = float(algorithm["server_lr"])
-    if algorithm.get("name") == "feddyn" and algorithm.get("alpha") is not None:
-        values["alpha"] = float(algorithm["alpha"])
+    for key in algorithm_hyperparameters(algorithm):  # declared beside the algorithm's code
+        if algorithm.get(key) is not None:
+            values[key] = float(algorithm[key])
     mechanism = None if plan is None else plan.mechanism
     if mechanism is not None and not getattr(mechanism, "adaptive", False):
         z, clip = mechanism.noise_multiplier, mechanism.clip

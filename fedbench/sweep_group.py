@@ -23,12 +23,10 @@ from collections.abc import Sequence
 
 from fedbench.errors import ConfigError
 
-# command-line key -> the in-program sweep key (fedbench.replicas.SWEEP_KEYS)
+# command-line key -> the in-program sweep key (fedbench.replicas.SWEEP_KEYS); an algorithm's
+# own keys, ``algorithm.<key>`` -> ``<key>``, are those it declares (Algorithm.hyperparameters).
 GROUPABLE = {
     "lr": "lr",
-    "algorithm.mu": "mu",
-    "algorithm.alpha": "alpha",
-    "algorithm.server_lr": "server_lr",
     "privacy.noise_multiplier": "noise_multiplier",
     "privacy.clip": "clip",
     "privacy.target_epsilon": "target_epsilon",
@@ -77,12 +75,17 @@ def group_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     if not multirun:
         raise ConfigError(FLAG, True, "only with -m (--multirun): it groups a sweep's values")
     given = {kv[0]: kv[1] for kv in map(_split, argv) if kv}
+    from fedbench.replicas import algorithm_hyperparameters
+
+    algorithm = given.get("algorithm", "fedavg")  # conf/config.yaml's default
+    groupable = {**GROUPABLE, **{f"algorithm.{key}": key for key in
+                                 algorithm_hyperparameters({"name": algorithm})}}
     out, notes = [], []
     for arg in argv:
         kv = _split(arg)
         items = _simple_list(kv[1]) if kv else None
-        if kv and items and kv[0] in GROUPABLE:
-            name = GROUPABLE[kv[0]]
+        if kv and items and kv[0] in groupable:
+            name = groupable[kv[0]]
             if f"sweep.{name}" in given:
                 raise ConfigError(f"sweep.{name}", given[f"sweep.{name}"],
                                   f"unset when {kv[0]} is swept with {FLAG}=true")

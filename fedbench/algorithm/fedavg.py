@@ -42,4 +42,4 @@ def proximal_term(mu: float):
 def fedprox(cfg: Mapping[str, Any]) -> Algorithm:
     mu = non_negative(cfg, "mu", " (FedProx proximal coefficient)")
     return Algorithm("fedprox", "federated", optax.sgd(1.0), settings={"mu": mu},
-                     grad_adjust=proximal_term(mu) if mu else None)
+                     grad_adjust=proximal_term(mu) if mu else None, hyperparameters=("mu",))

@@ -22,4 +22,5 @@ from fedbench.algorithm.base import Algorithm, positive, server_step, unit
 def fedavgm(cfg: Mapping[str, Any]) -> Algorithm:
     server_lr, momentum = positive(cfg, "server_lr"), unit(cfg, "momentum")
     return Algorithm("fedavgm", "federated", optax.chain(optax.trace(decay=momentum), server_step(server_lr)),
-                     settings={"server_lr": server_lr, "momentum": momentum})
+                     settings={"server_lr": server_lr, "momentum": momentum},
+                     hyperparameters=("server_lr",))

@@ -61,7 +61,7 @@ def fedbuff(cfg: Mapping[str, Any], clients_per_round: int | None) -> Algorithm:
     return Algorithm("fedbuff", "async", server_step(server_lr),
                      settings={"server_lr": server_lr, "buffer_size": k, "concurrency": m,
                                "restart": restart},
-                     buffer_size=k, concurrency=m,
+                     buffer_size=k, concurrency=m, hyperparameters=("server_lr",),
                      dp_client="asynchronous buffers are not covered by the DP-FedAvg accountant")
 
 

@@ -83,6 +83,7 @@ def feddyn(cfg: Mapping[str, Any]) -> Algorithm:
     alpha = positive(cfg, "alpha")
     return Algorithm(
         "feddyn", "federated", optax.identity(), settings={"alpha": alpha},
+        hyperparameters=("alpha",),
         grad_adjust=_grad_adjust_for(alpha), client_state=_zeros, server_state=_zeros,
         client_context=_context, client_finish=_finish_for(alpha), aggregate=_aggregate,
         server_update=_server_update_for(alpha),

@@ -17,9 +17,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedbench.algorithm.base import Algorithm, positive
+from fedbench.algorithm.base import Algorithm, positive, server_step
 
 
 def fednova_mean(deltas, weights: jax.Array, steps: jax.Array):
@@ -40,7 +39,8 @@ def _aggregate(uploads, weights, stats, valid, num_clients):
 def fednova(cfg: Mapping[str, Any]) -> Algorithm:
     server_lr = positive(cfg, "server_lr")
     return Algorithm(
-        "fednova", "federated", optax.sgd(server_lr), settings={"server_lr": server_lr},
+        "fednova", "federated", server_step(server_lr), settings={"server_lr": server_lr},
+        hyperparameters=("server_lr",),  # a sweep replica's own (server_step reads it)
         aggregate=_aggregate,
         dp_client="FedNova rescales each clipped delta by tau_eff / tau_i, a data-dependent "
                   "factor the accounted sensitivity does not cover",

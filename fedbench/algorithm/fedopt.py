@@ -70,7 +70,8 @@ def _fedopt(name: str, cfg: Mapping[str, Any]) -> Algorithm:
         scale_by_fedopt(name.removeprefix("fed"), beta1, beta2, tau), server_step(server_lr)
     )
     settings = {"server_lr": server_lr, "beta1": beta1, "beta2": beta2, "tau": tau}
-    return Algorithm(name, "federated", transform, settings=settings)
+    return Algorithm(name, "federated", transform, settings=settings,
+                     hyperparameters=("server_lr",))
 
 
 def fedadam(cfg: Mapping[str, Any]) -> Algorithm:

@@ -27,9 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedbench.algorithm.base import Algorithm, optimizer_update, positive, weighted_mean
+from fedbench.algorithm.base import (
+    Algorithm, optimizer_update, positive, server_step, weighted_mean,
+)
 from fedbench.errors import ConfigError
 
 
@@ -87,7 +88,7 @@ def scaffold(cfg: Mapping[str, Any]) -> Algorithm:
     if weighting not in WEIGHTINGS:
         raise ConfigError("algorithm.weighting", weighting, "one of: " + ", ".join(WEIGHTINGS))
     return Algorithm(
-        "scaffold", "federated", optax.sgd(server_lr),
+        "scaffold", "federated", server_step(server_lr), hyperparameters=("server_lr",),
         settings={"server_lr": server_lr, "weighting": weighting},
         grad_adjust=_grad_adjust, client_state=_zeros, server_state=_zeros,
         client_context=_context, client_finish=_finish,
