@@ -53,7 +53,7 @@ def algorithm_hyperparameters(algorithm_cfg: Mapping[str, Any] | None) -> tuple[
     name = (algorithm_cfg or {}).get("name")
     if name not in BUILDERS:
         return ()
-    return build_algorithm(dict(algorithm_cfg)).hyperparameters
+    return build_algorithm(dict(algorithm_cfg), 1).hyperparameters  # shapes of no concern
 
 
 def sweep_keys(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
