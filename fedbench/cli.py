@@ -25,27 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedbench.errors import BufferOverflowError, ConfigError
-
-
-
-def _conf_dir() -> Path:
-    """Hydra's config groups: ``fedbench/conf`` in an installed wheel, else the checkout's ``conf/``.
-
-    ``conf/`` lives at the top of the repository and is packaged as ``fedbench.conf``
-    (``pyproject.toml``), so a wheel or ``pip install .`` runs from any directory; an editable
-    install reads the checkout's ``conf/`` directly.
-    """
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"fedbench's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'} "
-        "holds config.yaml; reinstall fedbench"
-    )
-
-
-CONF_DIR = _conf_dir()
+from fedbench.paths import CONF_DIR  # noqa: F401  (also fedbench.cli.CONF_DIR)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")

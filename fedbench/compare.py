@@ -57,7 +57,7 @@ def algorithm_config(name: str, config_dir: str | Path | None = None,
 
 
 def _conf_dir() -> Path:
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
 
     return CONF_DIR
 

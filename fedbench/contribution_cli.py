@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
     from fedbench.contribution import contribution
     from fedbench.results import write_json
 

@@ -282,7 +282,9 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     (``<out_dir>/checkpoints``) hold the stacked states. ``plans``: each replica's privacy
     plan (its epsilon and disclosure), ``make_evaluate(plan)``: its metrics function.
     """
-    from fedbench.run import _finite, _loss_finite, _run_summary
+    from fedbench.results import finite as _finite
+    from fedbench.results import loss_finite as _loss_finite
+    from fedbench.results import run_summary as _run_summary
 
     names = [name for name, _ in replicas]
     configs = [c for _, c in replicas]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
+import sys
+from collections.abc import Mapping
 import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.monitoring
+import jax.numpy as jnp
+import numpy as np
 
+from fedbench.metric_names import MODEL_METRICS
 from fedbench.atomic import (  # noqa: F401  (re-exported: the one atomic writer)
     INFINITE_AS_STRING,
     json_ready,
@@ -136,3 +142,56 @@ def device_info() -> dict[str, Any]:
         "jax_config": config,
         "env": {name: os.environ.get(name) for name in NUMERICS_ENV},
     }
+
+
+# -- a run's summary.json ---------------------------------------------------------------------
+def run_summary(status, final, config, timing, partition_stats, sim, state,
+                 privacy) -> dict[str, Any]:
+    """The contents of a run's ``summary.json``.
+
+    Under ``privacy.release_metrics=false`` ``final`` is already without the private metrics
+    and ``partition_stats`` and ``sites`` are ``null``; the ``privacy`` block says what epsilon
+    covers and lists the outputs it does not (:meth:`fedbench.privacy.plan.PrivacyPlan.disclosure`).
+    """
+    released = privacy is None or privacy.release_metrics
+    summary = {
+        "status": status,
+        "final": final,
+        "config": config,
+        "timing": timing,
+        "partition_stats": partition_stats if released else None,
+        "sites": sim.site_results(state) if status == "completed" and released else None,
+        "privacy": (privacy.report(int(state.round), np.asarray(state.participation),
+                                   None if state.clip is None else float(state.clip),
+                                   steps=dp_steps(state))
+                    if privacy is not None else None),
+        "client_axis": sim.client_axis,
+        "links": None if sim.links is None else sim.links.summary(),
+        "versions": package_versions(),
+        "device": device_info(),
+        "python": sys.version.split()[0],
+    }
+    if privacy is not None:
+        summary["privacy"].update(privacy.disclosure(summary))
+    return summary
+
+
+def finite(state) -> bool:
+    return all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
+
+
+def loss_finite(metrics: Mapping[str, Any]) -> bool:
+    """The training loss is finite (the pooled test loss where privacy.release_metrics=false
+    leaves the training loss out)."""
+    loss = metrics.get("train_loss", metrics.get("test_loss", 0.0))
+    return loss is not None and math.isfinite(loss)
+
+
+def dp_steps(state) -> np.ndarray | None:
+    """DP-SGD steps each client took (``dp_sample``), for the accountant; else ``None``."""
+    return None if state.dp_steps is None else np.asarray(state.dp_steps)
+
+
+def without_model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every :data:`MODEL_METRICS` entry NaN: those of non-finite parameters."""
+    return {k: float("nan") if k in MODEL_METRICS else v for k, v in metrics.items()}

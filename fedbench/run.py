@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +18,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fedbench.algorithm import build_algorithm, check_client_dp
@@ -31,7 +29,6 @@ from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.links import build_links
-from fedbench.metric_names import MODEL_METRICS
 from fedbench.model import build_model
 from fedbench.model.semi import check_local
 from fedbench.progress import _print_progress, _print_table
@@ -44,7 +41,12 @@ from fedbench.replicas import (
     swept,
 )
 from fedbench.distributed import initialize as initialize_distributed
-from fedbench.results import CompileCounter, device_info, package_versions, write_json, write_jsonl
+from fedbench.results import CompileCounter, write_json, write_jsonl
+from fedbench.results import dp_steps as _dp_steps
+from fedbench.results import finite as _finite
+from fedbench.results import loss_finite as _loss_finite
+from fedbench.results import run_summary as _run_summary
+from fedbench.results import without_model_metrics as _without_model_metrics
 from fedbench.simulator import Simulator
 from fedbench.tracking import Tracker, build_tracker
 from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: public here too)
@@ -305,55 +307,3 @@ def run_experiment(
     if on_finish is not None:
         on_finish(sim, state)
     return summary
-
-
-def _run_summary(status, final, config, timing, partition_stats, sim: Simulator, state,
-                 privacy) -> dict[str, Any]:
-    """The contents of a run's ``summary.json``.
-
-    Under ``privacy.release_metrics=false`` ``final`` is already without the private metrics
-    and ``partition_stats`` and ``sites`` are ``null``; the ``privacy`` block says what epsilon
-    covers and lists the outputs it does not (:meth:`fedbench.privacy.plan.PrivacyPlan.disclosure`).
-    """
-    released = privacy is None or privacy.release_metrics
-    summary = {
-        "status": status,
-        "final": final,
-        "config": config,
-        "timing": timing,
-        "partition_stats": partition_stats if released else None,
-        "sites": sim.site_results(state) if status == "completed" and released else None,
-        "privacy": (privacy.report(int(state.round), np.asarray(state.participation),
-                                   None if state.clip is None else float(state.clip),
-                                   steps=_dp_steps(state))
-                    if privacy is not None else None),
-        "client_axis": sim.client_axis,
-        "links": None if sim.links is None else sim.links.summary(),
-        "versions": package_versions(),
-        "device": device_info(),
-        "python": sys.version.split()[0],
-    }
-    if privacy is not None:
-        summary["privacy"].update(privacy.disclosure(summary))
-    return summary
-
-
-def _finite(state) -> bool:
-    return all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(state.params))
-
-
-def _loss_finite(metrics: Mapping[str, Any]) -> bool:
-    """The training loss is finite (the pooled test loss where privacy.release_metrics=false
-    leaves the training loss out)."""
-    loss = metrics.get("train_loss", metrics.get("test_loss", 0.0))
-    return loss is not None and math.isfinite(loss)
-
-
-def _dp_steps(state) -> np.ndarray | None:
-    """DP-SGD steps each client took (``dp_sample``), for the accountant; else ``None``."""
-    return None if state.dp_steps is None else np.asarray(state.dp_steps)
-
-
-def _without_model_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` with every :data:`MODEL_METRICS` entry NaN: those of non-finite parameters."""
-    return {k: float("nan") if k in MODEL_METRICS else v for k, v in metrics.items()}

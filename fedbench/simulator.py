@@ -69,7 +69,7 @@ from fedbench.privacy.mechanisms import (
     poisson_cohort,
 )
 from fedbench.round import federated_round
-from fedbench.state import ServerState, Settings
+from fedbench.state import CLIENT_AXES, ServerState, Settings
 from fedbench.store import init_store
 from fedbench.stragglers import Stragglers, report_share, straggler_plan
 from fedbench.task import batch_loss_fn
@@ -84,7 +84,6 @@ __all__ = [  # re-exported: the simulator's vocabulary in one import
 ]
 
 Params = Any
-CLIENT_AXES = ("auto", "vmap", "map")
 ROUNDS = {  # the round function of each kind of algorithm
     "federated": federated_round,
     "async": fedbuff_round,

@@ -9,6 +9,8 @@ import flax.struct
 import jax
 
 Params = Any
+#: How the cohort is mapped: ``auto`` picks per backend (:func:`fedbench.simulator.resolve_client_axis`).
+CLIENT_AXES = ("auto", "vmap", "map")
 
 
 @dataclasses.dataclass(frozen=True)

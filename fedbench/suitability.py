@@ -131,7 +131,7 @@ def parse_settings(raw: Mapping[str, Any] | None, links_cfg: Mapping[str, Any] |
 def _links_default() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
 
     return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "links" / "profiles.yaml"))
 
@@ -340,7 +340,7 @@ def suitability(cfg: Mapping[str, Any], out_dir: str | Path, progress: bool = Tr
 def _privacy_default() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
 
     return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "privacy" / "dp_client.yaml"))
 
@@ -358,7 +358,7 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
     from fedbench.config_check import check_command_line
 
     argv = with_group(overrides)

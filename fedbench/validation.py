@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
-from fedbench.simulator import CLIENT_AXES, Settings, Stragglers
+from fedbench.state import CLIENT_AXES, Settings
+from fedbench.stragglers import Stragglers
 from fedbench.xla_options import check as check_cpu_fusions
 
 

@@ -48,7 +48,7 @@ def test_building_from_the_name_gives_the_yaml_settings(path):
     algorithm = build_algorithm({"name": name}, clients_per_round)
     assert algorithm.name == name
     # FedProx's proximal coefficient (Li et al. 2020, Eq. 2); 0 for every other algorithm.
-    assert algorithm.prox_mu == pytest.approx(settings.get("mu", 0.0))
+    assert algorithm.settings.get("mu", 0.0) == pytest.approx(settings.get("mu", 0.0))
     if name == "fedbuff":
         assert algorithm.buffer_size == (settings["buffer_size"] or clients_per_round)
         assert algorithm.concurrency == (settings["concurrency"] or clients_per_round)
@@ -66,12 +66,13 @@ def test_building_from_the_name_gives_the_yaml_settings(path):
     np.testing.assert_allclose(np.asarray(step), _first_server_step(name, settings, g), rtol=1e-5)
     # The same algorithm built from the full YAML is the same algorithm.
     full = build_algorithm(settings, clients_per_round)
-    assert (full.prox_mu, full.buffer_size, full.concurrency) == (
-        algorithm.prox_mu, algorithm.buffer_size, algorithm.concurrency)
+    assert (full.settings.get("mu", 0.0), full.buffer_size, full.concurrency) == (
+        algorithm.settings.get("mu", 0.0), algorithm.buffer_size, algorithm.concurrency)
 
 
 def test_fedprox_default_is_not_fedavg():
-    assert build_algorithm({"name": "fedprox"}).prox_mu == pytest.approx(0.01)  # fedprox.yaml
+    # fedprox.yaml's default
+    assert build_algorithm({"name": "fedprox"}).settings.get("mu", 0.0) == pytest.approx(0.01)
 
 
 def test_an_explicit_null_setting_names_the_key():

@@ -20,7 +20,7 @@ from conftest import compose
 from fedbench.algorithm import ALGORITHMS, build_algorithm
 from fedbench.errors import ConfigError
 from fedbench.model import MLP
-from fedbench.reference import run_reference
+from reference import run_reference
 from fedbench.run import run_experiment
 from fedbench.simulator import Settings, Simulator
 from fedbench.store import gather, init_store, scatter
@@ -163,3 +163,48 @@ def test_finetune_evaluation_takes_the_data_as_an_argument_not_a_constant():
     text = sim._client_models.lower(state.params, state.server, store, state.key, state.round,
                                     data).as_text()
     assert len(text) < np.asarray(data.train_x).nbytes / 10
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    """No import cycle between fedbench's modules, counting imports inside functions too (by
+    AST: every ``import``/``from ... import`` statement anywhere in a module)."""
+    import ast
+
+    package = REPO / "fedbench"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def imports(name, path):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                if node.level:
+                    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                    base = ".".join(here[:len(here) - node.level + 1] + [node.module])
+                found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                             for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        # importing a submodule of one's own package is not importing the package back
+        return {m for m in found if m in modules and m != name and not name.startswith(m + ".")}
+
+    graph = {name: imports(name, path) for name, path in modules.items()}
+    cycles, state = [], {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            if state.get(dep) == "open":
+                cycles.append(trail[trail.index(dep):] + [name, dep])
+            elif dep not in state:
+                visit(dep, trail + [name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert not cycles, cycles
+    assert not (package / "reference.py").exists()  # the reference loop is a testing module

@@ -371,7 +371,8 @@ def test_regimes_take_each_algorithm_from_its_yaml(own):
         assert run_cfg["partition"] == {**cfg["partition"], "seed": cfg["seed"]}
     fedavg = build_algorithm(regime_config(cfg, "fedavg", seed=0)["algorithm"])
     fedprox = build_algorithm(regime_config(cfg, "fedprox", seed=0)["algorithm"])
-    assert fedavg.prox_mu == 0.0 and fedprox.prox_mu == _yaml_algorithm("fedprox")["mu"]
+    assert fedavg.settings.get("mu", 0.0) == 0.0
+    assert fedprox.settings.get("mu", 0.0) == _yaml_algorithm("fedprox")["mu"]
 
 
 def test_the_configs_own_algorithm_keeps_its_overrides():

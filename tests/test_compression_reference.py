@@ -2,7 +2,7 @@
 
 The reference is written here from Stich et al. (NeurIPS 2018, Algorithm 1, "memory") with
 FedAvg's example-weighted mean (McMahan et al. 2017): a Python loop over rounds and sampled
-clients, local SGD one minibatch at a time (:func:`fedbench.reference.client_sgd`), each
+clients, local SGD one minibatch at a time (:func:`reference.client_sgd`), each
 client's residual in a dict (untouched while the client is not sampled), top-k per tensor by
 NumPy's ``argsort`` of magnitudes. It shares no code with :mod:`fedbench.compression`, the
 per-client store or the client map.
@@ -18,7 +18,7 @@ from conftest import make_uneven_data
 from fedbench.algorithm import build_algorithm
 from fedbench.compression import build_compression
 from fedbench.model import MLP
-from fedbench.reference import client_sgd
+from reference import client_sgd
 from fedbench.simulator import Settings, Simulator
 
 

@@ -19,7 +19,7 @@ from conftest import make_uneven_data
 from fedbench.algorithm import build_algorithm
 from fedbench.errors import ConfigError
 from fedbench.model import MLP, LogReg
-from fedbench.reference import run_fedbuff_reference
+from reference import run_fedbuff_reference
 from fedbench.simulator import Settings, Simulator
 
 

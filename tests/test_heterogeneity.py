@@ -10,7 +10,7 @@ from conftest import make_uneven_data
 
 from fedbench.algorithm import build_algorithm
 from fedbench.model import MLP
-from fedbench.reference import run_reference
+from reference import run_reference
 from fedbench.simulator import Settings, Simulator, Stragglers, straggler_plan
 
 

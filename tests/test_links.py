@@ -20,7 +20,7 @@ from fedbench.compression import build_compression
 from fedbench.errors import ConfigError
 from fedbench.links import build_links
 from fedbench.model import MLP
-from fedbench.reference import run_fedbuff_reference
+from reference import run_fedbuff_reference
 from fedbench.run import run_experiment
 from fedbench.simulator import Settings, Simulator
 

@@ -14,7 +14,7 @@ from conftest import compose, make_uneven_data
 from fedbench.algorithm import build_algorithm, scale_by_fedopt
 from fedbench.dataset.federated import from_client_arrays
 from fedbench.model import MLP, LogReg
-from fedbench.reference import client_sgd, run_reference
+from reference import client_sgd, run_reference
 from fedbench.results import CompileCounter
 from fedbench.run import run_experiment
 from fedbench.simulator import Settings, Simulator, make_local_update

@@ -2,7 +2,7 @@
 
 Independent expectations: a term-by-term loop for the Breslow partial likelihood, ``lifelines``
 for the concordance index and for the Cox fit, FLamby's published federation sizes, and the
-sequential reference loop (:mod:`fedbench.reference`) for federated training with
+sequential reference loop (:mod:`reference`) for federated training with
 ``local_steps``.
 """
 
@@ -22,7 +22,7 @@ from fedbench.dataset.federated import from_client_arrays
 from fedbench.dataset.tcga import default_path
 from fedbench.errors import ConfigError
 from fedbench.model import Cox, build_model
-from fedbench.reference import run_reference
+from reference import run_reference
 from fedbench.run import run_experiment
 from fedbench.simulator import Settings, Simulator
 from fedbench.task import concordance_index, cox_loss, cox_terms

@@ -88,7 +88,7 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
 def _yaml_defaults(name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
 
     path = CONF_DIR / "algorithm" / f"{name}.yaml"
     if not path.is_file():

@@ -207,20 +207,6 @@ class Algorithm:
     hyperparameters: tuple[str, ...] = ()
     messages: Callable[["Algorithm", Any], Messages] = default_messages
 
-    # Read-only descriptions kept for reports and the reference loop (nothing in the round
-    # tests them).
-    @property
-    def prox_mu(self) -> float:
-        return float(self.settings.get("mu", 0.0)) if self.name == "fedprox" else 0.0
-
-    @property
-    def scaffold(self) -> bool:
-        return self.name == "scaffold"
-
-    @property
-    def normalized(self) -> bool:
-        return self.name == "fednova"
-
 
 def server_step(server_lr: float) -> optax.GradientTransformation:
     """The server optimiser's last step: ``-server_lr`` times the direction, the rate read from

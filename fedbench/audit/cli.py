@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedbench.cli import CONF_DIR
+from fedbench.paths import CONF_DIR
 from fedbench.errors import ConfigError
 
 

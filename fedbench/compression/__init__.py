@@ -63,7 +63,7 @@ def compression_defaults(name: str) -> dict[str, Any]:
 def _yaml_defaults(name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from fedbench.cli import CONF_DIR
+    from fedbench.paths import CONF_DIR
 
     path = CONF_DIR / "compression" / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
