@@ -76,7 +76,7 @@ class Evaluation:
         store = None if state.store is None else state.store["algorithm"]
         lr = hparams.get(state.hparams, "lr", None)
         return self._client_models(state.params, state.server, store, state.key, state.round,
-                                   self.data, lr)
+                                   self.data, None if lr is None else {"lr": lr})
 
     def _entries_now(self, params, entries, data):
         """Every client's store entries after ``client_prepare`` (as if it took part now)."""
@@ -113,7 +113,7 @@ class Evaluation:
                                                            clusters))
         return out
 
-    def _client_models_impl(self, params, server, entries, key, round_, data, lr=None):
+    def _client_models_impl(self, params, server, entries, key, round_, data, hp=None):
         # ``data`` is an argument: a concrete array closed over would be baked into the program.
         alg = self.algorithm
         if alg.client_models is not None:
@@ -128,7 +128,7 @@ class Evaluation:
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, round_), 0xF17E),
                                 data.num_clients)
         deltas, _ = map_over_clients(
-            lambda p, x, y, n, k: update(p, x, y, n, k, lr=lr), "map", (None, 0, 0, 0, 0))(
+            lambda p, x, y, n, k: update(p, x, y, n, k, hp=hp), "map", (None, 0, 0, 0, 0))(
             params, data.train_x, data.train_y, data.train_counts, keys)
         return jax.tree.map(lambda p, d: p + d, params, deltas)
 

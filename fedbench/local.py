@@ -1,15 +1,15 @@
 """Local training: the one SGD loop every client runs, and mapping it over the client axis.
 
 A client's local update is ``local_update(server_params, x, y, count, key, epochs, context,
-lr) -> (delta, stats)``: SGD from the server model for the client's own number of steps, at the
-step size ``lr`` the round passes in (the run's, or a sweep replica's own:
-:func:`fedbench.hparams.get`), with
+hp) -> (delta, stats)``: SGD from the server model for the client's own number of steps, with
+``hp`` the run's hyper-parameters the round passes in (its ``lr``, a sweep replica's own:
+:mod:`fedbench.hparams`), and
 
 * a **gradient estimator** that says what one step's gradient is: the task loss of a minibatch
   cut from a fresh random order of the client's examples (:func:`minibatch_estimator`), or
   DP-SGD's Poisson-sampled, per-example-clipped, noised gradient
   (:func:`fedbench.privacy.dp_sgd.dp_sgd_estimator`);
-* an algorithm's **gradient adjustment** ``grad_adjust(grads, params, anchor, context)``: what
+* an algorithm's **gradient adjustment** ``grad_adjust(grads, params, anchor, context, hp)``: what
   the algorithm adds to the local objective's gradient (FedProx's proximal term, SCAFFOLD's
   control-variate correction, FedDyn's linear and quadratic terms), with ``context`` the
   per-client data the algorithm handed to this client (e.g. from the per-client store).
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedbench import hparams
 from fedbench.task import masked_cross_entropy
 
 Params = Any
@@ -53,9 +54,10 @@ class GradientEstimator(NamedTuple):
     """How one local step's gradient is computed (a pair of pure functions).
 
     ``prepare(x, count, key) -> aux`` runs once per local update (e.g. the epochs' orders);
-    ``grad(params, x, y, count, key, aux, step, lr) -> (loss, grads, overflow)`` runs per step
-    (``lr``: the step size the loop applies next, for estimators that write a projected step as
-    a gradient, APFL's mixing weight).
+    ``grad(params, x, y, count, key, aux, step, lr, hp) -> (loss, grads, overflow)`` runs per
+    step (``lr``: the step size the loop applies next, for estimators that write a projected step
+    as a gradient, APFL's mixing weight; ``hp``: the run's hyper-parameters, DP-SGD's clip and
+    noise).
     ``steps(count, epochs) -> int`` is the client's number of steps for ``epochs`` epochs.
     """
 
@@ -109,8 +111,8 @@ def minibatch_estimator(
         )
         return jnp.pad(orders, ((0, 0), (0, padded - length)))
 
-    def grad(params, x, y, count, key, orders, s, lr=None):
-        del key, lr
+    def grad(params, x, y, count, key, orders, s, lr=None, hp=None):
+        del key, lr, hp
         steps_per_epoch = jnp.maximum((count + batch_size - 1) // batch_size, 1)
         epoch = s // steps_per_epoch
         start = (s % steps_per_epoch) * batch_size
@@ -134,16 +136,17 @@ def make_local_update(
     grad_adjust: GradAdjust | None = None,
     estimator: GradientEstimator | None = None,
 ) -> Callable[..., tuple[Params, ClientStats]]:
-    """Builds ``local_update(server_params, x, y, count, key[, epochs, context, lr]) -> (delta,
+    """Builds ``local_update(server_params, x, y, count, key[, epochs, context, hp]) -> (delta,
     stats)``.
 
-    ``lr`` (the argument of ``local_update``) is the step size of this call: a run's or a sweep
-    replica's own, passed in by the round; ``None`` takes the ``lr`` given here.
+    ``hp`` (the argument of ``local_update``) holds this call's hyper-parameters, passed in by
+    the round: ``hp["lr"]`` is its step size (a run's or a sweep replica's own); without it the
+    ``lr`` given here.
 
     ``x``: ``[N, F...]`` padded inputs, ``y``: ``[N]`` (or ``[N, 2]`` survival targets),
     ``count``: the client's real size, ``epochs``: optional per-client number of epochs
     (``<= local_epochs``; default ``local_epochs``), ``context``: what the algorithm handed this
-    client, passed to ``grad_adjust(grads, params, server_params, context)``, which returns the
+    client, passed to ``grad_adjust(grads, params, server_params, context, hp)``, which returns the
     gradient of the algorithm's local objective (default: the estimator's gradient as is).
 
     The estimator defaults to :func:`minibatch_estimator` with ``loss_fn``. With
@@ -159,8 +162,8 @@ def make_local_update(
             apply_fn, local_epochs=local_epochs, batch_size=batch_size, loss_fn=loss_fn
         )
 
-    def local_update(server_params, x, y, count, key, epochs=None, context=None, lr=None):
-        rate = build_lr if lr is None else lr
+    def local_update(server_params, x, y, count, key, epochs=None, context=None, hp=None):
+        rate = hparams.get(hp, "lr", build_lr)
         if local_steps is not None:
             total = jnp.asarray(local_steps, jnp.int32)
         else:
@@ -169,9 +172,9 @@ def make_local_update(
 
         def step(carry, masked):
             params, s, loss_sum, overflow = carry
-            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate)
+            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate, hp)
             if grad_adjust is not None:
-                grads = grad_adjust(grads, params, server_params, context)
+                grads = grad_adjust(grads, params, server_params, context, hp)
             if not masked:  # the loop's condition already stopped here (vmap: JAX selects)
                 params = jax.tree.map(lambda p, g: p - rate * g, params, grads)
                 return params, s + 1, loss_sum + loss, overflow + over

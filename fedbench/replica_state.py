@@ -19,7 +19,7 @@ class Replicas:
     def init_replicas(self, seeds, values=None) -> ServerState:
         """States of several independent runs stacked on a leading replica axis: replica ``i``
         is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings) and, with
-        ``values`` (one mapping per replica, :data:`fedbench.hparams.NAMES`), its own values
+        ``values`` (one mapping per replica, :func:`fedbench.replicas.run_values`), its own values
         in ``hparams``."""
         keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
         states = jax.vmap(self._init_from_key)(keys)

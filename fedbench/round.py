@@ -35,7 +35,9 @@ def federated_round(sim, state, data):
     members = hparams.get(state.hparams, "members", None)  # a sub-federation's 0/1 mask
     ids, valid, overflow = sim.sample_cohort(sample_key, members)
     counts = data.train_counts[ids]
-    lr = hparams.get(state.hparams, "lr", sim.settings.lr)  # this run's (replica's) own
+    # The run's hyper-parameters, passed explicitly to every piece: its own (a sweep
+    # replica's) values where the state carries them, else the settings' constants.
+    hp = {**(state.hparams or {}), "lr": hparams.get(state.hparams, "lr", sim.settings.lr)}
     # The cohort's rows outside training only for passes that need them (IFCA's choice, the
     # personal passes); flat storage refuses those and gathers inside `with_cohort` alone.
     needs_rows = alg.client_prepare is not None or alg.personal_pass is not None
@@ -58,7 +60,7 @@ def federated_round(sim, state, data):
     personal = alg.personal_pass
     if personal is not None and personal.first:  # a local pass before the main one (FedRep)
         own = personal_update(sim, received, x, y, counts,
-                              keys, epochs, context, own, lr=lr)
+                              keys, epochs, context, own, hp=hp)
         context = alg.client_context(state.server, own)
     round_info = sim.round_info(state)
     client = map_over_clients(
@@ -68,11 +70,11 @@ def federated_round(sim, state, data):
     )
     deltas, sent, stats, transform_states, infos = data.with_cohort(ids, lambda x, y: client(
         received, x, y, counts, keys, epochs, context, entries["transforms"], round_info, ids,
-        lr))
+        hp))
     if personal is not None and not personal.first:  # a pass that never leaves the site (Ditto)
         own = personal_update(sim, received, x, y, counts,
-                              keys, epochs, context, own, deltas, lr=lr)
-    uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid, lr)
+                              keys, epochs, context, own, deltas, hp=hp)
+    uploads, new_entries = alg.client_finish(deltas, stats, own, state.server, valid, hp)
     uploads = {**uploads, "delta": sent}
     overflow = state.overflow + overflow + jnp.sum(jnp.where(valid, stats.overflow, 0))
     participation = state.participation.at[ids].add(valid.astype(jnp.int32))
@@ -86,7 +88,7 @@ def federated_round(sim, state, data):
     durations = sim.durations(ids, counts, epochs, sim.upload_bits(infos))
     clock = state.clock + jnp.max(jnp.where(valid, durations, 0.0))  # the slowest kept client
     params, opt_state, server = alg.server_update(
-        state.params, state.opt_state, state.server, aggregates, alg.server_optimizer
+        state.params, state.opt_state, state.server, aggregates, alg.server_optimizer, hp
     )
     store = scatter(state.store, ids, {"algorithm": new_entries, "transforms": transform_states},
                     valid)

@@ -227,17 +227,17 @@ class Simulator(Replicas, Evaluation):
 
     # -- the pieces of a round ----------------------------------------------------------------
     def client_update(self, params, x, y, count, key, epochs, context, transform_state, info,
-                      client=None, lr=None):
+                      client=None, hp=None):
         """One client: local training, then its delta through the update transforms (which see
         ``info`` plus the client's own ``"key"``, e.g. for random compression, and its id
-        ``"client"``, e.g. for audit canaries); ``lr``: the run's client learning rate (None: the
-        settings').
+        ``"client"``, e.g. for audit canaries); ``hp``: the run's hyper-parameters (its ``lr``;
+        None: the settings').
         Returns ``(delta, sent, stats, transform_state, transform_info)``. Training starts at
         the algorithm's ``client_start`` (FedPer: its own head) and only its ``shared`` part of
         the delta enters the transforms (FedPer: the body)."""
         alg = self.algorithm
         start = params if alg.client_start is None else alg.client_start(params, context)
-        delta, stats = self.local_update(start, x, y, count, key, epochs, context, lr)
+        delta, stats = self.local_update(start, x, y, count, key, epochs, context, hp)
         info = {**info, "key": jax.random.fold_in(key, 0xC0DEC), "client": client}
         shared = delta if alg.shared is None else alg.shared(delta)
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
@@ -266,7 +266,7 @@ class Simulator(Replicas, Evaluation):
         if not isinstance(self.privacy, ClientDP):
             return {"run_key": state.key}
         return {"run_key": state.key, "clip": state.clip if self.privacy.adaptive
-                else hparams.value("clip", self.privacy.clip)}
+                else hparams.get(state.hparams, "clip", self.privacy.clip)}
 
     def aggregate(self, state, uploads, weights, stats, valid, infos):
         """The cohort's uploads -> ``(aggregates, clip)``: the algorithm's aggregation, or under
@@ -275,7 +275,8 @@ class Simulator(Replicas, Evaluation):
         if isinstance(dp, ClientDP):
             bound = self.round_info(state)["clip"]
             mean, clip = dp_noisy_mean(uploads["delta"], infos["norm"], valid, dp,
-                                       self.noise_key(state), bound)
+                                       self.noise_key(state), bound,
+                                       noise_std=hparams.get(state.hparams, "noise_std", None))
             private = self.algorithm.dp_aggregate  # the algorithm's post-processing, if declared
             aggregates = {"delta": mean} if private is None else private({"delta": mean})
             return aggregates, clip if clip is not None else state.clip
@@ -363,7 +364,7 @@ class Simulator(Replicas, Evaluation):
         keys: ``fold_in(fold_in(run_key, r), 0x5EED)`` with the simulator's ``noise_salt``
         folded in (:func:`fedbench.privacy.plan.noise_salt`; ``None``: seed and round only)."""
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
-        salt = hparams.value("noise_salt", self.noise_salt)  # a sweep replica's own salt
+        salt = hparams.get(state.hparams, "noise_salt", self.noise_salt)  # a replica's own
         return key if salt is None else jax.random.fold_in(key, salt)
 
     def durations(self, ids: jax.Array, counts: jax.Array, epochs, bits_up=None) -> jax.Array:
@@ -395,8 +396,7 @@ class Simulator(Replicas, Evaluation):
         body = ROUNDS[self.algorithm.kind]
 
         def one(_, s):
-            with hparams.scope(s.hparams):  # a sweep replica's own lr, mu, clip, noise
-                return body(self, s, payload)
+            return body(self, s, payload)  # s.hparams: a replica's own lr, mu, clip, noise
 
         return jax.lax.fori_loop(0, num_rounds, one, state)
 

@@ -51,7 +51,8 @@ def apfl_estimator(adaptive: bool, alpha_lr: float):
         base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                    loss_fn=loss_fn)
 
-        def grad(p, x, y, count, key, aux, s, lr):
+        def grad(p, x, y, count, key, aux, s, lr, hp=None):
+            del hp
             w, v, a = p["w"], p["v"], p["alpha"]
             _, g_w, _ = base.grad(w, x, y, count, key, aux, s)
             mixed = jax.tree.map(lambda vv, ww: a * vv + (1 - a) * ww, v, w)

@@ -4,18 +4,18 @@ In the spirit of FedJAX's ``FederatedAlgorithm`` and optax's ``GradientTransform
 algorithm is data (an :class:`Algorithm`) holding pure functions over a leading cohort axis
 (except ``grad_adjust``, which runs inside one client's local loop):
 
-* ``grad_adjust(grads, params, anchor, context)``: what a client adds to its local objective's
+* ``grad_adjust(grads, params, anchor, context, hp)``: what a client adds to its local objective's
   gradient (FedProx's ``mu (w - w_server)``, SCAFFOLD's ``c - c_i``, FedDyn's terms);
 * ``client_state(params)``: one client's entry of the per-client store (a pytree of zeros), or
   ``None``; the simulator keeps ``[num_clients, ...]`` of them across rounds;
 * ``server_state(params)``: the algorithm's own server-side state (SCAFFOLD's ``c``), or ``None``;
 * ``client_context(server_state, entries)``: what the sampled clients receive besides the
   model (``entries``: their store entries, leading cohort axis);
-* ``client_finish(deltas, stats, entries, server_state, valid, lr) -> (uploads,
+* ``client_finish(deltas, stats, entries, server_state, valid, hp) -> (uploads,
   new_entries)``: what each client of the cohort sends (``uploads["delta"]`` always; SCAFFOLD adds ``"control"``) and its new store entry;
 * ``aggregate(uploads, weights, stats, valid, num_clients) -> aggregates``: how the server
   combines the cohort's uploads (example-weighted mean; FedNova's normalised mean);
-* ``server_update(params, opt_state, server_state, aggregates, optimizer)``: the new server
+* ``server_update(params, opt_state, server_state, aggregates, optimizer, hp)``: the new server
   model (an optax server optimiser on the negated mean delta by default).
 
 Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pieces:
@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedbench import hparams
+from fedbench.hparams import get as hparams_get
 from fedbench.errors import ConfigError
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
 from fedbench.task import batch_loss_fn
@@ -81,16 +81,19 @@ def mean_aggregate(uploads, weights, stats, valid, num_clients):
     return {"delta": weighted_mean(uploads["delta"], weights)}
 
 
-def optimizer_update(params, opt_state, server_state, aggregates, optimizer):
-    """The server optimiser on the pseudo-gradient ``-mean delta`` (Reddi et al. 2021, Alg. 1)."""
+def optimizer_update(params, opt_state, server_state, aggregates, optimizer, hp=None):
+    """The server optimiser on the pseudo-gradient ``-mean delta`` (Reddi et al. 2021, Alg. 1);
+    ``hp``, the run's hyper-parameters, reaches every transform that takes it (:func:`server_step`
+    reads ``server_lr``)."""
     pseudo_grad = jax.tree.map(jnp.negative, aggregates["delta"])
-    updates, opt_state = optimizer.update(pseudo_grad, opt_state, params)
+    updates, opt_state = optax.with_extra_args_support(optimizer).update(
+        pseudo_grad, opt_state, params, hparams=hp)
     return optax.apply_updates(params, updates), opt_state, server_state
 
 
-def send_delta(deltas, stats, entries, server_state, valid, lr):
+def send_delta(deltas, stats, entries, server_state, valid, hp):
     """Each client sends its model delta and keeps its store entry as it was."""
-    del stats, server_state, valid, lr
+    del stats, server_state, valid, hp
     return {"delta": deltas}, entries
 
 
@@ -208,17 +211,18 @@ class Algorithm:
     messages: Callable[["Algorithm", Any], Messages] = default_messages
 
 
-def server_step(server_lr: float) -> optax.GradientTransformation:
+def server_step(server_lr: float) -> optax.GradientTransformationExtraArgs:
     """The server optimiser's last step: ``-server_lr`` times the direction, the rate read from
-    the run's ``hparams`` (``server_lr``; a replica's own in an in-program sweep) with the
-    constant as default. Equals ``optax.scale(-server_lr)`` bit for bit (a sign flip is exact)."""
+    the run's hyper-parameters passed to ``update`` (``hparams=``, their ``server_lr``; a
+    replica's own in an in-program sweep) with the constant as default. Equals
+    ``optax.scale(-server_lr)`` bit for bit (a sign flip is exact)."""
 
-    def update(updates, state, params=None):
-        del params
-        rate = hparams.value("server_lr", server_lr)
+    def update(updates, state, params=None, *, hparams=None, **extra_args):
+        del params, extra_args
+        rate = hparams_get(hparams, "server_lr", server_lr)
         return jax.tree.map(lambda u: u * -rate, updates), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 def check_client_dp(algorithm: Algorithm) -> None:
@@ -290,19 +294,20 @@ def make_personal_update(sim, local_epochs: int, batch_size: int):
 
 
 def personal_update(sim, params, x, y, counts, keys, epochs, context, entries, deltas=None,
-                    lr=None):
+                    hp=None):
     """The cohort's store entries after the algorithm's :class:`PersonalPass` (Ditto's ``v_k``):
     each client trains from ``start(params, context, delta)`` (``deltas``: the main pass's, None
     before it) on its own data with its own minibatch order (``fold_in(key, 0xD1770)``;
     ``same_order``: the main pass's); nothing of it is sent. Its step size is the pass's own
-    ``lr`` if it has one (pFedMe's personal rate), else ``lr``, the run's client rate."""
+    ``lr`` if it has one (pFedMe's personal rate), else ``hp["lr"]``, the run's client rate."""
     personal = sim.algorithm.personal_pass
-    lr = personal.lr if personal.lr is not None else lr
+    if personal.lr is not None:
+        hp = {**(hp or {}), "lr": personal.lr}
 
     def one(x, y, count, key, epochs, context, delta):
         start = personal.start(params, context, delta)
         key = key if personal.same_order else jax.random.fold_in(key, 0xD1770)
-        delta, _ = sim.personal_local_update(start, x, y, count, key, epochs, params, lr)
+        delta, _ = sim.personal_local_update(start, x, y, count, key, epochs, params, hp)
         return delta, start
 
     axes = (0,) * 6 + (None if deltas is None else 0,)

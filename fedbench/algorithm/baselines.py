@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench import hparams
 from fedbench.algorithm.base import Algorithm
 from fedbench.local import map_over_clients
 
@@ -39,7 +38,7 @@ def centralized_round(sim, state, pooled):
     idx = jax.random.permutation(sample_key, pooled_y.shape[0])[: sim.centralized_size]
     delta, _ = sim.local_update(
         state.params, pooled_x[idx], pooled_y[idx], jnp.int32(sim.centralized_size), clients_key,
-        lr=hparams.get(state.hparams, "lr", sim.settings.lr),
+        hp=state.hparams,
     )
     params = jax.tree.map(jnp.add, state.params, delta)
     return state.replace(params=params, round=state.round + 1)
@@ -48,9 +47,8 @@ def centralized_round(sim, state, pooled):
 def local_round(sim, state, data):
     _, clients_key = sim.round_keys(state)
     keys = jax.random.split(clients_key, data.num_clients)
-    lr = hparams.get(state.hparams, "lr", sim.settings.lr)
     update = map_over_clients(
-        lambda p, x, y, n, k: sim.local_update(p, x, y, n, k, lr=lr), sim.client_axis,
+        lambda p, x, y, n, k: sim.local_update(p, x, y, n, k, hp=state.hparams), sim.client_axis,
         (0, 0, 0, 0, 0))
     deltas, _ = update(state.params, data.train_x, data.train_y, data.train_counts, keys)
     params = jax.tree.map(jnp.add, state.params, deltas)

@@ -97,8 +97,8 @@ def _ifca_for(k: int):
         losses = jax.vmap(loss)(params)  # F_i(theta_j) for every j at once
         return {**entry, "cluster": jnp.argmin(losses).astype(jnp.int32)}
 
-    def finish(deltas, stats, entries, server_state, valid, lr):
-        del stats, server_state, valid, lr
+    def finish(deltas, stats, entries, server_state, valid, hp):
+        del stats, server_state, valid, hp
         return {"delta": deltas, "cluster": entries["cluster"]}, entries
 
     def aggregate(uploads, weights, stats, valid, num_clients):
@@ -163,8 +163,8 @@ def _cfl_for(k_max: int, eps1: float, eps2: float, warmup: int, min_size: int):
         del params
         return {"clusters": jnp.ones((), jnp.int32), "round": jnp.zeros((), jnp.int32)}
 
-    def finish(deltas, stats, entries, server, valid, lr):
-        del stats, lr
+    def finish(deltas, stats, entries, server, valid, hp):
+        del stats, hp
         old = entries["cluster"]
         flat = _flat(deltas)
         norms = jnp.linalg.norm(flat, axis=1)
@@ -193,9 +193,10 @@ def _cfl_for(k_max: int, eps1: float, eps2: float, warmup: int, min_size: int):
         return {"delta": cluster_means(uploads["delta"], uploads["cluster"], weights, k_max),
                 "source": uploads["source"], "clusters": uploads["clusters"]}
 
-    def server_update(params, opt_state, server, aggregates, optimizer):
+    def server_update(params, opt_state, server, aggregates, optimizer, hp=None):
         parents = _take(params, aggregates["source"])  # a new cluster starts at its parent's
-        params, opt_state, _ = optimizer_update(parents, opt_state, None, aggregates, optimizer)
+        params, opt_state, _ = optimizer_update(parents, opt_state, None, aggregates, optimizer,
+                                                hp)
         return params, opt_state, {"clusters": aggregates["clusters"],
                                    "round": server["round"] + 1}
 

@@ -31,9 +31,9 @@ def fedavg(cfg: Mapping[str, Any]) -> Algorithm:
 def proximal_term(mu: float):
     """``grads + mu (w - w_server)``: the gradient of FedProx's proximal term (Li et al. Eq. 2)."""
 
-    def grad_adjust(grads, params, anchor, context):
+    def grad_adjust(grads, params, anchor, context, hp=None):
         del context
-        m = hparams.value("mu", mu)  # a replica's own mu in an in-program sweep
+        m = hparams.get(hp, "mu", mu)  # a replica's own mu in an in-program sweep
         return jax.tree.map(lambda g, p, p0: g + m * (p - p0), grads, params, anchor)
 
     return grad_adjust

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench import hparams
 from fedbench.algorithm.base import Algorithm, positive, server_step
 from fedbench.errors import ConfigError
 from fedbench.local import map_over_clients
@@ -239,17 +238,16 @@ def _server_update(sim, state, data, start, ids, keys, staleness):
     """The buffer's local updates (over the client axis) and the server step on their
     example- and staleness-weighted mean. Returns ``(params, opt_state)``."""
     counts = data.train_counts[ids]
-    lr = hparams.get(state.hparams, "lr", sim.settings.lr)
     update = map_over_clients(
-        lambda p, x, y, n, k: sim.local_update(p, x, y, n, k, lr=lr), sim.client_axis,
+        lambda p, x, y, n, k: sim.local_update(p, x, y, n, k, hp=state.hparams), sim.client_axis,
         (0, 0, 0, 0, 0))
     deltas, _ = update(start, *data.cohort(ids), counts, keys)
     weights = counts.astype(jnp.float32) / jnp.maximum(jnp.sum(counts), 1)  # all empty: 0
     weights = weights / jnp.sqrt(1.0 + staleness.astype(jnp.float32))
     mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
-    updates, opt_state = sim.algorithm.server_optimizer.update(
-        jax.tree.map(jnp.negative, mean_delta), state.opt_state, state.params
-    )
+    updates, opt_state = optax.with_extra_args_support(sim.algorithm.server_optimizer).update(
+        jax.tree.map(jnp.negative, mean_delta), state.opt_state, state.params,
+        hparams=state.hparams)
     return optax.apply_updates(state.params, updates), opt_state
 
 

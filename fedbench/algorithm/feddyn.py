@@ -39,8 +39,8 @@ def _context(h, g_k):
 
 
 def _grad_adjust_for(alpha: float):
-    def grad_adjust(grads, params, anchor, g_k):
-        a = hparams.value("alpha", alpha)  # a replica's own alpha in an in-program sweep
+    def grad_adjust(grads, params, anchor, g_k, hp=None):
+        a = hparams.get(hp, "alpha", alpha)  # a replica's own alpha in an in-program sweep
         return jax.tree.map(lambda g, gk, p, p0: g - gk + a * (p - p0),
                             grads, g_k, params, anchor)
 
@@ -48,9 +48,9 @@ def _grad_adjust_for(alpha: float):
 
 
 def _finish_for(alpha: float):
-    def finish(deltas, stats, entries, h, valid, lr):
-        del stats, h, lr
-        a = hparams.value("alpha", alpha)
+    def finish(deltas, stats, entries, h, valid, hp):
+        del stats, h
+        a = hparams.get(hp, "alpha", alpha)
         shape = lambda d: (-1,) + (1,) * (d.ndim - 1)  # noqa: E731
         new = jax.tree.map(lambda g, d: jnp.where(valid.reshape(shape(d)), g - a * d, g),
                            entries, deltas)
@@ -69,9 +69,9 @@ def _aggregate(uploads, weights, stats, valid, num_clients):
 
 
 def _server_update_for(alpha: float):
-    def server_update(params, opt_state, h, aggregates, optimizer):
+    def server_update(params, opt_state, h, aggregates, optimizer, hp=None):
         del optimizer
-        a = hparams.value("alpha", alpha)
+        a = hparams.get(hp, "alpha", alpha)
         h = jax.tree.map(lambda h, s: h - a * s, h, aggregates["sum_over_clients"])
         params = jax.tree.map(lambda w, d, hh: w + d - hh / a, params, aggregates["delta"], h)
         return params, opt_state, h

@@ -124,7 +124,7 @@ def _models_with(start):
 
 
 def _ditto_adjust_for(lam: float):
-    def grad_adjust(grads, v, start, w_server):
+    def grad_adjust(grads, v, start, w_server, hp=None):
         del start
         return jax.tree.map(lambda g, p, w: g + lam * (p - w), grads, v, w_server)
 
@@ -172,8 +172,8 @@ def _local_parts(keys_of):
         local = set(keys_of(tree))
         return {k: jax.tree.map(jnp.zeros_like, v) if k in local else v for k, v in tree.items()}
 
-    def finish(deltas, stats, entries, server_state, valid, lr):
-        del stats, server_state, valid, lr
+    def finish(deltas, stats, entries, server_state, valid, hp):
+        del stats, server_state, valid, hp
         new = {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, deltas[k])
                for k, e in entries.items()}
         return {"delta": shared(deltas)}, new
@@ -262,8 +262,8 @@ def _fedrep_for(layers: int, head_steps: int) -> dict[str, Any]:
                              for k, o in offsets.items()}}
 
     def only(part):  # grads of one part: the other part's zeroed (held fixed)
-        def grad_adjust(grads, params, anchor, context):
-            del params, anchor, context
+        def grad_adjust(grads, params, anchor, context, hp=None):
+            del params, anchor, context, hp
             head = set(head_keys(grads, layers))
             return {k: g if (k in head) == (part == "head") else jax.tree.map(jnp.zeros_like, g)
                     for k, g in grads.items()}

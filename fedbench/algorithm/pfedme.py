@@ -56,8 +56,8 @@ def moreau_estimator(lam: float, steps: int, personal_lr: float):
         base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                    loss_fn=loss_fn)
 
-        def grad(w, x, y, count, key, aux, s, lr=None):
-            del lr
+        def grad(w, x, y, count, key, aux, s, lr=None, hp=None):
+            del lr, hp
 
             def inner(_, carry):
                 theta, _ = carry
@@ -80,7 +80,8 @@ def one_batch_estimator(apply_fn, *, local_epochs, batch_size, loss_fn):
     base = minibatch_estimator(apply_fn, local_epochs=local_epochs, batch_size=batch_size,
                                loss_fn=loss_fn)
     return GradientEstimator(
-        base.prepare, lambda p, x, y, count, key, aux, s, lr=None: base.grad(p, x, y, count, key, aux, 0),
+        base.prepare, lambda p, x, y, count, key, aux, s, lr=None, hp=None: base.grad(p, x, y, count, key, aux,
+                                                                          0),
         base.steps)
 
 
@@ -89,7 +90,7 @@ def _entry(params):
 
 
 def _prox_for(lam: float):
-    def grad_adjust(grads, theta, centre, params_server):
+    def grad_adjust(grads, theta, centre, params_server, hp=None):
         del params_server
         return jax.tree.map(lambda g, t, c: g + lam * (t - c), grads, theta, centre)
 

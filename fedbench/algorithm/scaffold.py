@@ -43,13 +43,15 @@ def _context(server_c, client_c):
     return jax.tree.map(jnp.subtract, server_c, client_c)
 
 
-def _grad_adjust(grads, params, anchor, correction):
-    del params, anchor
+def _grad_adjust(grads, params, anchor, correction, hp=None):
+    del params, anchor, hp
     return jax.tree.map(jnp.add, grads, correction)
 
 
-def _finish(deltas, stats, entries, server_c, valid, lr):
-    """Option II over the cohort: ``dc_i`` of clients that reported and took steps (else 0)."""
+def _finish(deltas, stats, entries, server_c, valid, hp):
+    """Option II over the cohort: ``dc_i`` of clients that reported and took steps (else 0),
+    with the run's own ``lr`` (``hp["lr"]``: a sweep replica's)."""
+    lr = hp["lr"]
     steps = stats.num_steps
     use = valid & (steps > 0)
     factor = jnp.where(use, 1.0 / (jnp.maximum(steps, 1) * lr), 0.0)
@@ -77,8 +79,8 @@ def _aggregate(uploads, weights, stats, valid, num_clients, weighting="uniform")
     }
 
 
-def _server_update(params, opt_state, server_c, aggregates, optimizer):
-    params, opt_state, _ = optimizer_update(params, opt_state, None, aggregates, optimizer)
+def _server_update(params, opt_state, server_c, aggregates, optimizer, hp=None):
+    params, opt_state, _ = optimizer_update(params, opt_state, None, aggregates, optimizer, hp)
     return params, opt_state, jax.tree.map(jnp.add, server_c, aggregates["control"])
 
 

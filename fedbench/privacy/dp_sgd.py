@@ -104,15 +104,15 @@ def dp_sgd_estimator(
     def prepare(x, count, key):
         return None
 
-    def grad(params, x, y, count, key, aux, s, lr=None):
+    def grad(params, x, y, count, key, aux, s, lr=None, hp=None):
         del lr
         length = x.shape[0]
         # A replica's own clip and z * clip (host-computed) in an in-program sweep.
-        bound, std = hparams.value("clip", clip), hparams.value("noise_std", stddev)
+        bound, std = hparams.get(hp, "clip", clip), hparams.get(hp, "noise_std", stddev)
         rate = jnp.minimum(1.0, batch_size / jnp.maximum(count, 1))
         expected = rate * count
         sample_key, noise_key = jax.random.split(jax.random.fold_in(key, s))
-        salt = hparams.value("noise_salt", noise_salt)
+        salt = hparams.get(hp, "noise_salt", noise_salt)
         if salt is not None:
             noise_key = jax.random.fold_in(noise_key, salt)
         chosen = sample_examples(sample_key, count, length, batch_size)

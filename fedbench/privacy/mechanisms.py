@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbench import hparams
 
 Params = Any
 
@@ -180,7 +179,7 @@ class SampleDP:
 
 def dp_noisy_mean(
     clipped: Params, norms: jax.Array, valid: jax.Array, dp: ClientDP, key: jax.Array,
-    bound: float | jax.Array,
+    bound: float | jax.Array, noise_std: float | jax.Array | None = None,
 ) -> tuple[Params, jax.Array | None]:
     """DP-FedAvg's aggregator: sum the valid clipped deltas, add Gaussian noise, divide by the
     expected number of reporting clients ``dp.expected_reports`` (McMahan et al. 2018,
@@ -188,7 +187,8 @@ def dp_noisy_mean(
 
     ``clipped``: the cohort's deltas already clipped to ``bound`` (the first update transform,
     :func:`fedbench.transforms.clip_by_norm`); ``norms``: their norms before clipping.
-    Fixed clipping: noise std ``noise_multiplier * bound``; returns ``(mean, None)``.
+    Fixed clipping: noise std ``noise_multiplier * bound`` (``noise_std``: a sweep replica's own,
+    computed on the host; :mod:`fedbench.hparams`); returns ``(mean, None)``.
     Adaptive clipping (Andrew et al. 2021, Algorithm 1): the sum gets noise std
     ``delta_noise_multiplier * bound``; the share of clients whose delta was within the bound,
     ``(sum_i (1[||delta_i|| <= bound] - 1/2) + N(0, count_stddev^2)) / expected_reports + 1/2``
@@ -202,8 +202,8 @@ def dp_noisy_mean(
     z = dp.delta_noise_multiplier if dp.adaptive else dp.noise_multiplier
     # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
     stddev = z * bound if z > 0 else 0.0
-    if not dp.adaptive:  # a replica's own z * clip in an in-program sweep (host-computed)
-        stddev = hparams.value("noise_std", stddev)
+    if not dp.adaptive and noise_std is not None:  # a replica's own z * clip (host-computed)
+        stddev = noise_std
     noisy = add_gaussian_noise(total, stddev, delta_key if dp.adaptive else key)
     mean = jax.tree.map(lambda t: t / dp.expected_reports, noisy)
     if not dp.adaptive:
