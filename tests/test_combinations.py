@@ -287,3 +287,23 @@ def test_a_sweep_key_the_algorithm_does_not_declare_is_refused():
                        progress=None)
     assert error.value.key == "sweep.mu" and "fedavg declares none" in str(error.value)
     assert json.dumps(["mu"]) == json.dumps(list(_declared("fedprox")))
+
+
+# -- every algorithm: values carried as data = the same values as constants -----------------------
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "fedbuff"])
+def test_carried_hyperparameters_equal_their_constants(name):
+    """A run's numbers carried in ``state.hparams`` (every ``fedbench`` run) must mean what the
+    same numbers mean as constants (a plain ``Simulator``): a piece that takes a carried value for
+    another purpose (pFedMe's personal pass took the client ``lr`` for its ``personal_lr``) makes
+    the two differ."""
+    arrays = _sites()
+    algorithm = build_algorithm({"name": name, **({"clusters": 2} if name == "ifca" else {})}, 3)
+    carried = {"lr": 0.1, **{k: float(algorithm.settings[k]) for k in algorithm.hyperparameters}}
+    plain = _simulator(name, arrays, 3)
+    got = plain.run(plain.init(values=carried), 2)
+    want = plain.run(plain.init(), 2)
+    close = lambda a, b: np.testing.assert_allclose(  # noqa: E731
+        np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    jax.tree.map(close, got.params, want.params)
+    jax.tree.map(close, got.store, want.store)
+    jax.tree.map(close, plain.evaluated_params(got), plain.evaluated_params(want))
