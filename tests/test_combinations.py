@@ -307,3 +307,27 @@ def test_carried_hyperparameters_equal_their_constants(name):
     jax.tree.map(close, got.params, want.params)
     jax.tree.map(close, got.store, want.store)
     jax.tree.map(close, plain.evaluated_params(got), plain.evaluated_params(want))
+
+
+@pytest.mark.parametrize("name", [n for n in COMPRESSORS if n != "none"])
+def test_each_compressor_declares_truly_whether_it_can_raise_the_norm(name):
+    """The declaration client-level DP relies on (``Compressor.raises_norm``), checked on random
+    updates: a compressor declared safe never sends more than the norm it was given (20 draws,
+    heavy-tailed too); one declared unsafe does exceed it on some draw (the refusal is not
+    merely cautious). Then ``dp_client`` accepts exactly the safe ones."""
+    cfg = {**compression_defaults(name), "error_feedback": False}
+    compressor = build_compression(cfg)
+    ratios = []
+    for seed in range(20):
+        key = jax.random.PRNGKey(seed)
+        x = {"w": jax.random.t(key, 3.0, (30, 7)), "b": jax.random.normal(key, (7,))}
+        sent, _ = compressor.compress(x, jax.random.fold_in(key, 1))
+        norm = lambda t: float(jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree.leaves(t))))  # noqa
+        ratios.append(norm(sent) / norm(x))
+    if compressor.raises_norm is None:
+        assert max(ratios) <= 1 + 1e-6, ratios
+        build_compression(cfg, privacy="dp_client")  # accepted
+    else:
+        assert max(ratios) > 1, ratios
+        with pytest.raises(ConfigError, match="privacy=dp_client"):
+            build_compression(cfg, privacy="dp_client")

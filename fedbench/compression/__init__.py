@@ -26,10 +26,12 @@ width or as a bitmap, whichever is smaller; values at 32 bits, or the quantiser'
 float32 per scale); the run's ``bytes_up`` is the total over the messages that were sent.
 
 Under ``privacy=dp_client`` the Gaussian noise is calibrated to the clip, so every message must
-keep the clipped delta's norm bound: only ``topk`` without error feedback (dropping entries never
-increases the norm) is allowed; ``randk``'s ``d / k`` rescaling, the quantisers and an error
-feedback residual can all exceed the clip, and are refused (:class:`ConfigError`) rather than
-re-clipped (re-clipping would bias the unbiased compressors).
+keep the clipped delta's norm bound: each compressor declares whether it can raise the norm
+(:attr:`Compressor.raises_norm`). ``topk`` (dropping entries) and ``signsgd`` (``mean|x|
+sign(x)`` has norm ``||x||_1 / sqrt(n) <= ||x||_2``), alone or chained, without error feedback,
+are allowed; ``randk``'s ``d / k`` rescaling, the unbiased quantisers and an error-feedback
+residual can all exceed the clip, and are refused (:class:`ConfigError`) rather than re-clipped
+(re-clipping would bias the unbiased compressors).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedbench.compression.compressor import (
-    NORM_INCREASING,
     QUANTIZERS,
     SPARSIFIERS,
     Compressor,
@@ -50,7 +51,7 @@ from fedbench.errors import ConfigError
 
 NAMES = ("none",) + SPARSIFIERS + QUANTIZERS
 
-__all__ = ["NAMES", "NORM_INCREASING", "QUANTIZERS", "SPARSIFIERS", "Compressor", "add_bits",
+__all__ = ["NAMES", "QUANTIZERS", "SPARSIFIERS", "Compressor", "add_bits",
            "build_compression", "compression_defaults", "total_bits", "zero_bits"]
 
 
@@ -169,14 +170,17 @@ def build_compression(
         raise ConfigError("compression.name", name,
                           "none with an asynchronous algorithm (FedBuff's uploads are not "
                           "compressed yet)")
-    if privacy == "dp_client":
+    if privacy == "dp_client":  # each piece declares whether it can raise the clipped norm
         for key, chosen in (("compression.name", name),
                             ("compression.then", then_settings and then_settings["name"])):
-            if chosen in NORM_INCREASING:
+            piece = (None if chosen is None else
+                     Compressor(sparsifier=chosen) if chosen in SPARSIFIERS else
+                     Compressor(quantizer=chosen))
+            if piece is not None and piece.raises_norm is not None:
                 raise ConfigError(
                     key, chosen,
-                    "topk (alone) with privacy=dp_client: the noise is calibrated to the clip, and "
-                    f"{chosen} can make a clipped update's norm exceed privacy.clip",
+                    "a compressor that never raises a clipped update's norm (topk, signsgd) with "
+                    f"privacy=dp_client: the noise is calibrated to the clip, and {piece.raises_norm}",
                 )
         if settings["error_feedback"]:
             raise ConfigError(

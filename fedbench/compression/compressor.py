@@ -48,8 +48,6 @@ from fedbench.transforms import UpdateTransform
 
 SPARSIFIERS = ("topk", "randk")
 QUANTIZERS = ("quantize", "qsgd", "signsgd")
-#: Compressors whose output can have a larger L2 norm than their input.
-NORM_INCREASING = ("randk", "quantize", "qsgd", "signsgd")
 #: A message's bits are counted in int32 (:mod:`fedbench.compression.traffic`).
 MAX_MESSAGE_BITS = 2**31 - 1
 
@@ -119,6 +117,24 @@ class Compressor:
         return jnp.zeros_like(block).at[indices].set(values), bits
 
     # -- declarations -------------------------------------------------------------------------
+    @property
+    def raises_norm(self) -> str | None:
+        """Why this compressor's output can have a larger L2 norm than its input (client-level
+        DP's noise is calibrated to the clip, so such a compressor is refused there), or None.
+
+        Top-k keeps a subset of the entries and unscaled rand-k (under error feedback) too; the
+        scaled sign sends ``mean|x| sign(x)`` per bucket, of norm ``||x||_1 / sqrt(n) <= ||x||_2``
+        (Cauchy-Schwarz), so neither raises the norm. Rescaled rand-k multiplies the kept
+        entries by ``d / k``; the unbiased quantisers add variance (``E||Q(x)||^2 = ||x||^2 +
+        E||Q(x) - x||^2``); an error-feedback residual adds what earlier rounds left out."""
+        if self.error_feedback:
+            return "its error-feedback residual is added back to the clipped update"
+        if self.sparsifier == "randk":
+            return "rand-k rescales the kept entries by d / k"
+        if self.quantizer in ("quantize", "qsgd"):
+            return f"{self.quantizer} is unbiased: its rounding adds variance to the norm"
+        return None
+
     def variance_bound(self, entries: int) -> float:
         """``omega`` of the quantiser on ``entries`` values: ``E||Q(x) - x||^2 <= omega
         ||x||^2`` (0 without a quantiser or for the scaled sign, which is biased and handled by
