@@ -1,16 +1,20 @@
 """Every algorithm: checkpoint and resume bit-exact (the combination matrix, generated from
 ``BUILDERS``: a newly registered algorithm joins with no test edit).
 
-Independent expectation: the uninterrupted run. A run of ``ROUNDS`` rounds, checkpointed after
-every round, is compared with a run resumed, in a fresh :func:`~fedbench.run.run_experiment`
-(a new simulator, freshly compiled), from the run directory as it stood right after round
-``CUT``: its checkpoints and its ``metrics.jsonl``, exactly what a process killed at that
-moment leaves on disk. The resumed run must end bit for bit where the uninterrupted one ends:
+Independent expectation: the uninterrupted run. A run of ``ROUNDS`` rounds (evaluated after
+every round, checkpointed every ``CUT``) is compared with a run resumed, through a second
+:func:`~fedbench.run.run_experiment` with ``resume=true`` (a new simulator, its programs traced
+anew), from the run directory as it stood right after round ``CUT``: its checkpoint and its
+``metrics.jsonl``, exactly what a process killed at that moment leaves on disk. The resumed run
+must end bit for bit where the uninterrupted one ends:
 
 * every leaf of the final :class:`~fedbench.simulator.ServerState` (parameters, optimiser and
   server state, round, key, per-client store, clock, clients in flight, ...): same tree, same
   dtypes, same bits;
 * the ``metrics.jsonl`` written, byte for byte, and ``summary.json``'s final metrics.
+
+A mismatch names every differing leaf and its largest difference. An algorithm that cannot
+resume bit for bit goes into ``KNOWN`` with its cause (a strict xfail: it fails once fixed).
 
 The snapshot is taken inside the uninterrupted run (its progress callback after round ``CUT``,
 which comes after that round's metrics and checkpoint are written) rather than by a third,
@@ -22,13 +26,14 @@ cache in a directory of its own for its duration, so the resumed run loads the e
 uninterrupted run compiled instead of compiling them again. The cache is keyed by the lowered
 program and the compile options, so a resumed run whose program differed in any way would
 compile its own; a hit is the executable a separate process would compile from the same
-program.
+program. A resumed run then takes about a second instead of a compilation (the file: about
+1.5 to 2 minutes on an idle 2-core CPU, against about 4 without the cache).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from pathlib import Path
 
 import jax
 import jax.experimental.compilation_cache.compilation_cache as compilation_cache
@@ -42,7 +47,7 @@ from fedbench.run import run_experiment
 
 ALGORITHMS = tuple(BUILDERS)
 ROUNDS, CUT = 4, 2
-#: As tests/test_combinations.py's TINY, with an evaluation and a checkpoint after every round.
+#: As tests/test_combinations.py's TINY, with an evaluation after every round and checkpoints.
 TINY = ["dataset=breast_cancer", "partition=iid", "num_clients=6", "clients_per_round=3",
         f"rounds={ROUNDS}", "eval_every=1", "model=mlp", "model.hidden=[8]", "batch_size=32",
         f"checkpoint_every={CUT}", "partition.seed=0"]
@@ -128,6 +133,7 @@ def test_resumed_run_equals_the_uninterrupted_run(name, tmp_path, capsys):
     assert first["status"] == "completed"
     assert sorted(p.name for p in (resumed / CHECKPOINTS).iterdir()) == [str(CUT)]
     assert not (resumed / "summary.json").exists()
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == CUT + 1  # rounds 0..CUT
 
     capsys.readouterr()
     got: dict = {}
@@ -141,4 +147,6 @@ def test_resumed_run_equals_the_uninterrupted_run(name, tmp_path, capsys):
     differ = _differences(want["state"], got["state"])
     assert not differ, f"{name}: final state leaves not bit for bit equal:\n" + "\n".join(differ)
     assert (resumed / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
-    assert again["final"] == first["final"]
+    final = [json.dumps(json.loads((run / "summary.json").read_text())["final"], sort_keys=True)
+             for run in (whole, resumed)]
+    assert final[1] == final[0]  # compared as text: a NaN metric equals itself
