@@ -4,7 +4,11 @@ An :class:`~fedbench.algorithm.base.Algorithm` says what a client adds to its lo
 what it sends, how the server aggregates and updates, and what per-client and server state it
 keeps; the round (:mod:`fedbench.round`) is built from these pieces and tests no algorithm name.
 A new algorithm is one new file here (a builder ``name(cfg) -> Algorithm``) plus its
-``conf/algorithm/<name>.yaml``, registered in :data:`BUILDERS`.
+``conf/algorithm/<name>.yaml``, registered in :data:`BUILDERS`. It declares what it is beside
+its code: the keys a sweep may vary (``hyperparameters``), its messages (``messages``), what
+leaves a site (``shared``) and how it runs under each privacy mechanism (``dp_aggregate``,
+``dp_client``, ``dp_sample``); ``tests/test_combinations.py`` and ``tests/test_resume_matrix.py``
+then check it in every combination with no test edited (``docs/architecture.md``).
 
 References:
   FedSGD, FedAvg: H. B. McMahan et al., AISTATS 2017, Algorithm 1.
