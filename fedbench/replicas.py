@@ -28,22 +28,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.errors import ConfigError
+from fedbench.privacy.mechanism import declared_hyperparameters, mechanism_class, registry
 from fedbench.results import CompileCounter, write_json, write_jsonl
 
-#: sweep.<name> -> the config path it sets, for keys no algorithm owns. An algorithm's own
-#: keys (``sweep.<key>`` -> ``algorithm.<key>``) are those it declares beside its code
-#: (``Algorithm.hyperparameters``: FedProx's ``mu``, FedDyn's ``alpha``, the server
-#: optimisers' ``server_lr``): :func:`sweep_keys`.
+#: sweep.<name> -> the config path it sets, for keys no algorithm or privacy mechanism owns.
+#: An algorithm's own keys (``sweep.<key>`` -> ``algorithm.<key>``) are those it declares beside
+#: its code (``Algorithm.hyperparameters``: FedProx's ``mu``, FedDyn's ``alpha``, the server
+#: optimisers' ``server_lr``), a privacy mechanism's (``sweep.<key>`` -> ``privacy.<key>``)
+#: likewise (``Mechanism.hyperparameters``: the clip, the noise, the target epsilon):
+#: :func:`sweep_keys`.
 SWEEP_KEYS = {
     "lr": ("lr",),
-    "noise_multiplier": ("privacy", "noise_multiplier"),
-    "clip": ("privacy", "clip"),
-    "target_epsilon": ("privacy", "target_epsilon"),
     "members": ("members",),  # sub-federations: lists of client indices (fedbench-contribution)
     "partition_alpha": ("partition", "alpha"),  # partitions as replicas (fedbench/replica_data.py)
     "partition_seed": ("partition", "seed"),
 }
-_PRIVATE = ("noise_multiplier", "clip", "target_epsilon")
 
 
 def algorithm_hyperparameters(algorithm_cfg: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -57,10 +56,12 @@ def algorithm_hyperparameters(algorithm_cfg: Mapping[str, Any] | None) -> tuple[
 
 
 def sweep_keys(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """``sweep.<name>`` -> the config path it sets, for this config: :data:`SWEEP_KEYS` and
-    the algorithm's declared hyper-parameters."""
+    """``sweep.<name>`` -> the config path it sets, for this config: :data:`SWEEP_KEYS`, the
+    algorithm's declared hyper-parameters and the privacy mechanism's."""
     declared = algorithm_hyperparameters(cfg.get("algorithm"))
-    return {**SWEEP_KEYS, **{key: ("algorithm", key) for key in declared}}
+    private = declared_hyperparameters(cfg.get("privacy"))
+    return {**SWEEP_KEYS, **{key: ("algorithm", key) for key in declared},
+            **{key: ("privacy", key) for key in private}}
 
 
 def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -72,11 +73,18 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
         if values is None:
             continue
         if name not in keys:
+            owners = [m for m in registry() if name in mechanism_class(m).hyperparameters]
+            if owners and (cfg.get("privacy") or {}).get("name", "none") == "none":
+                raise ConfigError(f"sweep.{name}", values,
+                                  f"null without privacy ({', '.join(owners)} declare it)")
             algorithm = (cfg.get("algorithm") or {}).get("name")
+            privacy = (cfg.get("privacy") or {}).get("name", "none")
+            own = [k for k in keys if keys[k][0] == "algorithm"]
+            mine = [k for k in keys if keys[k][0] == "privacy"]
             raise ConfigError(f"sweep.{name}", values,
                               f"null, or a key of ({algorithm} declares "
-                              f"{', '.join(k for k in keys if k not in SWEEP_KEYS) or 'none'}): "
-                              + ", ".join(keys))
+                              f"{', '.join(own) or 'none'}; privacy={privacy} declares "
+                              f"{', '.join(mine) or 'none'}): " + ", ".join(keys))
         values = [values] if isinstance(values, (str, int, float)) else list(values)
         if name == "members":  # a list of client-index lists, each checked by check_members
             values = [sorted(int(c) for c in v) if not isinstance(v, (str, int, float)) else v
@@ -90,13 +98,12 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
             raise ConfigError(f"sweep.{name}", values, "a non-empty list of numbers")
         out[name] = values  # as typed: 2 stays 2, as in a separate job's config
     privacy = cfg.get("privacy") or {}
+    mechanism = mechanism_class(privacy.get("name", "none"))
     for name in out:
-        if name in _PRIVATE and privacy.get("name", "none") == "none":
-            raise ConfigError(f"sweep.{name}", out[name], "null without privacy (dp_client or "
-                              "dp_sample)")
-        if name in _PRIVATE and (privacy.get("adaptive_clip") or {}).get("enabled"):
-            raise ConfigError(f"sweep.{name}", out[name], "null with privacy.adaptive_clip "
-                              "(the clip and noise split are state of their own)")
+        refusal = (None if mechanism is None or keys[name][0] != "privacy"
+                   else mechanism.sweep_refusal(name, privacy))
+        if refusal is not None:
+            raise ConfigError(f"sweep.{name}", out[name], refusal)
         if name == "partition_alpha" and "alpha" not in (cfg.get("partition") or {}):
             raise ConfigError("sweep.partition_alpha", out[name], "null unless the partition has an alpha "
                               "(partition=dirichlet)")
@@ -197,11 +204,9 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
     for key in algorithm_hyperparameters(algorithm):  # declared beside the algorithm's code
         if algorithm.get(key) is not None:
             values[key] = float(algorithm[key])
-    mechanism = None if plan is None else plan.mechanism
-    if mechanism is not None and not getattr(mechanism, "adaptive", False):
-        z, clip = mechanism.noise_multiplier, mechanism.clip
-        values["clip"] = clip
-        values["noise_std"] = z * clip if z > 0 else 0.0
+    carried = {} if plan is None else plan.mechanism.carried()  # e.g. clip and noise std
+    if carried:
+        values.update(carried)
         if not plan.shared_noise:
             from fedbench.privacy.release import noise_salt
 

@@ -4,7 +4,7 @@ One round is one pure function::
 
     sample the cohort -> gather its data and store entries -> local updates (vmap / lax.map over
     the cohort), each client's delta through the update transforms -> what each client sends
-    -> aggregate (the algorithm's, or DP's noisy mean) -> server update -> scatter the store
+    -> aggregate (the algorithm's, or the privacy mechanism's release that wraps it) -> server update -> scatter the store
     -> clock, bytes and participation.
 
 No algorithm name or flag is tested here: the algorithm (:mod:`fedbench.algorithm`) supplies
@@ -84,7 +84,7 @@ def federated_round(sim, state, data):
     # Compressed uploads: the exact encoded bits of every message that counted.
     bits_up = None if state.bits_up is None else add_bits(state.bits_up, infos["bits"], valid)
     weights = jnp.where(valid, counts, 0)
-    aggregates, clip = sim.aggregate(state, uploads, weights, stats, valid, infos)
+    aggregates, private = sim.aggregate(state, uploads, weights, stats, valid, infos)
     durations = sim.durations(ids, counts, epochs, sim.upload_bits(infos))
     clock = state.clock + jnp.max(jnp.where(valid, durations, 0.0))  # the slowest kept client
     params, opt_state, server = alg.server_update(
@@ -94,7 +94,7 @@ def federated_round(sim, state, data):
                     valid)
     return state.replace(
         params=params, opt_state=opt_state, round=state.round + 1, overflow=overflow,
-        participation=participation, store=store, server=server, clock=clock, clip=clip,
-        dp_steps=dp_steps,
-        downloads=downloads, bits_up=bits_up,
+        participation=participation, store=store, server=server, clock=clock,
+        dp_steps=dp_steps, downloads=downloads, bits_up=bits_up,
+        **private,  # the privacy mechanism's own state (e.g. an adaptive clip)
     )

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedbench.algorithm import build_algorithm, check_client_dp
+from fedbench.algorithm import build_algorithm
 from fedbench.checkpoint import RunCheckpoints
 from fedbench.compression import build_compression
 from fedbench.compression.downlink import build_downlink
@@ -31,6 +31,7 @@ from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.links import build_links
 from fedbench.model import build_model
 from fedbench.model.semi import check_local
+from fedbench.privacy.mechanism import mechanism_class
 from fedbench.progress import _print_progress, _print_table
 from fedbench.replicas import (
     check_members,
@@ -83,8 +84,9 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         raise ConfigError(
             "algorithm.concurrency", algorithm.concurrency, f"<= num_clients={cfg['num_clients']}"
         )
-    if (cfg.get("privacy") or {}).get("name") == "dp_client":
-        check_client_dp(algorithm)  # every release privatised, or refused before any work
+    mechanism = mechanism_class((cfg.get("privacy") or {}).get("name", "none"))
+    if mechanism is not None:  # every release privatised, or refused before any work
+        mechanism.check_algorithm(algorithm)
     compressor = build_compression(cfg.get("compression"), (cfg.get("privacy") or {}).get("name"),
                                    algorithm.kind)  # uplink compression (after DP clipping)
     raw = load_dataset(cfg["dataset"])

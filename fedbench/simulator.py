@@ -28,7 +28,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -36,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench import hparams
-from fedbench.algorithm import Algorithm, check_client_dp
-from fedbench.algorithm.base import check_sample_dp, custom_estimator, make_personal_update
+from fedbench.algorithm import Algorithm
+from fedbench.algorithm.base import custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
@@ -60,25 +59,18 @@ from fedbench.local import (
     make_local_update,
     map_over_clients,
 )
-from fedbench.privacy.dp_sgd import dp_sgd_estimator
-from fedbench.privacy.mechanisms import (
-    ClientDP,
-    SampleDP,
-    dp_client_mean,
-    dp_noisy_mean,
-    poisson_cohort,
-)
+from fedbench.privacy.mechanism import Mechanism
 from fedbench.round import federated_round
 from fedbench.state import CLIENT_AXES, ServerState, Settings
 from fedbench.store import init_store
-from fedbench.stragglers import Stragglers, report_share, straggler_plan
+from fedbench.stragglers import Stragglers, straggler_plan
 from fedbench.task import batch_loss_fn
-from fedbench.transforms import UpdateTransform, chain, clip_by_norm, identity, on_leaves
+from fedbench.transforms import UpdateTransform, chain, identity, on_leaves
 from fedbench.xla_options import compiler_options, jit as xla_jit
 
 __all__ = [  # re-exported: the simulator's vocabulary in one import
-    "CLIENT_AXES", "ClientDP", "ClientStats", "SampleDP", "ServerState", "Settings",
-    "Simulator", "Stragglers", "cross_entropy", "dp_client_mean", "epoch_order",
+    "CLIENT_AXES", "ClientStats", "ServerState", "Settings",
+    "Simulator", "Stragglers", "cross_entropy", "epoch_order",
     "epochs_for_steps", "fednova_mean", "make_local_update", "map_over_clients",
     "resolve_client_axis", "straggler_plan", "weighted_mean",
 ]
@@ -127,7 +119,7 @@ class Simulator(Replicas, Evaluation):
         data: FederatedData,
         settings: Settings,
         seed: int,
-        privacy: ClientDP | SampleDP | None = None,
+        privacy: Mechanism | None = None,
         stragglers: Stragglers | None = None,
         transforms: tuple[UpdateTransform, ...] = (),
         store_dtype: Any = None,
@@ -135,19 +127,12 @@ class Simulator(Replicas, Evaluation):
         links: Links | None = None,
         downlink=None,
     ):
-        # Under client-level DP a Poisson cohort's stragglers are drawn independently, and the
-        # noisy sum is divided by the expected number of updates that arrive (fedbench.stragglers).
-        self.independent_stragglers = (isinstance(privacy, ClientDP)
-                                       and privacy.sampling == "poisson")
-        if isinstance(privacy, ClientDP):
-            check_client_dp(algorithm)
-            share = report_share(stragglers, settings.clients_per_round,
-                                 self.independent_stragglers)
-            if share <= 0:
-                raise ConfigError("stragglers.fraction", stragglers.fraction,
-                                  "below 1 with privacy=dp_client and policy drop (no update "
-                                  "would arrive)")
-            privacy = dataclasses.replace(privacy, report_share=share)
+        # The privacy mechanism (fedbench.privacy.mechanism) refuses an algorithm it cannot
+        # privatise and fixes what depends on the run (e.g. the share of updates that arrive).
+        if privacy is not None:
+            privacy = privacy.bind(algorithm, settings, stragglers)
+        # A Poisson cohort's stragglers are drawn independently (fedbench.stragglers).
+        self.independent_stragglers = privacy is not None and privacy.independent_stragglers
         self.privacy = privacy
         self.stragglers = stragglers
         self.noise_salt = noise_salt
@@ -175,13 +160,9 @@ class Simulator(Replicas, Evaluation):
                                         * settings.clients_per_round / data.num_clients))
             order_epochs = epochs_for_steps(settings.local_steps, smallest, batch)
         estimator = custom_estimator(self, order_epochs, batch)  # the algorithm's, or None
-        if isinstance(privacy, SampleDP):  # same loop and schedule, DP-SGD's gradients
-            check_sample_dp(algorithm)
-            estimator = dp_sgd_estimator(
-                apply_fn, batch_size=batch, clip=privacy.clip,
-                noise_multiplier=privacy.noise_multiplier, buffer=privacy.buffer,
-                loss_fn=batch_loss_fn(data.task), noise_salt=noise_salt,
-            )
+        private = (None if privacy is None  # same loop and schedule, e.g. DP-SGD's gradients
+                   else privacy.estimator(apply_fn, batch, batch_loss_fn(data.task), noise_salt))
+        estimator = estimator if private is None else private
         self.local_update = make_local_update(
             apply_fn,
             lr=settings.lr,
@@ -196,8 +177,8 @@ class Simulator(Replicas, Evaluation):
         # A second local pass whose model never leaves the site (Ditto's v_k): same schedule,
         # plain minibatch gradients, the algorithm's personal objective (personal_update).
         self.personal_local_update = make_personal_update(self, order_epochs, batch)
-        # What leaves a site: DP-FedAvg's clipping first, then any other transform.
-        clip = (clip_by_norm(),) if isinstance(privacy, ClientDP) else ()
+        # What leaves a site: the mechanism's transforms first (the clip), then any other.
+        clip = () if privacy is None else privacy.transforms()
         self.transform = chain(*clip, *transforms) if clip or transforms else identity()
         if algorithm.shared is not None:  # the transforms see only what leaves the site
             self.transform = on_leaves(self.transform, sent_leaves(self.param_shapes(), algorithm))
@@ -249,10 +230,10 @@ class Simulator(Replicas, Evaluation):
         client-level DP with Poisson sampling each client with probability ``q`` in a buffer.
         ``members``: a sub-federation's ``[num_clients]`` 0/1 mask (the run's
         ``hparams["members"]``): only these sites are sampled."""
-        dp = self.privacy
-        if isinstance(dp, ClientDP) and dp.sampling == "poisson":
-            ids, valid, count = poisson_cohort(key, self.data.num_clients, dp.rate, dp.buffer)
-            return ids, valid, (count > dp.buffer).astype(jnp.int32)
+        own = None if self.privacy is None else self.privacy.sample_cohort(
+            key, self.data.num_clients)  # e.g. a Poisson cohort
+        if own is not None:
+            return own
         if members is not None:  # uniform among members (Gumbel top-k); fewer: the rest invalid
             scores = jnp.where(members > 0, jax.random.gumbel(key, members.shape), -jnp.inf)
             ids = jax.lax.top_k(scores, self.settings.clients_per_round)[1].astype(jnp.int32)
@@ -261,27 +242,23 @@ class Simulator(Replicas, Evaluation):
         return ids, jnp.ones(ids.shape, bool), jnp.zeros((), jnp.int32)
 
     def round_info(self, state: ServerState) -> dict[str, Any]:
-        """What every client's update transforms see this round: the run's key and the DP clip
-        bound."""
-        if not isinstance(self.privacy, ClientDP):
-            return {"run_key": state.key}
-        return {"run_key": state.key, "clip": state.clip if self.privacy.adaptive
-                else hparams.get(state.hparams, "clip", self.privacy.clip)}
+        """What every client's update transforms see this round: the run's key and what the
+        privacy mechanism adds (the clip bound)."""
+        own = {} if self.privacy is None else self.privacy.round_info(state)
+        return {"run_key": state.key, **own}
 
     def aggregate(self, state, uploads, weights, stats, valid, infos):
-        """The cohort's uploads -> ``(aggregates, clip)``: the algorithm's aggregation, or under
-        client-level DP the noisy mean of the clipped deltas (McMahan et al. 2018)."""
-        dp = self.privacy
-        if isinstance(dp, ClientDP):
-            bound = self.round_info(state)["clip"]
-            mean, clip = dp_noisy_mean(uploads["delta"], infos["norm"], valid, dp,
-                                       self.noise_key(state), bound,
-                                       noise_std=hparams.get(state.hparams, "noise_std", None))
-            private = self.algorithm.dp_aggregate  # the algorithm's post-processing, if declared
-            aggregates = {"delta": mean} if private is None else private({"delta": mean})
-            return aggregates, clip if clip is not None else state.clip
+        """The cohort's uploads -> ``(aggregates, updates)``: the privacy mechanism's release
+        where it wraps aggregation (DP-FedAvg's noisy mean of the clipped deltas, McMahan et
+        al. 2018), else the algorithm's aggregation; ``updates``: the mechanism's own state
+        for the next round (``ServerState`` fields, e.g. an adaptive clip)."""
+        if self.privacy is not None:
+            wrapped = self.privacy.aggregate(state, uploads, infos, valid, self.noise_key(state),
+                                             self.algorithm)
+            if wrapped is not None:
+                return wrapped
         return (self.algorithm.aggregate(uploads, weights, stats, valid,
-                                         self.federation_size(state)), state.clip)
+                                         self.federation_size(state)), {})
 
     def federation_size(self, state: ServerState):
         """How many sites the run's federation holds: the sub-federation's members
@@ -341,10 +318,8 @@ class Simulator(Replicas, Evaluation):
             flight = self.start_inflight(state)
             state = state.replace(inflight=flight,
                                   downloads=state.downloads.at[flight["ids"]].add(1))
-        if isinstance(self.privacy, ClientDP) and self.privacy.adaptive:
-            state = state.replace(clip=jnp.asarray(self.privacy.clip, jnp.float32))
-        if isinstance(self.privacy, SampleDP):
-            state = state.replace(dp_steps=jnp.zeros((self.data.num_clients,), jnp.int32))
+        if self.privacy is not None:  # the mechanism's own state (an adaptive clip, step counts)
+            state = self.privacy.init_state(state, self.data.num_clients)
         return state
 
     # -- rounds ------------------------------------------------------------------------------

@@ -24,12 +24,10 @@ from collections.abc import Sequence
 from fedbench.errors import ConfigError
 
 # command-line key -> the in-program sweep key (fedbench.replicas.SWEEP_KEYS); an algorithm's
-# own keys, ``algorithm.<key>`` -> ``<key>``, are those it declares (Algorithm.hyperparameters).
+# own keys, ``algorithm.<key>`` -> ``<key>``, are those it declares (Algorithm.hyperparameters),
+# a privacy mechanism's, ``privacy.<key>`` -> ``<key>``, likewise (Mechanism.hyperparameters).
 GROUPABLE = {
     "lr": "lr",
-    "privacy.noise_multiplier": "noise_multiplier",
-    "privacy.clip": "clip",
-    "privacy.target_epsilon": "target_epsilon",
     "partition.alpha": "partition_alpha",  # partitions as replicas (fedbench/replica_data.py)
 }
 FLAG = "sweep_group"
@@ -75,11 +73,17 @@ def group_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     if not multirun:
         raise ConfigError(FLAG, True, "only with -m (--multirun): it groups a sweep's values")
     given = {kv[0]: kv[1] for kv in map(_split, argv) if kv}
+    from fedbench.privacy.mechanism import declared_hyperparameters
     from fedbench.replicas import algorithm_hyperparameters
 
     algorithm = given.get("algorithm", "fedavg")  # conf/config.yaml's default
+    # privacy=a,b (a Hydra axis): the keys every listed mechanism declares.
+    mechanisms = [declared_hyperparameters({"name": name})
+                  for name in given.get("privacy", "none").split(",")]
+    private = [key for key in mechanisms[0] if all(key in keys for keys in mechanisms)]
     groupable = {**GROUPABLE, **{f"algorithm.{key}": key for key in
-                                 algorithm_hyperparameters({"name": algorithm})}}
+                                 algorithm_hyperparameters({"name": algorithm})},
+                 **{f"privacy.{key}": key for key in private}}
     out, notes = [], []
     for arg in argv:
         kv = _split(arg)

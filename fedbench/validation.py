@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fedbench.errors import ConfigError
+from fedbench.privacy.mechanism import mechanism_class
 from fedbench.state import CLIENT_AXES, Settings
 from fedbench.stragglers import Stragglers
 from fedbench.xla_options import check as check_cpu_fusions
@@ -182,18 +183,12 @@ def _check_task_and_schedule(cfg: Mapping[str, Any], settings: Settings, algorit
         of a batch, so per-example clipping bounds nothing); ``local_steps`` with FedSGD's full
         batch, partial stragglers (which set epochs) or DP-SGD (accounted per epoch).
     """
-    privacy = (cfg.get("privacy") or {}).get("name", "none")
-    if task == "survival" and privacy == "dp_sample":
-        raise ConfigError(
-            "privacy.name", privacy,
-            "none or dp_client for survival data (the Cox partial likelihood is not a sum of "
-            "per-example losses, so DP-SGD's per-example clipping would not bound sensitivity)",
-        )
+    mechanism = mechanism_class((cfg.get("privacy") or {}).get("name", "none"))
+    if mechanism is not None:  # what the privacy mechanism cannot account for
+        mechanism.check_run(cfg, settings, task)
     if settings.local_steps is None:
         return
     if algorithm.full_batch:
         raise ConfigError("local_steps", settings.local_steps, "null for fedsgd (one full-batch step)")
-    if privacy == "dp_sample":
-        raise ConfigError("local_steps", settings.local_steps, "null with privacy=dp_sample (accounted per epoch)")
     if (cfg.get("stragglers") or {}).get("policy") == "partial" and (cfg.get("stragglers") or {}).get("fraction", 0):
         raise ConfigError("local_steps", settings.local_steps, "null with partial stragglers (they run fewer epochs)")

@@ -1,5 +1,5 @@
 """The combination matrix, generated from the registries: every algorithm (``BUILDERS``), every
-compressor (``compression.NAMES``) and every privacy mechanism (``conf/privacy``) is checked in
+compressor (``compression.NAMES``) and every privacy mechanism (``privacy.mechanism.registry``) is checked in
 combination by registering, with no test edited (issue "Combinations correct by construction").
 
 Independent expectations, one per row:
@@ -14,8 +14,9 @@ Independent expectations, one per row:
 * **members = restricted data**: ``members=S`` on the full federation ends where the same
   algorithm ends on a dataset holding only the sites in S (full batches, so the cohort's order
   cannot matter; float32 summation order aside);
-* **mechanism with no noise and no clipping = no DP**, or refused with a reason naming the
-  algorithm, before any work;
+* **mechanism with no noise and no clipping = no DP** (each mechanism's declared
+  ``Mechanism.identity`` settings), or refused with a reason naming the algorithm, before any
+  work; every mechanism's module declares what the registry reads;
 * **identity compressors = dense**; **error feedback's residual stays bounded** over 50 rounds
   of random updates for every compressor it accepts (and a non-contractive one is refused).
 """
@@ -37,12 +38,12 @@ from fedbench.compression.compressor import Compressor
 from fedbench.dataset.federated import from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.model import build_model
+from fedbench.privacy.mechanism import mechanism_class, registry
 from fedbench.run import build_simulator, run_experiment
 from fedbench.simulator import Settings, Simulator
 
 ALGORITHMS = tuple(BUILDERS)
-PRIVACY = tuple(sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf" /
-                                        "privacy").glob("*.yaml") if p.stem != "none"))
+PRIVACY = tuple(registry())  # every conf/privacy/<name>.yaml but none, each with its module
 TINY = ["dataset=breast_cancer", "partition=iid", "num_clients=6", "clients_per_round=3",
         "rounds=2", "eval_every=2", "model=mlp", "model.hidden=[8]", "batch_size=32",
         "checkpoint_every=0", "partition.seed=0"]
@@ -160,37 +161,54 @@ def test_members_equal_the_dataset_restricted_to_them(name):
 
 
 # -- every algorithm x every mechanism: no noise, no clipping = no DP, or refused -----------------
-NO_NOISE = {"dp_client": ["privacy=dp_client", "privacy.sampling=fixed", "privacy.accountant=rdp",
-                          "privacy.clip=1e6",
-                          "privacy.target_epsilon=null", "privacy.noise_multiplier=0"],
-            "dp_sample": ["privacy=dp_sample", "privacy.clip=1e6", "privacy.target_epsilon=null",
-                          "privacy.noise_multiplier=0", "batch_size=512"]}
+def _no_noise(mechanism: str) -> list[str]:
+    """The mechanism's declared identity settings (``Mechanism.identity``) as overrides."""
+    cls = mechanism_class(mechanism)
+    assert cls.identity, f"{mechanism} declares no identity settings (Mechanism.identity)"
+    return [f"privacy={mechanism}"] + [f"privacy.{k}={'null' if v is None else v}"
+                                       for k, v in cls.identity.items()]
 
 
 @pytest.mark.parametrize("mechanism", PRIVACY)
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_every_mechanism_equals_no_dp_without_noise_or_is_refused(name, mechanism):
-    assert mechanism in NO_NOISE, f"a new mechanism {mechanism}: give it a no-noise setting here"
     # Equal sites (iid over 6 of 569 examples... 94 or 95 each): example weights all but equal;
-    # full batches under dp_sample (Poisson rate 1 takes every example).
+    # full batches (a Poisson rate of 1 takes every example, as DP-SGD's sampling does then).
     base = TINY + [f"algorithm={name}", "num_clients=3", "clients_per_round=3",
-                   "partition=iid"] + EXTRA.get(name, [])
+                   "partition=iid", "batch_size=512"] + EXTRA.get(name, [])
     try:
-        private = build_simulator(compose(base + NO_NOISE[mechanism]))
+        private = build_simulator(compose(base + _no_noise(mechanism)))
     except ConfigError as error:
         assert error.key in ("algorithm.name", "privacy.name", "compression.name"), error
         assert name in str(error) or mechanism in str(error), error
         return
-    extra = ["batch_size=512"] if mechanism == "dp_sample" else []
-    plain = build_simulator(compose(base + extra))
+    plain = build_simulator(compose(base))
     got = private.sim.run(private.sim.init(), 2)
     want = plain.sim.run(plain.sim.init(), 2)
     sizes = np.asarray(plain.data.train_counts)
     # DP-FedAvg averages uniformly, FedAvg by examples: equal up to the sites' size spread.
-    rtol = 2e-3 if mechanism == "dp_client" and np.ptp(sizes) else 2e-4
+    rtol = 2e-3 if np.ptp(sizes) else 2e-4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
                                                          rtol=rtol, atol=2e-4),
                  got.params, want.params)
+
+
+@pytest.mark.parametrize("mechanism", PRIVACY)
+def test_every_mechanism_module_declares_what_the_registry_reads(mechanism):
+    """A mechanism joins by its file and config alone: its module defines the class and the
+    build functions, and every key it declares (sweepable, identity) is a key of its config."""
+    from omegaconf import OmegaConf
+
+    from fedbench.paths import CONF_DIR
+
+    module = registry()[mechanism]
+    cls = module.MECHANISM
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "privacy" / f"{mechanism}.yaml"))
+    assert cls.name == yaml["name"] == mechanism
+    assert cls.unit in ("client", "example")
+    assert all(callable(getattr(module, f)) for f in ("build", "check", "population"))
+    assert set(cls.hyperparameters) <= set(yaml) and set(cls.identity) <= set(yaml), (
+        set(cls.hyperparameters) | set(cls.identity)) - set(yaml)
 
 
 def test_an_own_aggregate_without_a_declaration_is_refused_under_client_dp():

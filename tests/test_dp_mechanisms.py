@@ -12,7 +12,8 @@ from scipy import stats
 from fedbench.algorithm import build_algorithm
 from fedbench.model import MLP
 from fedbench.privacy.mechanisms import clip_to_norm, poisson_buffer_size, poisson_cohort
-from fedbench.simulator import ClientDP, Settings, Simulator, dp_client_mean
+from fedbench.privacy.dp_client import ClientDP, dp_client_mean
+from fedbench.simulator import Settings, Simulator
 
 
 def test_clipping_bounds_norm_and_leaves_small_deltas_untouched():
@@ -190,7 +191,7 @@ def test_adaptive_clip_keeps_the_accounted_noise_multiplier(tmp_path):
     z = adaptive["privacy"]["noise_multiplier"]
     assert z == fixed["privacy"]["noise_multiplier"]
     # Theorem 1 of Andrew et al.: the two queries compose back to z.
-    from fedbench.privacy.plan import _adaptive
+    from fedbench.privacy.dp_client import adaptive as _adaptive
 
     mech = _adaptive(ClientDP(1.0, z, "poisson", 0.5, 10.0, 20), {"count_stddev": 5.0})
     assert (mech.delta_noise_multiplier**-2 + (2 * 5.0) ** -2) ** -0.5 == pytest.approx(z)

@@ -359,7 +359,7 @@ def test_pfedme_equals_a_plain_loop_of_algorithm_1(uneven_data):
 
 def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):
     from fedbench.algorithm.base import check_sample_dp
-    from fedbench.privacy.mechanisms import SampleDP
+    from fedbench.privacy.dp_sample import SampleDP
 
     for name, reason in (("fedrep", "head"), ("apfl", "retraces"), ("pfedme", "inner")):
         with pytest.raises(ConfigError) as err:  # at construction, before any training

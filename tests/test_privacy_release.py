@@ -23,7 +23,9 @@ from fedbench.algorithm import build_algorithm
 from fedbench.errors import ConfigError
 from fedbench.model import MLP, LogReg
 from fedbench.privacy.plan import build_privacy, noise_salt
-from fedbench.simulator import ClientDP, SampleDP, Settings, Simulator, Stragglers, straggler_plan
+from fedbench.privacy.dp_client import ClientDP
+from fedbench.privacy.dp_sample import SampleDP
+from fedbench.simulator import Settings, Simulator, Stragglers, straggler_plan
 from fedbench.tracking import Tracker
 
 SMALL = ["model=logreg", "num_clients=20", "clients_per_round=5", "rounds=4", "eval_every=2"]

@@ -14,7 +14,8 @@ from fedbench.collect import collect
 from fedbench.errors import ConfigError
 from fedbench.model import MLP
 from fedbench.run import run_experiment
-from fedbench.simulator import ClientDP, Settings, Simulator
+from fedbench.privacy.dp_client import ClientDP
+from fedbench.simulator import Settings, Simulator
 
 SMALL = ["dataset=breast_cancer", "model=logreg", "num_clients=5", "clients_per_round=3",
          "rounds=6", "eval_every=3", "partition.min_size=5"]

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.errors import ConfigError
+from fedbench.privacy.mechanism import mechanism_class
 from fedbench.transforms import UpdateTransform
 
 DIRECTION, INCLUSION = 0xCA4A, 0xCA4B
@@ -110,9 +111,11 @@ def check_canaries(cfg: Mapping[str, Any], num_canaries: Any, kind: str = "gradi
         raise ConfigError("local_steps", cfg["local_steps"], "null for input canaries (a "
                           "canary site holds one example; the step schedule follows epochs)")
     privacy = cfg.get("privacy") or {}
-    if privacy.get("name") != "dp_client":
+    mechanism = mechanism_class(privacy.get("name", "none"))
+    if mechanism is None or mechanism.unit != "client" or not mechanism.bounds_messages:
         raise ConfigError("privacy.name", privacy.get("name", "none"),
-                          "dp_client for canaries through a run (they audit client-level DP)")
+                          "a client-level mechanism that clips each update (dp_client) for "
+                          "canaries through a run (they audit client-level DP)")
     if (privacy.get("adaptive_clip") or {}).get("enabled"):
         raise ConfigError("privacy.adaptive_clip.enabled", True,
                           "off for canaries through a run (an absent canary and a zero update "

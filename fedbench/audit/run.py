@@ -66,7 +66,10 @@ def configured_defence(cfg: dict[str, Any]):
 
     privacy = cfg.get("privacy") or {}
     compressor = build_compression(cfg.get("compression"), privacy.get("name"))
-    clip = privacy.get("clip") if privacy.get("name") == "dp_client" else None
+    from fedbench.privacy.mechanism import mechanism_class
+
+    mechanism = mechanism_class(privacy.get("name", "none"))
+    clip = privacy.get("clip") if mechanism is not None and mechanism.bounds_messages else None
 
     def defend(update, key):
         if clip is not None:

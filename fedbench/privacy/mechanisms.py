@@ -1,4 +1,7 @@
-"""Client-level DP-FedAvg as composable pieces: Poisson cohorts, per-client clipping, noise.
+"""The pieces DP mechanisms are built from: Poisson cohorts, clipping to a norm, Gaussian noise.
+
+The mechanisms themselves, one file each, are :mod:`fedbench.privacy.dp_client` and
+:mod:`fedbench.privacy.dp_sample` (:mod:`fedbench.privacy.mechanism`: the interface).
 
 The server-side pipeline of one DP round (McMahan et al. 2018, Algorithm 1 with the fixed
 denominator estimator ``f~_f``):
@@ -28,7 +31,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -119,107 +121,3 @@ def poisson_cohort(
     (ids,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
     valid = jnp.arange(buffer) < count
     return ids.astype(jnp.int32), valid, count
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientDP:
-    """Client-level DP-FedAvg settings (see :mod:`fedbench.privacy.mechanisms`).
-
-    Attributes:
-      clip: L2 bound on each client's model delta.
-      noise_multiplier: noise std / clip.
-      sampling: ``poisson`` (each client with probability ``rate``) or ``fixed``
-        (``clients_per_round`` without replacement).
-      rate: sampling probability ``q``.
-      expected_cohort: the expected cohort (``q * num_clients``; ``clients_per_round``).
-      buffer: slots for a Poisson cohort (overflow is counted and reported as an error).
-      adaptive: adaptive clipping (Andrew et al. 2021): ``clip`` is only the initial value.
-      target_quantile, clip_lr: the quantile gamma the clip tracks and its learning rate eta_C.
-      count_stddev: std sigma_b of the noise on the count of unclipped clients.
-      delta_noise_multiplier: noise multiplier on the deltas' sum when adaptive; together with
-        the count query it composes to ``noise_multiplier`` (Andrew et al. 2021, Thm. 1).
-      report_share: the expected share of sampled clients whose update arrives (below 1 when
-        stragglers are dropped; set by the simulator from its stragglers,
-        :func:`fedbench.stragglers.report_share`). Data independent.
-    """
-
-    clip: float
-    noise_multiplier: float
-    sampling: str
-    rate: float
-    expected_cohort: float
-    buffer: int
-    adaptive: bool = False
-    target_quantile: float = 0.5
-    clip_lr: float = 0.2
-    count_stddev: float = 0.0
-    delta_noise_multiplier: float = 0.0
-    report_share: float = 1.0
-
-    @property
-    def expected_reports(self) -> float:
-        """The fixed denominator: the expected number of clients whose update arrives."""
-        return self.expected_cohort * self.report_share
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleDP:
-    """Record-level DP-SGD inside every client (see :mod:`fedbench.privacy.dp_sgd`).
-
-    Attributes:
-      clip: L2 bound on each example's gradient.
-      noise_multiplier: noise std / clip, per local step.
-      buffer: slots for a Poisson batch (overflow is counted and reported as an error).
-    """
-
-    clip: float
-    noise_multiplier: float
-    buffer: int
-
-
-def dp_noisy_mean(
-    clipped: Params, norms: jax.Array, valid: jax.Array, dp: ClientDP, key: jax.Array,
-    bound: float | jax.Array, noise_std: float | jax.Array | None = None,
-) -> tuple[Params, jax.Array | None]:
-    """DP-FedAvg's aggregator: sum the valid clipped deltas, add Gaussian noise, divide by the
-    expected number of reporting clients ``dp.expected_reports`` (McMahan et al. 2018,
-    Algorithm 1, fixed-denominator estimator; the expected cohort when no straggler is dropped).
-
-    ``clipped``: the cohort's deltas already clipped to ``bound`` (the first update transform,
-    :func:`fedbench.transforms.clip_by_norm`); ``norms``: their norms before clipping.
-    Fixed clipping: noise std ``noise_multiplier * bound`` (``noise_std``: a sweep replica's own,
-    computed on the host; :mod:`fedbench.hparams`); returns ``(mean, None)``.
-    Adaptive clipping (Andrew et al. 2021, Algorithm 1): the sum gets noise std
-    ``delta_noise_multiplier * bound``; the share of clients whose delta was within the bound,
-    ``(sum_i (1[||delta_i|| <= bound] - 1/2) + N(0, count_stddev^2)) / expected_reports + 1/2``
-    (centred bits: sensitivity 1/2), moves the bound geometrically towards the
-    ``target_quantile`` of the norms: ``bound * exp(-clip_lr * (share - target_quantile))``.
-    Returns ``(mean, new_bound)``.
-    """
-    weights = valid.astype(jnp.float32)
-    total = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), clipped)
-    delta_key, count_key = jax.random.split(key)
-    z = dp.delta_noise_multiplier if dp.adaptive else dp.noise_multiplier
-    # z = 0 means no noise even with clip = inf (0 * inf would be NaN).
-    stddev = z * bound if z > 0 else 0.0
-    if not dp.adaptive and noise_std is not None:  # a replica's own z * clip (host-computed)
-        stddev = noise_std
-    noisy = add_gaussian_noise(total, stddev, delta_key if dp.adaptive else key)
-    mean = jax.tree.map(lambda t: t / dp.expected_reports, noisy)
-    if not dp.adaptive:
-        return mean, None
-    # Centred bits (b_i - 1/2): one client moves the sum by at most 1/2 (sensitivity 1/2).
-    centred = jnp.sum(jnp.where(valid, jnp.where(norms <= bound, 0.5, -0.5), 0.0))
-    centred = centred + dp.count_stddev * jax.random.normal(count_key, ())
-    share = centred / dp.expected_reports + 0.5
-    return mean, bound * jnp.exp(-dp.clip_lr * (share - dp.target_quantile))
-
-
-def dp_client_mean(
-    deltas: Params, valid: jax.Array, dp: ClientDP, key: jax.Array, clip: jax.Array | None = None
-) -> tuple[Params, jax.Array | None]:
-    """Clip each client delta to ``clip`` (default ``dp.clip``) and aggregate them with
-    :func:`dp_noisy_mean`: the whole DP-FedAvg release of one round in one call."""
-    bound = dp.clip if clip is None else clip
-    clipped, norms = jax.vmap(clip_to_norm, in_axes=(0, None))(deltas, bound)
-    return dp_noisy_mean(clipped, norms, valid, dp, key, bound)
