@@ -379,3 +379,22 @@ def test_seeds_in_one_program_count_and_compress_like_single_runs(tmp_path):
     replica = json.loads((tmp_path / "both" / "seed=1" / "summary.json").read_text())["final"]
     assert replica["bytes_up"] == single["final"]["bytes_up"] > 0
     assert replica["train_loss"] == single["final"]["train_loss"]
+
+
+def test_quantize_variance_bound_is_attained_by_one_spike():
+    """Stochastic uniform quantisation of ``x = (1, 0, ..., 0)``: 0 is the midpoint of two
+    levels (``2^b - 1`` intervals over [-1, 1], an odd count), so each of the ``n - 1`` zeros is
+    rounded to ``+-Delta/2`` with probability 1/2 each (variance ``1 / L^2``) and the spike is
+    exact: ``E||Q(x) - x||^2 / ||x||^2 = (n - 1) / L^2``, the declared bound, attained."""
+    from fedbench.compression import build_compression
+
+    n, bits = 64, 2
+    levels = 2**bits - 1
+    compressor = build_compression({"name": "quantize", "bits": bits, "bucket_size": None})
+    x = jnp.zeros(n).at[0].set(1.0)
+    keys = jax.random.split(jax.random.PRNGKey(0), 500)
+    sent = jax.vmap(lambda k: compressor.compress({"x": x}, k)[0]["x"])(keys)
+    errors = np.asarray(jnp.sum((sent - x) ** 2, axis=1))
+    # Each zero moves by exactly Delta / 2 = 1 / L: the error is deterministic here.
+    np.testing.assert_allclose(errors, (n - 1) / levels**2, rtol=1e-5)
+    assert compressor.variance_bound(n) == pytest.approx((n - 1) / levels**2)

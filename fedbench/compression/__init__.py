@@ -1,19 +1,51 @@
-"""Uplink compression of client updates: the ``compression`` config group.
+"""Uplink and downlink compression of client updates: the ``compression`` config group.
 
 A compressor is an update transform (:mod:`fedbench.transforms`) applied to each client's model
 delta inside the client map, after DP clipping if any; :func:`build_compression` turns a
 ``conf/compression/<name>.yaml`` config into a :class:`Compressor`, whose ``transform()`` goes to
-``Simulator(transforms=...)``:
+``Simulator(transforms=...)``; :func:`~fedbench.compression.downlink.build_downlink` turns
+``compression.downlink`` into the compressor of the model each client receives.
 
-* ``none``: the delta is sent as it is (dense float32; the default);
-* ``topk`` / ``randk``: ``k`` entries (``fraction`` or ``k`` per block), the largest in magnitude
-  or uniformly random (rescaled by ``d / k``, unbiased; unscaled under error feedback, which
-  needs a contractive compressor: :meth:`Compressor.check_error_feedback`);
-* ``quantize``: unbiased stochastic uniform ``bits``-bit quantisation, a float32 scale per
-  tensor (or per ``bucket_size`` entries);
-* ``qsgd``: QSGD with ``levels`` = ``s`` and ``bucket_size`` (Alistarh et al. 2017);
-* ``signsgd``: the sign scaled by the mean magnitude (EF-SignSGD, Karimireddy et al. 2019);
-* ``error_feedback: true`` on any of them: each client keeps its residual across rounds.
+**The registry.** Each compressor is a piece in its own file, ``fedbench/compression/<name>.py``,
+exposing ``PIECE``: a :class:`~fedbench.compression.piece.Sparsifier` (which entries of a block
+are sent) or a :class:`~fedbench.compression.piece.Quantizer` (how the sent values are encoded).
+:mod:`fedbench.compression.registry` finds every such module when this package is imported
+(:data:`~fedbench.compression.registry.COMPRESSORS`); nothing keeps a list of names. A piece
+declares what the rest reads:
+
+* ``role``, and how it encodes (``select``/``kept``/``rescale``, or ``encode``) given the
+  settings, the values and a key; ``bits``: its exact bits for a block of ``n`` entries;
+* ``uses_key``: whether it is random; ``raises_norm``: why it can raise a clipped update's norm,
+  or None (client-level DP accepts only pieces that declare None, and no error feedback);
+* contraction: an unbiased quantiser's ``variance_bound`` ``omega``, a biased one's
+  ``contraction``, a sparsifier's ``kept`` (``1 - k / n``; its ``rescale`` is None under error
+  feedback); error feedback wraps only a compressor contractive on the model
+  (:meth:`Compressor.check_error_feedback`);
+* ``downlink``: whether it may encode the server's model; ``check``: the rules of its own
+  settings (a :class:`ConfigError` naming key, value and what is allowed); ``configure``: the
+  :class:`Compressor` settings it takes from its config.
+
+The built-in pieces: ``topk`` / ``randk`` (``k`` entries per block, ``fraction`` or ``k``, the
+largest in magnitude or uniformly random, rescaled by ``d / k`` unless under error feedback);
+``quantize`` (unbiased stochastic ``bits``-bit uniform, a float32 scale per tensor or per
+``bucket_size`` entries); ``qsgd`` (Alistarh et al. 2017, ``levels`` = ``s``); ``signsgd`` (the
+scaled sign of EF-SignSGD, Karimireddy et al. 2019). ``none`` (the default) sends the delta
+dense; ``error_feedback: true`` on any: each client keeps its residual across rounds.
+
+**Adding a compressor** is one file plus one config, no list edited:
+
+1. ``fedbench/compression/<name>.py`` with its math and ``PIECE = Quantizer(name="<name>",
+   encode=..., bits=..., uses_key=..., raises_norm=..., downlink=..., variance_bound=... or
+   contraction=..., check=..., configure=...)`` (or a ``Sparsifier``), each function of
+   ``(settings, ...)`` with a docstring citing its paper and equation;
+2. ``conf/compression/<name>.yaml`` with ``name: <name>``, its settings and their defaults,
+   and ``per_tensor``, ``error_feedback``, ``then``, ``downlink`` (see ``quantize.yaml``);
+   a setting that is not a :class:`Compressor` field travels in ``Compressor.options``.
+
+``tests/test_compressor_registry.py`` then checks its declarations and its bytes with every
+algorithm, and ``tests/test_combinations.py`` its norm and error-feedback declarations, with no
+test edited. ``docs/examples/compressor.py`` writes TernGrad this way (registered at run time
+with :func:`~fedbench.compression.registry.register`).
 
 A chain is a sparsifier followed by a quantiser of its kept values, written with ``then``: the
 name of the quantiser's config, or a mapping of its settings, e.g.
@@ -26,37 +58,43 @@ width or as a bitmap, whichever is smaller; values at 32 bits, or the quantiser'
 float32 per scale); the run's ``bytes_up`` is the total over the messages that were sent.
 
 Under ``privacy=dp_client`` the Gaussian noise is calibrated to the clip, so every message must
-keep the clipped delta's norm bound: each compressor declares whether it can raise the norm
-(:attr:`Compressor.raises_norm`). ``topk`` (dropping entries) and ``signsgd`` (``mean|x|
-sign(x)`` has norm ``||x||_1 / sqrt(n) <= ||x||_2``), alone or chained, without error feedback,
-are allowed; ``randk``'s ``d / k`` rescaling, the unbiased quantisers and an error-feedback
-residual can all exceed the clip, and are refused (:class:`ConfigError`) rather than re-clipped
-(re-clipping would bias the unbiased compressors).
+keep the clipped delta's norm bound: a piece that declares it can raise the norm (rand-k's
+``d / k``, the unbiased quantisers) and an error-feedback residual are refused
+(:class:`ConfigError`) rather than re-clipped (re-clipping would bias the unbiased compressors);
+``topk`` and ``signsgd``, alone or chained, without error feedback, are allowed.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
 
-from fedbench.compression.compressor import (
-    QUANTIZERS,
-    SPARSIFIERS,
-    Compressor,
-)
+from fedbench.compression import registry
+from fedbench.compression.compressor import Compressor
+from fedbench.compression.piece import Piece, check_flag
 from fedbench.compression.traffic import add_bits, total_bits, zero_bits
 from fedbench.errors import ConfigError
 
-NAMES = ("none",) + SPARSIFIERS + QUANTIZERS
-
-__all__ = ["NAMES", "QUANTIZERS", "SPARSIFIERS", "Compressor", "add_bits",
+__all__ = ["COMPRESSORS", "NAMES", "QUANTIZERS", "SPARSIFIERS", "Compressor", "add_bits",
            "build_compression", "compression_defaults", "total_bits", "zero_bits"]
+
+#: Keys every compression config has, whatever its pieces: not a piece's own settings.
+STRUCTURE = ("name", "per_tensor", "error_feedback", "then", "downlink")
+
+
+def _names() -> tuple[str, ...]:
+    """Every name ``compression.name`` accepts: ``none`` (no compressor) and the registry's."""
+    return ("none",) + registry.names()
 
 
 def compression_defaults(name: str) -> dict[str, Any]:
-    """The settings of ``conf/compression/<name>.yaml``: the one source of every default."""
+    """The settings of ``conf/compression/<name>.yaml`` (of :func:`registry.register`'s
+    ``defaults`` for a piece registered at run time): the one source of every default."""
+    if name in registry.RUNTIME_DEFAULTS:
+        return copy.deepcopy(registry.RUNTIME_DEFAULTS[name])
     return copy.deepcopy(_yaml_defaults(name))
 
 
@@ -73,8 +111,8 @@ def _yaml_defaults(name: str) -> dict[str, Any]:
 def _settings(cfg: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """``cfg`` with the keys it leaves out filled from its YAML; unknown names or keys refused."""
     name = cfg.get("name")
-    if name not in NAMES:
-        raise ConfigError(f"{prefix}.name", name, "one of: " + ", ".join(NAMES))
+    if name not in _names():
+        raise ConfigError(f"{prefix}.name", name, "one of: " + ", ".join(_names()))
     defaults = compression_defaults(name)
     for key, value in cfg.items():
         if key not in defaults:
@@ -84,31 +122,22 @@ def _settings(cfg: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _check(settings: dict[str, Any], prefix: str) -> None:
-    def flag(key):
-        if key in settings and not isinstance(settings[key], bool):
-            raise ConfigError(f"{prefix}.{key}", settings[key], "true or false")
+    """The rules every config follows (``per_tensor``, ``error_feedback``: flags), then the
+    piece's own (its ``check``)."""
+    check_flag(settings, "per_tensor", prefix)
+    check_flag(settings, "error_feedback", prefix)
+    registry.lookup(settings["name"]).check(settings, prefix)
 
-    def integer(key, low, high=None, optional=False):
-        value = settings.get(key)
-        if key not in settings or (optional and value is None):
-            return
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-        if not ok or (high is not None and value > high):
-            bound = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
-            raise ConfigError(f"{prefix}.{key}", value, ("null or " if optional else "") + bound)
 
-    flag("per_tensor")
-    flag("error_feedback")
-    integer("k", 1, optional=True)
-    integer("bits", 1, 16)
-    integer("levels", 1, 2**16)
-    integer("bucket_size", 1, optional=True)
-    if "fraction" in settings:
-        fraction = settings["fraction"]
-        if settings.get("k") is None and (isinstance(fraction, bool)
-                                          or not isinstance(fraction, (int, float))
-                                          or not 0 < fraction <= 1):
-            raise ConfigError(f"{prefix}.fraction", fraction, "a number in (0, 1] (or set k)")
+def _configure(piece: Piece, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`Compressor` keyword arguments of ``piece`` from its checked ``settings``: its
+    name under its role, and its ``configure``'d settings (those that are not fields of
+    :class:`Compressor` in ``options``)."""
+    fields = {f.name for f in dataclasses.fields(Compressor)}
+    own = piece.configure(settings)
+    options = tuple(sorted((key, value) for key, value in own.items() if key not in fields))
+    return {piece.role: piece.name, **{k: v for k, v in own.items() if k in fields},
+            **({"options": options} if options else {})}
 
 
 def build_compression(
@@ -122,7 +151,8 @@ def build_compression(
       cfg: e.g. ``{"name": "topk", "fraction": 0.1, "error_feedback": True}``; keys left out take
         their values from ``conf/compression/<name>.yaml``. ``then``: None, the name of a
         quantiser, or a mapping of its settings.
-      privacy: the ``privacy.name`` of the run (``dp_client`` restricts the compressors).
+      privacy: the ``privacy.name`` of the run (a mechanism that declares ``bounds_messages``,
+        e.g. ``dp_client``, restricts the compressors).
       algorithm_kind: the algorithm's ``kind``: ``federated`` rounds compress their uploads;
         the centralized and local baselines upload nothing (compression does not apply);
         FedBuff's uploads are not compressed yet (refused).
@@ -146,11 +176,12 @@ def build_compression(
             then = {"name": then}
         if not isinstance(then, Mapping):
             raise ConfigError("compression.then", then, "null, a quantiser's name or a mapping")
-        if name not in SPARSIFIERS or then.get("name") not in QUANTIZERS:
+        quantizers, sparsifiers = registry.names("quantizer"), registry.names("sparsifier")
+        if name not in sparsifiers or then.get("name") not in quantizers:
             raise ConfigError(
                 "compression.then", then.get("name"),
-                f"a quantiser ({', '.join(QUANTIZERS)}) after a sparsifier "
-                f"({', '.join(SPARSIFIERS)}); got {name} then {then.get('name')}",
+                f"a quantiser ({', '.join(quantizers)}) after a sparsifier "
+                f"({', '.join(sparsifiers)}); got {name} then {then.get('name')}",
             )
         then_settings = _settings(then, "compression.then")
         _check(then_settings, "compression.then")
@@ -170,35 +201,45 @@ def build_compression(
         raise ConfigError("compression.name", name,
                           "none with an asynchronous algorithm (FedBuff's uploads are not "
                           "compressed yet)")
-    if privacy == "dp_client":  # each piece declares whether it can raise the clipped norm
+    from fedbench.privacy.mechanism import mechanism_class
+
+    mechanism = mechanism_class(privacy or "none")
+    if mechanism is not None and mechanism.bounds_messages:
+        # The mechanism's noise is calibrated to each message's clip (its declaration); each
+        # piece declares whether it can raise the clipped norm.
         for key, chosen in (("compression.name", name),
                             ("compression.then", then_settings and then_settings["name"])):
-            piece = (None if chosen is None else
-                     Compressor(sparsifier=chosen) if chosen in SPARSIFIERS else
-                     Compressor(quantizer=chosen))
+            piece = registry.lookup(chosen)
             if piece is not None and piece.raises_norm is not None:
+                safe = ", ".join(registry.names(raises_norm=None))
                 raise ConfigError(
                     key, chosen,
-                    "a compressor that never raises a clipped update's norm (topk, signsgd) with "
-                    f"privacy=dp_client: the noise is calibrated to the clip, and {piece.raises_norm}",
+                    f"a compressor that never raises a clipped update's norm ({safe}) with "
+                    f"privacy={privacy}: the noise is calibrated to the clip, and "
+                    f"{piece.raises_norm}",
                 )
         if settings["error_feedback"]:
             raise ConfigError(
                 "compression.error_feedback", True,
-                "false with privacy=dp_client: the residual added back can make a sent update's "
+                f"false with privacy={privacy}: the residual added back can make a sent update's "
                 "norm exceed privacy.clip, which the noise is calibrated to",
             )
 
-    quantizer = then_settings if then_settings is not None else (
-        settings if name in QUANTIZERS else None)
-    sparsifier = settings if name in SPARSIFIERS else None
-    options = {}
-    if sparsifier is not None:
-        fraction = sparsifier["fraction"]
-        options.update(sparsifier=name, k=sparsifier["k"],
-                       fraction=None if fraction is None else float(fraction))
-    if quantizer is not None:
-        options.update(quantizer=quantizer["name"], bucket_size=quantizer["bucket_size"],
-                       **{key: quantizer[key] for key in ("bits", "levels") if key in quantizer})
+    options = _configure(registry.lookup(name), settings)
+    if then_settings is not None:
+        then_options = _configure(registry.lookup(then_settings["name"]), then_settings)
+        own = options.get("options", ()) + then_options.pop("options", ())
+        options.update(then_options, **({"options": own} if own else {}))
     return Compressor(per_tensor=settings["per_tensor"],
                       error_feedback=settings["error_feedback"], **options)
+
+
+registry.discover()
+#: The registry (:mod:`fedbench.compression.registry`): every piece by name.
+COMPRESSORS = registry.COMPRESSORS
+#: The names the package registers (``none`` first), sparsifiers and quantisers: derived from
+#: the registry when the package is imported (for compatibility; pieces registered later are
+#: in :data:`COMPRESSORS` and accepted too).
+NAMES = _names()
+SPARSIFIERS = registry.names("sparsifier")
+QUANTIZERS = registry.names("quantizer")

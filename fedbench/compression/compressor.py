@@ -1,23 +1,25 @@
 """A configured compressor: an optional sparsifier, then an optional value quantiser, with
 optional error feedback, as an :class:`~fedbench.transforms.UpdateTransform`.
 
-The model delta is cut into blocks (each tensor, or the whole model flattened: ``per_tensor``).
-In each block a sparsifier (``topk``, ``randk``) picks ``k`` entries, a quantiser (``quantize``,
-``qsgd``, ``signsgd``) encodes the values that are sent (all of the block's without a
-sparsifier), and the server decodes them into a dense delta (``randk``'s values rescaled by
-``d / k``). ``info["bits"]`` is the exact size of the client's message: per block the positions
-(:func:`~fedbench.compression.sparsify.position_bits`) plus the values (32 bits each unquantised,
-else the quantiser's count). It depends on shapes and settings only.
+The pieces are looked up by name in the registry (:mod:`fedbench.compression.registry`); what
+each does and declares lives in its own file (``fedbench/compression/<name>.py``), and nothing
+here tests a name. The model delta is cut into blocks (each tensor, or the whole model
+flattened: ``per_tensor``). In each block a sparsifier picks ``kept`` entries (its ``select``),
+a quantiser encodes the values that are sent (all of the block's without a sparsifier), and the
+server decodes them into a dense delta (multiplied by the sparsifier's ``rescale``, if any).
+``info["bits"]`` is the exact size of the client's message: per block the sparsifier's position
+bits plus the values (32 bits each unquantised, else the quantiser's ``bits``). It depends on
+shapes and settings only.
 
 With ``error_feedback`` each client keeps its residual ``e`` in the per-client store (zeros at
 first) and sends ``C(delta + e)``, keeping ``e <- (delta + e) - C(delta + e)``; a client that is
 not sampled (or whose update is dropped) keeps its residual unchanged. Error feedback needs a
 contractive compressor, ``E||C(x) - x||^2 <= (1 - d) ||x||^2`` with ``d > 0`` (Stich et al.
-2018, Definition 2.1; Karimireddy et al. 2019, Assumption A): under it ``randk`` sends its ``k``
-values unscaled (Stich et al.'s rand-k; the ``d / k`` rescaling makes it expansive and the
-residual grows), and a quantiser is accepted only where its variance bound ``omega`` (``E||Q(x)
-- x||^2 <= omega ||x||^2``) is below 1 for every bucket of the model (:meth:`Compressor.
-contraction`), else refused (:meth:`Compressor.check_error_feedback`).
+2018, Definition 2.1; Karimireddy et al. 2019, Assumption A): a sparsifier under it sends its
+values unscaled (``rescale`` declares None there: Stich et al.'s rand-k), and a quantiser is
+accepted only where its bound (its ``contraction``, or ``omega`` of ``E||Q(x) - x||^2 <= omega
+||x||^2`` below 1) holds for every bucket of the model (:meth:`Compressor.contraction`), else
+refused (:meth:`Compressor.check_error_feedback`).
 
 References:
   S. U. Stich, J.-B. Cordonnier, M. Jaggi. "Sparsified SGD with Memory", NeurIPS 2018,
@@ -36,18 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fedbench.compression import quantize as quantizers
-from fedbench.compression.sparsify import (
-    kept_entries,
-    position_bits,
-    rand_k_indices,
-    top_k_indices,
-)
+from fedbench.compression.piece import Quantizer, Sparsifier
+from fedbench.compression.registry import lookup
 from fedbench.errors import ConfigError
 from fedbench.transforms import UpdateTransform
 
-SPARSIFIERS = ("topk", "randk")
-QUANTIZERS = ("quantize", "qsgd", "signsgd")
 #: A message's bits are counted in int32 (:mod:`fedbench.compression.traffic`).
 MAX_MESSAGE_BITS = 2**31 - 1
 
@@ -59,8 +54,9 @@ class Compressor:
     """One client's compression of its model delta (settings: ``conf/compression/*.yaml``).
 
     Attributes:
-      sparsifier: ``topk``, ``randk`` or None (every entry sent).
-      quantizer: ``quantize``, ``qsgd``, ``signsgd`` or None (values sent as they are).
+      sparsifier: a registered sparsifier's name (``topk``, ``randk``) or None (every entry).
+      quantizer: a registered quantiser's name (``quantize``, ``qsgd``, ``signsgd``) or None
+        (values sent as they are).
       fraction: share of each block's entries a sparsifier keeps (rounded, at least 1).
       k: entries kept per block, if set (instead of ``fraction``; at most the block's size).
       per_tensor: blocks are the model's tensors (True) or the whole model flattened (False).
@@ -68,6 +64,7 @@ class Compressor:
       levels: ``qsgd``'s ``s``.
       bucket_size: entries per quantiser bucket (one scale or norm each); None: one per block.
       error_feedback: keep and add back the residual (Stich et al. 2018).
+      options: ``(key, value)`` pairs of settings of a piece's own, beyond the ones above.
     """
 
     sparsifier: str | None = None
@@ -79,11 +76,24 @@ class Compressor:
     levels: int = 16
     bucket_size: int | None = None
     error_feedback: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def pieces(self) -> tuple[Sparsifier | None, Quantizer | None]:
+        """The registered sparsifier and quantiser (each or None)."""
+        return lookup(self.sparsifier, "sparsifier"), lookup(self.quantizer, "quantizer")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting as one mapping: what each piece's functions are given."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("sparsifier", "quantizer", "options")}
+        return {**fields, **dict(self.options)}
 
     @property
     def needs_key(self) -> bool:
         """Whether the compression is random (needs ``round_info["key"]``)."""
-        return self.sparsifier == "randk" or self.quantizer in ("quantize", "qsgd")
+        return any(piece is not None and piece.uses_key for piece in self.pieces)
 
     @property
     def name(self) -> str:
@@ -91,29 +101,27 @@ class Compressor:
 
     # -- one block --------------------------------------------------------------------------
     def _block(self, block: jax.Array, key: jax.Array | None) -> tuple[jax.Array, int]:
+        sparsifier, quantizer = self.pieces
+        settings = self.settings
         size = block.shape[0]
         select_key, value_key = jax.random.split(key) if key is not None else (None, None)
-        indices, kept = None, size
-        if self.sparsifier is not None:
-            kept = kept_entries(size, self.fraction, self.k)
+        indices, kept, bits = None, size, 0
+        if sparsifier is not None:
+            kept = sparsifier.kept(settings, size)
+            bits = sparsifier.bits(settings, size)
             if kept < size:
-                indices = (top_k_indices(block, kept) if self.sparsifier == "topk"
-                           else rand_k_indices(select_key, size, kept))
+                indices = sparsifier.select(settings, block, kept, select_key)
         values = block if indices is None else block[indices]
-        if self.quantizer == "quantize":
-            values, value_bits = quantizers.stochastic_uniform(values, value_key, self.bits,
-                                                               self.bucket_size)
-        elif self.quantizer == "qsgd":
-            values, value_bits = quantizers.qsgd(values, value_key, self.levels, self.bucket_size)
-        elif self.quantizer == "signsgd":
-            values, value_bits = quantizers.scaled_sign(values, self.bucket_size)
+        if quantizer is not None:
+            values = quantizer.encode(settings, values, value_key)
+            bits += quantizer.bits(settings, kept)
         else:
-            value_bits = kept * jnp.dtype(block.dtype).itemsize * 8
-        bits = position_bits(size, kept) + value_bits
+            bits += kept * jnp.dtype(block.dtype).itemsize * 8
         if indices is None:
             return values, bits
-        if self.sparsifier == "randk" and not self.error_feedback:
-            values = values * jnp.asarray(size / kept, values.dtype)  # unbiased: E = block
+        scale = sparsifier.rescale(settings, size, kept)
+        if scale is not None:
+            values = values * jnp.asarray(scale, values.dtype)  # e.g. rand-k's d / k: unbiased
         return jnp.zeros_like(block).at[indices].set(values), bits
 
     # -- declarations -------------------------------------------------------------------------
@@ -122,46 +130,43 @@ class Compressor:
         """Why this compressor's output can have a larger L2 norm than its input (client-level
         DP's noise is calibrated to the clip, so such a compressor is refused there), or None.
 
-        Top-k keeps a subset of the entries and unscaled rand-k (under error feedback) too; the
-        scaled sign sends ``mean|x| sign(x)`` per bucket, of norm ``||x||_1 / sqrt(n) <= ||x||_2``
-        (Cauchy-Schwarz), so neither raises the norm. Rescaled rand-k multiplies the kept
-        entries by ``d / k``; the unbiased quantisers add variance (``E||Q(x)||^2 = ||x||^2 +
-        E||Q(x) - x||^2``); an error-feedback residual adds what earlier rounds left out."""
+        An error-feedback residual adds what earlier rounds left out; otherwise each piece
+        declares its own (``raises_norm`` in its file): top-k keeps a subset of the entries, the
+        scaled sign sends ``mean|x| sign(x)`` of norm ``||x||_1 / sqrt(n) <= ||x||_2``, neither
+        raises it; rescaled rand-k and the unbiased quantisers (``E||Q(x)||^2 = ||x||^2 +
+        E||Q(x) - x||^2``) can."""
         if self.error_feedback:
             return "its error-feedback residual is added back to the clipped update"
-        if self.sparsifier == "randk":
-            return "rand-k rescales the kept entries by d / k"
-        if self.quantizer in ("quantize", "qsgd"):
-            return f"{self.quantizer} is unbiased: its rounding adds variance to the norm"
+        for piece in self.pieces:
+            if piece is not None and piece.raises_norm is not None:
+                return piece.raises_norm
         return None
 
     def variance_bound(self, entries: int) -> float:
         """``omega`` of the quantiser on ``entries`` values: ``E||Q(x) - x||^2 <= omega
-        ||x||^2`` (0 without a quantiser or for the scaled sign, which is biased and handled by
-        :meth:`contraction`). QSGD: ``min(n / s^2, sqrt(n) / s)`` per bucket of ``n`` entries
-        (Alistarh et al. 2017, Lemma 3.1); stochastic uniform ``b``-bit rounding between a
-        bucket's min and max: each entry's variance is at most ``Delta^2 / 4`` with ``Delta =
-        (max - min) / (2^b - 1)`` and ``(max - min)^2 <= 2 ||x||^2``, so ``n / (2 (2^b - 1)^2)``."""
-        if self.quantizer not in ("quantize", "qsgd") or entries == 0:
+        ||x||^2``, as its file declares (0 without a quantiser or for a biased one, e.g. the
+        scaled sign, handled by :meth:`contraction`)."""
+        quantizer = self.pieces[1]
+        if quantizer is None or quantizer.variance_bound is None or entries == 0:
             return 0.0
-        n = entries if self.bucket_size is None else min(self.bucket_size, entries)
-        if self.quantizer == "qsgd":
-            return min(n / self.levels**2, np.sqrt(n) / self.levels)
-        return n / (2.0 * (2**self.bits - 1) ** 2)
+        return quantizer.variance_bound(self.settings, entries)
 
     def contraction(self, shapes) -> float:
         """The worst block's ``1 - d`` bound of ``E||C(x) - x||^2 / ||x||^2`` for a model of
-        ``shapes`` (below 1: contractive, error feedback may wrap it). Top-k and unscaled rand-k
-        keep ``k`` of ``n`` entries (``1 - k / n``, in expectation for rand-k; at most that for
-        top-k); a quantiser of the kept values adds ``omega k / n``; the scaled sign alone is
-        contractive (Karimireddy et al. 2019, Lemma 8: ``1 - ||x||_1^2 / (n ||x||_2^2) < 1``)."""
+        ``shapes`` (below 1: contractive, error feedback may wrap it). A sparsifier (unscaled
+        under error feedback) keeps ``k`` of ``n`` entries (``1 - k / n``, in expectation for
+        rand-k; at most that for top-k); an unbiased quantiser of the kept values adds ``omega k
+        / n``; a biased quantiser declares its own bound (the scaled sign: ``1 - 1 / n``,
+        Karimireddy et al. 2019, Lemma 8)."""
+        sparsifier, quantizer = self.pieces
+        settings = self.settings
         leaves = [int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(shapes)]
         blocks = leaves if self.per_tensor else [sum(leaves)]
         worst = 0.0
         for n in blocks:
-            kept = n if self.sparsifier is None else kept_entries(n, self.fraction, self.k)
-            if self.quantizer == "signsgd":
-                bound = 1.0 - 1.0 / n
+            kept = n if sparsifier is None else sparsifier.kept(settings, n)
+            if quantizer is not None and quantizer.contraction is not None:
+                bound = quantizer.contraction(settings, n)
             else:
                 bound = 1.0 - kept / n + self.variance_bound(kept) * kept / n
             worst = max(worst, bound)

@@ -10,8 +10,9 @@ model). Each download then counts the message's exact bits (``bytes_down``; the 
 transfer time, :mod:`fedbench.links`); anything else the algorithm sends down (SCAFFOLD's
 control variate) stays dense float32.
 
-Only the unbiased quantisers are offered: sparsifying or sign-compressing a model (not an
-update) would destroy it, and error feedback has no meaning for a model the server keeps exact.
+Each piece declares whether it may encode the model (``downlink`` in its file: the unbiased
+quantisers ``quantize`` and ``qsgd``): sparsifying or sign-compressing a model (not an update)
+would destroy it, and error feedback has no meaning for a model the server keeps exact.
 Downlink compression is post-processing of what the server already releases, so it changes no
 privacy guarantee.
 """
@@ -23,26 +24,27 @@ from typing import Any
 
 import jax
 
+from fedbench.compression import registry
 from fedbench.compression.compressor import Compressor
 from fedbench.errors import ConfigError
-
-DOWNLINK = ("quantize", "qsgd")
 
 
 def build_downlink(cfg: Mapping[str, Any] | None, algorithm_kind: str = "federated"
                    ) -> Compressor | None:
     """The :class:`Compressor` of ``compression.downlink`` (None: the model goes dense)."""
-    from fedbench.compression import _check, _settings  # the uplink's parsing, same rules
+    from fedbench.compression import _check, _configure, _settings  # the uplink's rules
+
+    allowed = registry.names(downlink=True)
 
     down = (cfg or {}).get("downlink")
     if down is None or algorithm_kind in ("centralized", "local"):
         return None
     if isinstance(down, str):
         down = {"name": down}
-    if not isinstance(down, Mapping) or down.get("name") not in DOWNLINK:
+    if not isinstance(down, Mapping) or down.get("name") not in allowed:
         name = down.get("name") if isinstance(down, Mapping) else down
         raise ConfigError("compression.downlink", name,
-                          "null or a quantiser of the model: " + ", ".join(DOWNLINK))
+                          "null or a quantiser of the model: " + ", ".join(allowed))
     if algorithm_kind != "federated":
         raise ConfigError("compression.downlink", down["name"],
                           "null with an asynchronous algorithm (FedBuff's downloads are dense)")
@@ -52,9 +54,8 @@ def build_downlink(cfg: Mapping[str, Any] | None, algorithm_kind: str = "federat
         if settings.get(key):
             raise ConfigError(f"compression.downlink.{key}", settings[key],
                               "unset (a downlink message is one quantised model)")
-    return Compressor(quantizer=settings["name"], per_tensor=settings["per_tensor"],
-                      bucket_size=settings["bucket_size"],
-                      **{k: settings[k] for k in ("bits", "levels") if k in settings})
+    return Compressor(per_tensor=settings["per_tensor"],
+                      **_configure(registry.lookup(settings["name"]), settings))
 
 
 def broadcast(sim, params, state):

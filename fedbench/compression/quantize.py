@@ -1,15 +1,16 @@
-"""Value quantisers: how the values of a block (or of a sparsifier's kept entries) are encoded.
+"""``quantize``: unbiased stochastic uniform ``bits``-bit quantisation of a block's values.
 
-Each takes a 1-D vector of values, cuts it into buckets of ``bucket_size`` consecutive entries
-(``None``: one bucket), and returns the values the server decodes together with the exact size
-of the encoding in bits (a Python ``int``: it depends on shapes and settings only). Every scale
-or norm is sent as one float32 per bucket.
+Per bucket of ``bucket_size`` consecutive values (``None``: one bucket per block), ``2^bits``
+evenly spaced levels on ``[-m, m]``, ``m = max |v|`` of the bucket, each value rounded to one of
+its two neighbouring levels with probabilities that make the expectation exact (randomised
+rounding). Sent: ``bits`` per value plus one float32 ``m`` per bucket.
+
+Declared: random (its own key), unbiased, so it can raise a clipped update's norm
+(``E||Q(x)||^2 = ||x||^2 + E||Q(x) - x||^2``: refused under client-level DP); allowed on the
+downlink; its variance bound ``omega = n / (2 (2^b - 1)^2)`` per bucket of ``n`` entries makes
+it contractive, so error feedback may wrap it, where ``omega < 1``.
 
 References:
-  D. Alistarh, D. Grubic, J. Li, R. Tomioka, M. Vojnovic. "QSGD: Communication-Efficient SGD via
-  Gradient Quantization and Encoding", NeurIPS 2017, Sec. 3.1 (Q_s, Lemma 3.1) and bucketing.
-  S. P. Karimireddy, Q. Rebjock, S. U. Stich, M. Jaggi. "Error Feedback Fixes SignSGD and other
-  Gradient Compression Schemes", ICML 2019, Algorithm 1 (the scaled sign ``||p||_1 / d sign(p)``).
   A. T. Suresh, F. X. Yu, S. Kumar, H. B. McMahan. "Distributed Mean Estimation with Limited
   Communication", ICML 2017, Sec. 3 (stochastic k-level quantisation, unbiased by randomised
   rounding).
@@ -19,86 +20,63 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-#: Bits of one scale or norm (float32).
-SCALE_BITS = 32
-
-
-def _buckets(values: jax.Array, bucket_size: int | None) -> tuple[jax.Array, np.ndarray]:
-    """``values`` as ``[num_buckets, size]`` (the last bucket zero-padded) and the number of
-    real entries in each bucket."""
-    n = values.shape[0]
-    size = n if bucket_size is None else min(bucket_size, n)
-    num = -(-n // size)
-    counts = np.full((num,), size)
-    counts[-1] = n - (num - 1) * size
-    return jnp.pad(values, (0, num * size - n)).reshape(num, size), counts
-
-
-def _unbucket(buckets: jax.Array, n: int, dtype) -> jax.Array:
-    return buckets.reshape(-1)[:n].astype(dtype)
+from fedbench.compression.buckets import SCALE_BITS, bucket_count, buckets, unbucket
+from fedbench.compression.piece import Quantizer, Settings, check_integer
 
 
 def stochastic_uniform(values: jax.Array, key: jax.Array, bits: int,
-                       bucket_size: int | None = None) -> tuple[jax.Array, int]:
-    """Unbiased ``bits``-bit quantisation: ``2^bits`` evenly spaced levels on ``[-m, m]``,
-    ``m = max |v|`` of the bucket, each value rounded to one of its two neighbouring levels with
-    probabilities that make the expectation exact (randomised rounding).
-
-    Returns:
-      ``(decoded, size_bits)``: ``size_bits = bits * n + 32 * num_buckets``.
-    """
-    buckets, counts = _buckets(values, bucket_size)
+                       bucket_size: int | None = None) -> jax.Array:
+    """Unbiased ``bits``-bit quantisation of ``values`` (1-D): the decoded values."""
+    grid, _ = buckets(values, bucket_size)
     levels = 2**bits - 1
-    m = jnp.max(jnp.abs(buckets), axis=1, keepdims=True)
+    m = jnp.max(jnp.abs(grid), axis=1, keepdims=True)
     step = 2.0 * m / levels
     safe = jnp.where(step > 0, step, 1.0)
-    position = (buckets + m) / safe  # in [0, levels]
-    u = jax.random.uniform(key, buckets.shape, buckets.dtype)
+    position = (grid + m) / safe  # in [0, levels]
+    u = jax.random.uniform(key, grid.shape, grid.dtype)
     q = jnp.clip(jnp.floor(position + u), 0, levels)
     decoded = jnp.where(step > 0, -m + q * step, 0.0)
-    size_bits = bits * values.shape[0] + SCALE_BITS * len(counts)
-    return _unbucket(decoded, values.shape[0], values.dtype), size_bits
+    return unbucket(decoded, values.shape[0], values.dtype)
 
 
-def qsgd(values: jax.Array, key: jax.Array, levels: int,
-         bucket_size: int | None = None) -> tuple[jax.Array, int]:
-    """QSGD's ``Q_s`` per bucket (Alistarh et al. 2017, Eq. in Sec. 3.1):
-    ``Q_s(v_i) = ||v||_2 sign(v_i) xi_i(v, s)``, ``xi_i = l / s`` or ``(l + 1) / s`` with
-    ``l = floor(|v_i| s / ||v||_2)``, rounded up with probability ``|v_i| s / ||v||_2 - l``.
-
-    Unbiased, with ``E||Q_s(v) - v||^2 <= min(d / s^2, sqrt(d) / s) ||v||^2`` per bucket of
-    ``d`` entries (Lemma 3.1). Encoded with fixed widths (the paper's Elias coding would be
-    shorter for sparse outputs): one float32 norm per bucket, and per entry a sign bit and
-    ``ceil(log2(s + 1))`` bits for its level ``0..s``.
-
-    Returns:
-      ``(decoded, size_bits)``.
-    """
-    buckets, counts = _buckets(values, bucket_size)
-    norm = jnp.sqrt(jnp.sum(jnp.square(buckets), axis=1, keepdims=True))
-    safe = jnp.where(norm > 0, norm, 1.0)
-    ratio = jnp.abs(buckets) / safe * levels  # in [0, s]
-    u = jax.random.uniform(key, buckets.shape, buckets.dtype)
-    level = jnp.clip(jnp.floor(ratio + u), 0, levels)
-    decoded = jnp.sign(buckets) * norm * level / levels
-    per_entry = 1 + int(levels).bit_length()
-    size_bits = per_entry * values.shape[0] + SCALE_BITS * len(counts)
-    return _unbucket(decoded, values.shape[0], values.dtype), size_bits
+def encode(settings: Settings, values: jax.Array, key: jax.Array | None) -> jax.Array:
+    return stochastic_uniform(values, key, settings["bits"], settings["bucket_size"])
 
 
-def scaled_sign(values: jax.Array, bucket_size: int | None = None) -> tuple[jax.Array, int]:
-    """EF-SignSGD's compressor (Karimireddy et al. 2019, Algorithm 1): ``(||p||_1 / d) sign(p)``
-    per bucket of ``d`` entries (sign(0) is sent as +). One bit per entry plus one float32 per
-    bucket. Biased: use it with error feedback.
+def bits(settings: Settings, entries: int) -> int:
+    """``bits * n + 32 * num_buckets``."""
+    return settings["bits"] * entries + SCALE_BITS * bucket_count(entries, settings["bucket_size"])
 
-    Returns:
-      ``(decoded, size_bits)``.
-    """
-    buckets, counts = _buckets(values, bucket_size)
-    entries = jnp.asarray(counts, buckets.dtype)[:, None]  # the last bucket may be short
-    scale = jnp.sum(jnp.abs(buckets), axis=1, keepdims=True) / entries
-    decoded = jnp.where(buckets >= 0, scale, -scale)
-    size_bits = values.shape[0] + SCALE_BITS * len(counts)
-    return _unbucket(decoded, values.shape[0], values.dtype), size_bits
+
+def variance_bound(settings: Settings, entries: int) -> float:
+    """``omega = (n - 1) / (2^b - 1)^2`` for buckets of ``n`` entries: tight.
+
+    The levels split ``[-m, m]`` (``m`` the bucket's largest magnitude) into ``L = 2^b - 1``
+    intervals of width ``Delta = 2m / L``; stochastic rounding gives an entry the variance
+    ``Delta^2 p (1 - p) <= Delta^2 / 4 = m^2 / L^2``, and the entry of magnitude ``m`` lies on a
+    level (variance 0). With ``||x||^2 >= m^2``, ``E||Q(x) - x||^2 <= (n - 1) m^2 / L^2 <=
+    (n - 1) / L^2 ||x||^2``. ``x = (m, 0, ..., 0)`` attains it: ``L`` is odd, so 0 is the midpoint
+    of two levels. (The declaration before 2026-12-07 was ``n / (2 L^2)``, about half of this:
+    it accepted error feedback around buckets up to twice too large to be contractive.)"""
+    bucket = settings["bucket_size"]
+    n = entries if bucket is None else min(bucket, entries)
+    return (n - 1) / float(2 ** settings["bits"] - 1) ** 2
+
+
+def check(settings: Settings, prefix: str) -> None:
+    check_integer(settings, "bits", prefix, 1, 16)
+    check_integer(settings, "bucket_size", prefix, 1, optional=True)
+
+
+PIECE = Quantizer(
+    name="quantize",
+    encode=encode,
+    bits=bits,
+    uses_key=True,
+    raises_norm="quantize is unbiased: its rounding adds variance to the norm",
+    downlink=True,
+    variance_bound=variance_bound,
+    check=check,
+    configure=lambda settings: {"bucket_size": settings["bucket_size"], "bits": settings["bits"]},
+)

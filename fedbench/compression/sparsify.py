@@ -1,4 +1,5 @@
-"""Sparsifiers: which entries of a block (a tensor, or the whole model) a client sends.
+"""What the sparsifiers (``topk``, ``randk``) share: how many entries of a block (a tensor, or
+the whole model) a client sends, their settings, and the bits of their positions.
 
 A sparsified message is ``k`` values plus their positions. The positions cost the smaller of two
 encodings (:func:`position_bits`): a list of ``k`` indices of ``ceil(log2 d)`` bits each, or a
@@ -13,8 +14,13 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+from fedbench.compression.piece import Settings, check_integer
+from fedbench.errors import ConfigError
 
 
 def kept_entries(size: int, fraction: float | None, k: int | None) -> int:
@@ -46,3 +52,31 @@ def top_k_indices(block: jax.Array, kept: int) -> jax.Array:
 def rand_k_indices(key: jax.Array, size: int, kept: int) -> jax.Array:
     """``kept`` distinct indices into ``size`` entries, uniformly at random."""
     return jax.random.choice(key, size, (kept,), replace=False)
+
+
+# -- what a sparsifier piece declares from these -------------------------------------------------
+def kept(settings: Settings, size: int) -> int:
+    """:func:`kept_entries` of the settings' ``fraction`` and ``k``."""
+    return kept_entries(size, settings["fraction"], settings["k"])
+
+
+def bits(settings: Settings, size: int) -> int:
+    """:func:`position_bits` of a block of ``size`` entries."""
+    return position_bits(size, kept(settings, size))
+
+
+def check(settings: Settings, prefix: str) -> None:
+    """``k``: null or an integer >= 1; ``fraction`` in (0, 1] unless ``k`` is set."""
+    check_integer(settings, "k", prefix, 1, optional=True)
+    if "fraction" in settings:
+        fraction = settings["fraction"]
+        if settings.get("k") is None and (isinstance(fraction, bool)
+                                          or not isinstance(fraction, (int, float))
+                                          or not 0 < fraction <= 1):
+            raise ConfigError(f"{prefix}.fraction", fraction, "a number in (0, 1] (or set k)")
+
+
+def configure(settings: Settings) -> dict[str, Any]:
+    """``k`` and ``fraction`` (a float, or None)."""
+    fraction = settings["fraction"]
+    return {"k": settings["k"], "fraction": None if fraction is None else float(fraction)}
