@@ -207,10 +207,8 @@ def run_values(run_cfg: Mapping[str, Any], plan) -> dict[str, Any]:
     carried = {} if plan is None else plan.mechanism.carried()  # e.g. clip and noise std
     if carried:
         values.update(carried)
-        if not plan.shared_noise:
-            from fedbench.privacy.release import noise_salt
-
-            values["noise_salt"] = noise_salt(run_cfg)
+        if not plan.shared_noise:  # its config's and the data's (fedbench.privacy.release)
+            values["noise_salt"] = plan.salt_of(run_cfg)
     return values
 
 

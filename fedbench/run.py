@@ -106,7 +106,11 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         compressor.check_error_feedback(sent_shapes(shapes["params"], algorithm))
     check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
     _check_task_and_schedule(cfg, settings, algorithm, data.task)
-    from fedbench.privacy.plan import build_privacy, noise_salt  # dp-accounting only when needed
+    from fedbench.privacy.plan import build_privacy  # dp-accounting only when needed
+    from fedbench.privacy.release import data_digest, secret_key
+
+    # Reproducible noise also hashes the training data: a changed record draws new noise.
+    digest = data_digest(data) if mechanism is not None else None
 
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
         print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
@@ -120,6 +124,7 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
             local_epochs=1 if algorithm.full_batch else settings.local_epochs,
             batch_size=data.max_train if algorithm.full_batch else settings.batch_size,
             client_sizes=np.asarray(data.train_counts),
+            data_digest=digest,
         )
 
     privacy = plan_for(cfg)
@@ -129,9 +134,11 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
         store_dtype=_store_dtype(cfg),
         transforms=tuple(transforms) + ((compressor.transform(),) if compressor is not None else ()),
-        # DP noise keyed by the whole config too: runs that differ in any setting draw
-        # independent noise (privacy.shared_noise=true: seed and round only).
-        noise_salt=noise_salt(cfg) if privacy and not privacy.shared_noise else None,
+        # DP noise keyed by the whole config and data too: runs that differ in any setting or
+        # record draw independent noise (privacy.shared_noise=true: seed and round only);
+        # privacy.noise=secure: every round's randomness from a key nobody holds afterwards.
+        noise_salt=privacy.salt_of(cfg) if privacy else None,
+        secret_key=secret_key() if privacy and privacy.noise == "secure" else None,
         links=build_links(cfg.get("links"), cfg["num_clients"]),
         downlink=build_downlink(cfg.get("compression"), algorithm.kind),
     )

@@ -126,6 +126,7 @@ class Simulator(Replicas, Evaluation):
         noise_salt: int | None = None,
         links: Links | None = None,
         downlink=None,
+        secret_key=None,
     ):
         # The privacy mechanism (fedbench.privacy.mechanism) refuses an algorithm it cannot
         # privatise and fixes what depends on the run (e.g. the share of updates that arrive).
@@ -136,6 +137,11 @@ class Simulator(Replicas, Evaluation):
         self.privacy = privacy
         self.stragglers = stragglers
         self.noise_salt = noise_salt
+        # privacy.noise=secure: every round's randomness (cohorts, client keys: DP-SGD's samples
+        # and noise, the server's noise, stragglers) from this key, drawn from the operating
+        # system's entropy (fedbench.privacy.release.secret_key) and held only here: never in
+        # the state, a checkpoint or a file (a constant of the compiled program).
+        self.secret_key = None if secret_key is None else np.asarray(secret_key, np.uint32)
         self.links = links  # hospital links: the clock in seconds (fedbench.links)
         self.downlink = downlink  # the model's compressor (fedbench.compression.downlink)
         self.model = model
@@ -329,16 +335,26 @@ class Simulator(Replicas, Evaluation):
             key, self.data.num_clients, (self.settings.clients_per_round,), replace=False
         )
 
+    def round_base(self, state: ServerState) -> jax.Array:
+        """The key every round's randomness derives from: the run key, or under secure noise
+        the secret key mixed with the run key (so seeds still differ)."""
+        if self.secret_key is None:
+            return state.key
+        key = jnp.asarray(self.secret_key)
+        for word in range(state.key.shape[-1]):
+            key = jax.random.fold_in(key, state.key[word])
+        return key
+
     def round_keys(self, state: ServerState) -> tuple[jax.Array, jax.Array]:
         """``(sample_key, clients_key)`` of the round about to run."""
-        key = jax.random.fold_in(state.key, state.round)
+        key = jax.random.fold_in(self.round_base(state), state.round)
         return tuple(jax.random.split(key))
 
     def noise_key(self, state: ServerState) -> jax.Array:
         """The key of the round's client-level DP noise, independent of sampling and client
         keys: ``fold_in(fold_in(run_key, r), 0x5EED)`` with the simulator's ``noise_salt``
         folded in (:func:`fedbench.privacy.plan.noise_salt`; ``None``: seed and round only)."""
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x5EED)
+        key = jax.random.fold_in(jax.random.fold_in(self.round_base(state), state.round), 0x5EED)
         salt = hparams.get(state.hparams, "noise_salt", self.noise_salt)  # a replica's own
         return key if salt is None else jax.random.fold_in(key, salt)
 
@@ -364,7 +380,7 @@ class Simulator(Replicas, Evaluation):
 
     def straggler_key(self, state: ServerState) -> jax.Array:
         """The key of the round's straggler draw (independent of sampling and training)."""
-        return jax.random.fold_in(jax.random.fold_in(state.key, state.round), 0x57A6)
+        return jax.random.fold_in(jax.random.fold_in(self.round_base(state), state.round), 0x57A6)
 
     def _run_rounds(self, state: ServerState, payload, num_rounds: jax.Array) -> ServerState:
         self.trace_count += 1

@@ -362,3 +362,81 @@ def test_dp_steps_counts_only_updates_that_arrived():
     state = drop.run(drop.init(), 3)
     np.testing.assert_array_equal(np.asarray(state.dp_steps),
                                   np.asarray(state.participation) * 3 * steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise nobody can regenerate (issue "Privacy a hospital can rely on", item 1)
+
+RELEASE = ["dataset=breast_cancer", "partition=iid", "model=logreg", "num_clients=4",
+           "clients_per_round=4", "rounds=1", "privacy=dp_client", "privacy.sampling=fixed",
+           "privacy.accountant=rdp", "privacy.target_epsilon=null",
+           "privacy.noise_multiplier=1.0", "privacy.clip=0.5",
+           "batch_size=512"]  # full batches, every site: the noiseless update has no randomness
+
+
+def _released(monkeypatch, overrides, changed: bool, noise=1.0):
+    """The model after one round of the config, on the data as loaded or with one record of
+    one site changed (what a re-run after a site's records changed releases)."""
+    import fedbench.run as run_module
+    from fedbench.dataset import load_dataset
+    from fedbench.run import build_simulator
+
+    def loader(cfg):
+        raw = load_dataset(cfg)
+        if changed:
+            raw.x = raw.x.copy()
+            raw.x[0] = raw.x[0] + 3.0  # one record of whichever site holds example 0
+        return raw
+
+    monkeypatch.setattr(run_module, "load_dataset", loader)
+    cfg = compose(RELEASE + overrides + [f"privacy.noise_multiplier={noise}"])
+    built = build_simulator(cfg)
+    state = built.sim.init()
+    return leaves(built.sim.run(state, 1).params)
+
+
+@pytest.mark.parametrize("mode", ["shared_noise", "reproducible", "secure"])
+def test_the_noise_of_a_rerun_on_changed_data_cancels_only_when_it_can_be_regenerated(
+        monkeypatch, mode):
+    """A site's records change and the same config runs again: the difference of the two
+    released models equals the noiseless difference (exposing that site's update change) when
+    both runs draw the same noise. Under ``shared_noise`` they do (the hazard it documents);
+    reproducible noise also hashes the training data, and secure noise comes from the
+    operating system, so there the difference is off by the noise (std sqrt(2) * z * clip / 4
+    = 0.18 per coordinate)."""
+    overrides = {"shared_noise": ["privacy.shared_noise=true"], "reproducible": [],
+                 "secure": ["privacy.noise=secure"]}[mode]
+    before = _released(monkeypatch, overrides, changed=False)
+    after = _released(monkeypatch, overrides, changed=True)
+    clean_before = _released(monkeypatch, overrides, changed=False, noise=0.0)
+    clean_after = _released(monkeypatch, overrides, changed=True, noise=0.0)
+    gap = max(float(np.abs((b - a) - (cb - ca)).max())
+              for a, b, ca, cb in zip(before, after, clean_before, clean_after))
+    if mode == "shared_noise":
+        assert gap < 1e-5
+    else:
+        assert gap > 0.1
+
+
+def test_secure_noise_differs_between_identical_runs_and_its_key_is_in_no_state(monkeypatch):
+    """Two runs of one config under ``privacy.noise=secure``: rebuilding the simulator from the
+    run's files (config and seed) cannot reproduce the released model, and nothing a checkpoint
+    holds (the ServerState) contains the secret key."""
+    from fedbench.run import build_simulator
+
+    cfg = compose(RELEASE + ["privacy.noise=secure"])
+    one, two = build_simulator(cfg), build_simulator(cfg)
+    first = one.sim.run(one.sim.init(), 1)
+    second = two.sim.run(two.sim.init(), 1)
+    assert max(float(np.abs(a - b).max())
+               for a, b in zip(leaves(first.params), leaves(second.params))) > 0.05
+    secret = set(int(w) for w in one.sim.secret_key)
+    for leaf in jax.tree.leaves(first):
+        if np.asarray(leaf).dtype == np.uint32:
+            assert not secret & set(int(w) for w in np.ravel(np.asarray(leaf)))
+    summary_note = one.privacy.disclosure({"final": {}})
+    assert summary_note["noise"] == "secure" and "entropy" in summary_note["noise_note"]
+    reproducible = build_simulator(compose(RELEASE)).privacy.disclosure({"final": {}})
+    assert "regenerated" in reproducible["noise_note"]
+    with pytest.raises(ConfigError, match="privacy.shared_noise"):
+        build_simulator(compose(RELEASE + ["privacy.noise=secure", "privacy.shared_noise=true"]))

@@ -125,6 +125,8 @@ def verdict(result: dict[str, Any]) -> list[str]:
                     f"the claim does not hold and the setup must be checked before use.")
         out.append(f"The configured privacy guarantee is epsilon = {eps['claimed']:.2f} "
                    f"(smaller is more private)" + tail)
+        if eps.get("noise_note"):  # whether the noise can be regenerated from the run's files
+            out.append(eps["noise_note"][0].upper() + eps["noise_note"][1:] + ".")
     return out
 
 

@@ -179,7 +179,8 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
     if not privacy:
         return {"claimed": math.inf, "note": "no differential privacy: epsilon is infinite"}
     out = {"claimed": privacy.get("epsilon"), "delta": privacy.get("delta"),
-           "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit")}
+           "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit"),
+           "noise_note": privacy.get("noise_note")}
     sigma = privacy.get("noise_multiplier")
     if sigma:
         scores = epsilon_audit.gaussian_canary_scores(jax.random.PRNGKey(seed), audit.canaries,

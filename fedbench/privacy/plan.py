@@ -49,6 +49,8 @@ from fedbench.privacy.release import (  # noqa: F401  (noise_salt and the lists:
     NOISE_SALT_IGNORED_PRIVACY,
     PRIVATE_METRICS,
     PRIVATE_SUMMARY,
+    REGENERABLE,
+    SECURE,
     TEST_METRICS,
     noise_salt,
 )
@@ -93,6 +95,13 @@ class PrivacyPlan:
     rates: np.ndarray | None = None
     shared_noise: bool = False
     release_metrics: bool = True
+    noise: str = "reproducible"
+    data_digest: str | None = None
+
+    def salt_of(self, cfg: Mapping[str, Any]) -> int | None:
+        """The noise salt of the run with config ``cfg`` on this plan's data (None under
+        ``shared_noise``: seed and round only)."""
+        return None if self.shared_noise else noise_salt(cfg, self.data_digest)
 
     @property
     def noise_multiplier(self) -> float:
@@ -125,6 +134,8 @@ class PrivacyPlan:
             ),
             "release_metrics": self.release_metrics,
             "shared_noise": self.shared_noise,
+            "noise": self.noise,
+            "noise_note": SECURE if self.noise == "secure" else REGENERABLE,
             "non_private_outputs": outputs,
         }
 
@@ -166,6 +177,7 @@ def build_privacy(
     local_epochs: int,
     batch_size: int,
     client_sizes: np.ndarray,
+    data_digest: str | None = None,
 ) -> PrivacyPlan | None:
     """Validates the ``privacy`` group and calibrates the mechanism before training.
 
@@ -224,9 +236,15 @@ def build_privacy(
         if not isinstance(value, bool):
             raise ConfigError(f"privacy.{key}", value, "true or false")
         switches[key] = value
+    noise_mode = cfg.get("noise", "reproducible")
+    if noise_mode not in ("reproducible", "secure"):
+        raise ConfigError("privacy.noise", noise_mode, "reproducible or secure")
+    if noise_mode == "secure" and switches["shared_noise"]:
+        raise ConfigError("privacy.shared_noise", True,
+                          "false with privacy.noise=secure (shared noise is reproducible noise)")
     common = {"clip": clip, "noise": noise, "target": target, "delta": delta,
               "accountant": accountant}
     mech, fields = module.build(cfg, common, ctx)
     return PrivacyPlan(name, mech, delta, accountant, target_epsilon=target,
                        num_clients=num_clients, clients_per_round=clients_per_round,
-                       **fields, **switches)
+                       **fields, **switches, noise=noise_mode, data_digest=data_digest)
