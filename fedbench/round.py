@@ -29,7 +29,8 @@ from fedbench.task import batch_loss_fn
 
 
 def federated_round(sim, state, data):
-    """One round of a synchronous federated algorithm (``sim``: the :class:`Simulator`)."""
+    """One round of a synchronous federated algorithm (``sim``: the round's pieces,
+    :class:`fedbench.pieces.RoundPieces`, never the simulator)."""
     alg = sim.algorithm
     sample_key, clients_key = sim.round_keys(state)
     members = hparams.get(state.hparams, "members", None)  # a sub-federation's 0/1 mask
@@ -37,7 +38,7 @@ def federated_round(sim, state, data):
     counts = data.train_counts[ids]
     # The run's hyper-parameters, passed explicitly to every piece: its own (a sweep
     # replica's) values where the state carries them, else the settings' constants.
-    hp = {**(state.hparams or {}), "lr": hparams.get(state.hparams, "lr", sim.settings.lr)}
+    hp = {**(state.hparams or {}), "lr": hparams.get(state.hparams, "lr", sim.lr)}
     # The cohort's rows outside training only for passes that need them (IFCA's choice, the
     # personal passes); flat storage refuses those and gathers inside `with_cohort` alone.
     needs_rows = alg.client_prepare is not None or alg.personal_pass is not None
@@ -66,7 +67,7 @@ def federated_round(sim, state, data):
     client = map_over_clients(
         sim.client_update, sim.client_axis,
         (None, 0, 0, 0, 0, 0, None if context is None else 0, 0, None, 0, None), mesh=sim.mesh,
-        chunk=sim.settings.client_chunk,
+        chunk=sim.client_chunk,
     )
     deltas, sent, stats, transform_states, infos = data.with_cohort(ids, lambda x, y: client(
         received, x, y, counts, keys, epochs, context, entries["transforms"], round_info, ids,

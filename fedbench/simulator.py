@@ -39,17 +39,17 @@ from fedbench.algorithm import Algorithm
 from fedbench.algorithm.base import custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
-from fedbench.algorithm.fedbuff import fedbuff_round, start_inflight
+from fedbench.algorithm.fedbuff import fedbuff_round
 from fedbench.algorithm.fednova import fednova_mean
 from fedbench.compression.downlink import download_bits
 from fedbench.compression.traffic import (
-    dense_bits, other_up_bits, reports_bits, sent_leaves, upload_bits, zero_bits,
+    dense_bits, other_up_bits, reports_bits, sent_leaves, zero_bits,
 )
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluation, cross_entropy
 from fedbench.replica_state import Replicas
-from fedbench.links import Links, client_seconds
+from fedbench.links import Links
 from fedbench.local import (
     ClientStats,
     client_mesh,
@@ -60,6 +60,7 @@ from fedbench.local import (
     map_over_clients,
 )
 from fedbench.privacy.mechanism import Mechanism
+from fedbench.pieces import RoundPieces
 from fedbench.round import federated_round
 from fedbench.state import CLIENT_AXES, ServerState, Settings
 from fedbench.store import init_store
@@ -213,66 +214,26 @@ class Simulator(Replicas, Evaluation):
         self._evaluate = xla_jit(self._evaluate_impl, self.compiler_options)
 
     # -- the pieces of a round ----------------------------------------------------------------
-    def client_update(self, params, x, y, count, key, epochs, context, transform_state, info,
-                      client=None, hp=None):
-        """One client: local training, then its delta through the update transforms (which see
-        ``info`` plus the client's own ``"key"``, e.g. for random compression, and its id
-        ``"client"``, e.g. for audit canaries); ``hp``: the run's hyper-parameters (its ``lr``;
-        None: the settings').
-        Returns ``(delta, sent, stats, transform_state, transform_info)``. Training starts at
-        the algorithm's ``client_start`` (FedPer: its own head) and only its ``shared`` part of
-        the delta enters the transforms (FedPer: the body)."""
-        alg = self.algorithm
-        start = params if alg.client_start is None else alg.client_start(params, context)
-        delta, stats = self.local_update(start, x, y, count, key, epochs, context, hp)
-        info = {**info, "key": jax.random.fold_in(key, 0xC0DEC), "client": client}
-        shared = delta if alg.shared is None else alg.shared(delta)
-        sent, transform_state, out = self.transform.update(shared, transform_state, info)
-        return delta, sent, stats, transform_state, out
-
-    def sample_cohort(self, key: jax.Array, members: jax.Array | None = None
-                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
-        client-level DP with Poisson sampling each client with probability ``q`` in a buffer.
-        ``members``: a sub-federation's ``[num_clients]`` 0/1 mask (the run's
-        ``hparams["members"]``): only these sites are sampled."""
-        own = None if self.privacy is None else self.privacy.sample_cohort(
-            key, self.data.num_clients)  # e.g. a Poisson cohort
-        if own is not None:
-            return own
-        if members is not None:  # uniform among members (Gumbel top-k); fewer: the rest invalid
-            scores = jnp.where(members > 0, jax.random.gumbel(key, members.shape), -jnp.inf)
-            ids = jax.lax.top_k(scores, self.settings.clients_per_round)[1].astype(jnp.int32)
-            return ids, members[ids] > 0, jnp.zeros((), jnp.int32)
-        ids = self.sample_clients(key)
-        return ids, jnp.ones(ids.shape, bool), jnp.zeros((), jnp.int32)
-
-    def round_info(self, state: ServerState) -> dict[str, Any]:
-        """What every client's update transforms see this round: the run's key and what the
-        privacy mechanism adds (the clip bound)."""
-        own = {} if self.privacy is None else self.privacy.round_info(state)
-        return {"run_key": state.key, **own}
-
-    def aggregate(self, state, uploads, weights, stats, valid, infos):
-        """The cohort's uploads -> ``(aggregates, updates)``: the privacy mechanism's release
-        where it wraps aggregation (DP-FedAvg's noisy mean of the clipped deltas, McMahan et
-        al. 2018), else the algorithm's aggregation; ``updates``: the mechanism's own state
-        for the next round (``ServerState`` fields, e.g. an adaptive clip)."""
-        if self.privacy is not None:
-            wrapped = self.privacy.aggregate(state, uploads, infos, valid, self.noise_key(state),
-                                             self.algorithm)
-            if wrapped is not None:
-                return wrapped
-        return (self.algorithm.aggregate(uploads, weights, stats, valid,
-                                         self.federation_size(state)), {})
-
-    def federation_size(self, state: ServerState):
-        """How many sites the run's federation holds: the sub-federation's members
-        (``hparams["members"]``, ``fedbench-contribution``'s coalitions) when it has one, else
-        every client of the data. Every count an algorithm divides by (SCAFFOLD's and FedDyn's
-        ``N``) is this one, so ``members=S`` is the run on a dataset of the sites in S."""
-        members = hparams.get(state.hparams, "members", None)
-        return self.data.num_clients if members is None else jnp.sum(members)
+    @property
+    def pieces(self) -> RoundPieces:
+        """The record the round is built from (:class:`fedbench.pieces.RoundPieces`): built
+        from the simulator's current pieces each time it is asked for, once per trace."""
+        s = self.settings
+        return RoundPieces(
+            algorithm=self.algorithm, privacy=self.privacy, local_update=self.local_update,
+            personal_local_update=self.personal_local_update, transform=self.transform,
+            apply_fn=self.apply_fn, store_template=self.store_template,
+            shapes=self.param_shapes(), stragglers=self.stragglers,
+            independent_stragglers=self.independent_stragglers,
+            local_epochs=self.local_epochs, batch_size=self.batch_size,
+            local_steps=s.local_steps, num_clients=self.data.num_clients,
+            clients_per_round=s.clients_per_round, lr=s.lr, client_axis=self.client_axis,
+            client_chunk=s.client_chunk, mesh=self.mesh, downlink=self.downlink,
+            down_bits=self.down_bits, dense_bits=self.dense_bits,
+            other_up_bits=self.other_up_bits, counts_bits=self.counts_bits, links=self.links,
+            speeds=self.speeds, noise_salt=self.noise_salt, secret_key=self.secret_key,
+            centralized_size=getattr(self, "centralized_size", None),
+        )
 
     def param_shapes(self):
         """The model's parameter shapes (``jax.ShapeDtypeStruct``s), from shapes alone: no data
@@ -321,7 +282,7 @@ class Simulator(Replicas, Evaluation):
         if self.counts_bits:
             state = state.replace(bits_up=zero_bits())
         if self.algorithm.kind == "async":
-            flight = self.start_inflight(state)
+            flight = self.start_inflight(state, self.data)
             state = state.replace(inflight=flight,
                                   downloads=state.downloads.at[flight["ids"]].add(1))
         if self.privacy is not None:  # the mechanism's own state (an adaptive clip, step counts)
@@ -329,65 +290,14 @@ class Simulator(Replicas, Evaluation):
         return state
 
     # -- rounds ------------------------------------------------------------------------------
-    def sample_clients(self, key: jax.Array) -> jax.Array:
-        """``clients_per_round`` distinct client ids, uniformly at random."""
-        return jax.random.choice(
-            key, self.data.num_clients, (self.settings.clients_per_round,), replace=False
-        )
-
-    def round_base(self, state: ServerState) -> jax.Array:
-        """The key every round's randomness derives from: the run key, or under secure noise
-        the secret key mixed with the run key (so seeds still differ)."""
-        if self.secret_key is None:
-            return state.key
-        key = jnp.asarray(self.secret_key)
-        for word in range(state.key.shape[-1]):
-            key = jax.random.fold_in(key, state.key[word])
-        return key
-
-    def round_keys(self, state: ServerState) -> tuple[jax.Array, jax.Array]:
-        """``(sample_key, clients_key)`` of the round about to run."""
-        key = jax.random.fold_in(self.round_base(state), state.round)
-        return tuple(jax.random.split(key))
-
-    def noise_key(self, state: ServerState) -> jax.Array:
-        """The key of the round's client-level DP noise, independent of sampling and client
-        keys: ``fold_in(fold_in(run_key, r), 0x5EED)`` with the simulator's ``noise_salt``
-        folded in (:func:`fedbench.privacy.plan.noise_salt`; ``None``: seed and round only)."""
-        key = jax.random.fold_in(jax.random.fold_in(self.round_base(state), state.round), 0x5EED)
-        salt = hparams.get(state.hparams, "noise_salt", self.noise_salt)  # a replica's own
-        return key if salt is None else jax.random.fold_in(key, salt)
-
-    def durations(self, ids: jax.Array, counts: jax.Array, epochs, bits_up=None) -> jax.Array:
-        """Simulated time a client needs: its local steps times its site's speed; with
-        :attr:`links`, in seconds, plus downloading the model and uploading ``bits_up`` (its
-        message's encoded bits; default dense float32) over its site's link
-        (:func:`fedbench.links.client_seconds`)."""
-        if self.settings.local_steps is not None:
-            steps = jnp.full(counts.shape, self.settings.local_steps)
-        else:
-            steps = (counts + self.batch_size - 1) // self.batch_size * epochs
-        up = self.dense_bits if bits_up is None else bits_up
-        return client_seconds(self.links, jnp, ids, steps, self.speeds[ids], self.down_bits, up)
-
-    def upload_bits(self, infos) -> jax.Array | None:
-        """Each cohort client's uploaded bits (:func:`fedbench.compression.traffic.upload_bits`)."""
-        return upload_bits(self, infos)
-
-    def start_inflight(self, state: ServerState):
-        """FedBuff's clients in flight at time 0 (:func:`fedbench.algorithm.fedbuff.start_inflight`)."""
-        return start_inflight(self, state)
-
-    def straggler_key(self, state: ServerState) -> jax.Array:
-        """The key of the round's straggler draw (independent of sampling and training)."""
-        return jax.random.fold_in(jax.random.fold_in(self.round_base(state), state.round), 0x57A6)
-
     def _run_rounds(self, state: ServerState, payload, num_rounds: jax.Array) -> ServerState:
         self.trace_count += 1
         body = ROUNDS[self.algorithm.kind]
 
+        pieces = self.pieces  # the round sees these, never the simulator
+
         def one(_, s):
-            return body(self, s, payload)  # s.hparams: a replica's own lr, mu, clip, noise
+            return body(pieces, s, payload)  # s.hparams: a replica's own lr, mu, clip, noise
 
         return jax.lax.fori_loop(0, num_rounds, one, state)
 
@@ -405,3 +315,10 @@ class Simulator(Replicas, Evaluation):
             state, payload = jax.device_put((state, payload), replicated(self.mesh))
         return self._run(state, payload, jnp.int32(num_rounds))
 
+
+# The round's methods stay reachable on the simulator under their names (tools and tests call
+# them); each is the method of the current record (:attr:`Simulator.pieces`).
+for _name in ("client_update", "sample_cohort", "round_info", "aggregate", "federation_size",
+              "sample_clients", "round_base", "round_keys", "noise_key", "durations",
+              "upload_bits", "start_inflight", "straggler_key"):
+    setattr(Simulator, _name, property(lambda self, _name=_name: getattr(self.pieces, _name)))

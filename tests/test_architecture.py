@@ -219,3 +219,32 @@ def test_no_module_of_the_package_imports_itself_back():
             visit(name, [])
     assert not cycles, cycles
     assert not (package / "reference.py").exists()  # the reference loop is a testing module
+
+
+@pytest.mark.parametrize("algorithm_cfg", [{"name": "ditto"}, {"name": "ifca", "clusters": 2}],
+                         ids=lambda c: c["name"])
+def test_the_round_runs_from_its_record_alone(uneven_data, algorithm_cfg):
+    """The round is given a RoundPieces record, not the simulator: the record holds no settings
+    object, data, model or simulator (not even inside a closure), and one round run from the
+    record alone equals the simulator's."""
+    import dataclasses
+
+    from fedbench.pieces import RoundPieces
+    from fedbench.round import federated_round
+
+    sim = _sim(uneven_data, algorithm_cfg)
+    pieces = sim.pieces
+    names = {f.name for f in dataclasses.fields(RoundPieces)}
+    assert not names & {"settings", "data", "model", "sim", "simulator"}
+
+    def holds_simulator(value, depth=0):
+        if isinstance(value, Simulator) or isinstance(getattr(value, "__self__", None), Simulator):
+            return True
+        cells = getattr(value, "__closure__", None) or ()
+        return depth < 3 and any(holds_simulator(c.cell_contents, depth + 1) for c in cells
+                                 if not isinstance(c.cell_contents, type))
+
+    assert not [n for n in names if holds_simulator(getattr(pieces, n))]
+    state = sim.init()
+    alone = jax.jit(lambda s, d: federated_round(pieces, s, d))(state, uneven_data)
+    _close(alone.params, sim.run(state, 1).params, atol=1e-6)

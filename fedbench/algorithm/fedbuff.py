@@ -64,12 +64,12 @@ def fedbuff(cfg: Mapping[str, Any], clients_per_round: int | None) -> Algorithm:
                      dp_client="asynchronous buffers are not covered by the DP-FedAvg accountant")
 
 
-def start_inflight(sim, state):
+def start_inflight(sim, state, data):
     """At time 0, ``concurrency`` clients start from the initial model (version 0)."""
     m = sim.algorithm.concurrency
     sample_key, clients_key = sim.round_keys(state)
-    ids = jax.random.choice(sample_key, sim.data.num_clients, (m,), replace=False)
-    counts = sim.data.train_counts[ids]
+    ids = jax.random.choice(sample_key, data.num_clients, (m,), replace=False)
+    counts = data.train_counts[ids]
     full = jnp.full((m,), sim.local_epochs, jnp.int32)
     return {
         "ids": ids.astype(jnp.int32),
