@@ -17,7 +17,13 @@
    (:mod:`fedbench.audit.personal`).
 5. Under DP, the configured epsilon beside one-run lower bounds (:mod:`fedbench.audit.epsilon`):
    one white-box round of the Gaussian mechanism at the run's noise multiplier, and canary
-   sites through whole runs of the configured federation (:mod:`fedbench.audit.canaries`).
+   sites through whole runs of the configured federation (:mod:`fedbench.audit.canaries`),
+   with what the guarantee protects, under which neighbouring relation, and what it covers
+   (the ``privacy`` block of the run's ``summary.json``).
+
+If the federation diverged (:func:`fedbench.audit.report.divergence`), steps 3, 4 and the
+whole-run canaries are not run: their verdicts would be about a broken model. The report says
+training diverged and what to change (:func:`fedbench.audit.report.withheld`).
 """
 
 from __future__ import annotations
@@ -181,6 +187,11 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
     out = {"claimed": privacy.get("epsilon"), "delta": privacy.get("delta"),
            "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit"),
            "noise_note": privacy.get("noise_note")}
+    # What the guarantee protects and covers, as the run's summary states it.
+    for key in ("sampling", "neighboring_relation", "protected_unit", "covers",
+                "assumes_public", "non_private_outputs", "warnings"):
+        if key in privacy:
+            out[key] = privacy[key]
     sigma = privacy.get("noise_multiplier")
     if sigma:
         scores = epsilon_audit.gaussian_canary_scores(jax.random.PRNGKey(seed), audit.canaries,
@@ -194,9 +205,34 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
     return out
 
 
+def model_audits(cfg: dict[str, Any], audit: AuditSettings, model, data, finished,
+                 out_dir: Path) -> dict[str, Any]:
+    """The audits of the trained model (``finished``: its simulator and final state): global
+    membership, each site's personalised model, site membership."""
+    out: dict[str, Any] = {}
+    sim = finished["sim"]
+    if audit.membership and not (sim.algorithm.personal or sim.algorithm.init_models):
+        out["membership"] = membership_audit(cfg, audit, model, data,
+                                             final_params(out_dir / "federation"))
+    if audit.membership and sim.per_client_models:
+        from fedbench.audit.personal import personal_membership
+
+        out["personal"] = personal_membership(
+            sim.apply_fn, sim.evaluated_params(finished["state"]), sim.data)
+    if audit.sites:
+        if (cfg.get("privacy") or {}).get("name", "none") != "none":
+            out["sites"] = {"skipped": "site-level membership needs sub-federations, which "
+                                       "are refused under DP"}
+        else:
+            from fedbench.audit.sites import site_membership
+
+            out["sites"] = site_membership(federation_config(cfg), audit.site_shadows)
+    return out
+
+
 def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Runs the federation and the audits; writes ``audit.json``, ``audit.md``, ``audit.html``."""
-    from fedbench.audit.report import write_reports
+    from fedbench.audit.report import divergence, write_reports
     from fedbench.dataset import load_dataset
     from fedbench.dataset.pipeline import build_federated
     from fedbench.model import build_model
@@ -219,26 +255,15 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
                           "an image classification dataset (digits, mnist5k, ...) for fedbench-audit")
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
     result = {"config": fed_cfg, "audit": dict(cfg.get("audit") or {}),
-              "final": summary.get("final", {}),
-              "inversion": inversion_audit(cfg, audit, model, data),
-              "epsilon": epsilon_audit_of(summary, audit, int(cfg["seed"]), fed_cfg)}
-    sim = finished["sim"]
-    if audit.membership and not (sim.algorithm.personal or sim.algorithm.init_models):
-        result["membership"] = membership_audit(cfg, audit, model, data,
-                                                final_params(out_dir / "federation"))
-    if audit.membership and sim.per_client_models:
-        from fedbench.audit.personal import personal_membership
-
-        result["personal"] = personal_membership(
-            sim.apply_fn, sim.evaluated_params(finished["state"]), sim.data)
-    if audit.sites:
-        if (cfg.get("privacy") or {}).get("name", "none") != "none":
-            result["sites"] = {"skipped": "site-level membership needs sub-federations, which "
-                                          "are refused under DP"}
-        else:
-            from fedbench.audit.sites import site_membership
-
-            result["sites"] = site_membership(fed_cfg, audit.site_shadows)
+              "status": summary.get("status"), "final": summary.get("final", {})}
+    diverged = divergence(result)  # no model verdicts: skip the audits of the trained model
+    result["inversion"] = inversion_audit(cfg, audit, model, data)
+    result["epsilon"] = epsilon_audit_of(summary, audit, int(cfg["seed"]),
+                                         None if diverged else fed_cfg)
+    if diverged and audit.run_canaries and result["epsilon"].get("unit") == "client":
+        result["epsilon"]["whole_run"] = {"skipped": f"training diverged: {diverged}"}
+    if not diverged:
+        result.update(model_audits(cfg, audit, model, data, finished, out_dir))
     write_reports(result, out_dir)
     from fedbench.audit.report import verdict
     from fedbench.audit.track import track_audit

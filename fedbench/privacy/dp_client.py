@@ -6,8 +6,10 @@ of standard deviation ``noise_multiplier * clip`` to every coordinate and divide
 *expected* number of reporting clients (McMahan et al. 2018, Algorithm 1, the fixed-denominator
 estimator). Cohorts are Poisson (each client with probability ``q``,
 :func:`fedbench.privacy.mechanisms.poisson_cohort`) or fixed-size without replacement. The
-neighbouring relation is adding or removing one client; each round is a sampled Gaussian
-mechanism, accounted with dp-accounting (:func:`fedbench.privacy.accounting.account`).
+neighbouring relation is adding or removing one client under Poisson cohorts, and replacing one
+client's data by another's under fixed-size cohorts (dp-accounting accounts sampling without
+replacement under replace-one); each round is a sampled Gaussian mechanism, accounted with
+dp-accounting (:func:`fedbench.privacy.accounting.account`).
 
 An algorithm runs under it only if its clients release nothing but the clipped delta
 (``Algorithm.dp_client`` is None) and it aggregates with the example-weighted mean or declares

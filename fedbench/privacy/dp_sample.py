@@ -6,7 +6,9 @@ gradient clipped to ``clip``, Gaussian noise ``noise_multiplier * clip`` on the 
 neighbouring relation is adding or removing one training example of one client; client ``i``
 with ``n_i`` examples runs ``local_epochs * ceil(n_i / batch_size)`` steps at rate
 ``q_i = min(1, batch_size / n_i)`` per round it takes part in, and the reported epsilon is the
-worst client's over the steps each client actually took (``ServerState.dp_steps``). The server's
+worst client's over the steps each client actually took (``ServerState.dp_steps``). The
+accounting treats every client's size ``n_i`` as public (``SampleDP.assumes_public``): ``q_i``,
+the step counts and the aggregation weights are computed from it. The server's
 aggregation is the algorithm's own (post-processing of DP outputs): this mechanism does not wrap
 it. An algorithm is refused where anything else shapes the released model
 (``Algorithm.dp_sample``, :func:`fedbench.algorithm.base.check_sample_dp`).
@@ -53,6 +55,12 @@ class SampleDP(Mechanism):
     identity = {"clip": 1e6, "target_epsilon": None, "noise_multiplier": 0}
     # The reported epsilon is the worst client's, found from every client's size.
     uncovered = ("epsilon", "worst_client_sampling_rate", "worst_client_steps")
+    # q_i = B / n_i, the step counts and the aggregation weights are computed from n_i, and
+    # adding or removing one example changes them: the accounting holds only with n_i public.
+    assumes_public = (
+        "every client's number of training examples n_i (its example sampling rate q_i = "
+        "batch_size / n_i, its DP-SGD steps per round and its weight in the aggregate are "
+        "computed from n_i, and adding or removing one example changes them)",)
 
     @classmethod
     def check_algorithm(cls, algorithm) -> None:

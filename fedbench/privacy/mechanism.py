@@ -32,7 +32,8 @@ Class attributes declare the rest: ``unit`` (the neighbouring relation: adding o
 ``client``, or one ``example`` of one client), ``hyperparameters`` (the ``privacy.<key>``
 scalars an in-program sweep may set: ``sweep.<key>``), ``bounds_messages`` (every message a
 client sends must keep the clip bound, so compressors that can raise a norm are refused),
-``identity`` (settings with no noise and no clipping: the run must equal the one without DP).
+``identity`` (settings with no noise and no clipping: the run must equal the one without DP),
+``assumes_public`` (what the guarantee treats as public, stated in ``summary.json``).
 :func:`register` adds a mechanism defined outside the package (``docs/examples/dp_full.py``).
 """
 
@@ -77,6 +78,9 @@ class Mechanism:
     #: Outputs a run writes that this mechanism's epsilon does not cover, beyond the metrics
     #: (``fedbench.privacy.release.PRIVATE_METRICS``) every mechanism leaves uncovered.
     uncovered: ClassVar[tuple[str, ...]] = ()
+    #: What the guarantee assumes public (not protected by epsilon) although it is computed from
+    #: the clients' data, stated in ``covers`` and ``assumes_public`` of ``summary.json``.
+    assumes_public: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def check_algorithm(cls, algorithm) -> None:

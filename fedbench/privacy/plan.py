@@ -20,7 +20,13 @@ every evaluation.
   by the simulator (``ServerState.dp_steps``).
 
 What epsilon covers: the released model parameters only (and under adaptive clipping the clip
-bound, released through its own noisy count). Everything else a run writes that is computed from
+bound, released through its own noisy count), with respect to the neighbouring relation the
+accountant used (:attr:`PrivacyPlan.neighboring_relation`: adding or removing one unit under
+Poisson sampling, replacing one client's data by another's under ``privacy.sampling=fixed``).
+What a mechanism assumes public is stated beside it (``Mechanism.assumes_public``: under
+``dp_sample`` every client's size). A ``delta`` above one over the number of protected units is
+allowed but warned about (:class:`~fedbench.privacy.release.PrivacyWarning`) and recorded in the
+``privacy`` block's ``warnings``. Everything else a run writes that is computed from
 the clients' data is outside the guarantee (:data:`PRIVATE_METRICS`, :data:`PRIVATE_SUMMARY`);
 ``privacy.release_metrics=false`` leaves it out of ``metrics.jsonl``, ``summary.json`` and
 tracking (:meth:`PrivacyPlan.released`).
@@ -36,13 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from fedbench.errors import ConfigError
-from fedbench.privacy.accounting import ACCOUNTANTS, default_delta
+from fedbench.privacy.accounting import ACCOUNTANTS, default_delta, dp_event
+from fedbench.privacy.events import _neighboring_relation
 from fedbench.privacy.mechanism import BuildContext, Mechanism, names, registry
 from fedbench.privacy.release import (  # noqa: F401  (noise_salt and the lists: public here too)
     NOISE_SALT_IGNORED,
@@ -52,7 +60,11 @@ from fedbench.privacy.release import (  # noqa: F401  (noise_salt and the lists:
     REGENERABLE,
     SECURE,
     TEST_METRICS,
+    UNITS,
+    UNITS_COUNTED,
+    PrivacyWarning,
     noise_salt,
+    relation_words,
 )
 
 
@@ -80,6 +92,8 @@ class PrivacyPlan:
         release runs that differ only in their noise together.
       release_metrics: write :data:`PRIVATE_METRICS` and :data:`PRIVATE_SUMMARY` (not covered
         by epsilon).
+      warnings: what :func:`build_privacy` warned about (:class:`PrivacyWarning`), for the
+        ``privacy`` block of ``summary.json``.
     """
 
     name: str
@@ -97,6 +111,7 @@ class PrivacyPlan:
     release_metrics: bool = True
     noise: str = "reproducible"
     data_digest: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def salt_of(self, cfg: Mapping[str, Any]) -> int | None:
         """The noise salt of the run with config ``cfg`` on this plan's data (None under
@@ -107,6 +122,16 @@ class PrivacyPlan:
     def noise_multiplier(self) -> float:
         return self.mechanism.noise_multiplier
 
+    @property
+    def neighboring_relation(self) -> str:
+        """dp-accounting's neighbouring relation for this plan's sampling, as its report names
+        it (``add_or_remove_one``: Poisson; ``replace_one``: fixed-size cohorts), taken from
+        the accountant's own rule for the event (:func:`fedbench.privacy.events.dp_event`)."""
+        sampling = "fixed" if self.sampling == "fixed" else "poisson"  # or none: no sampling
+        event = dp_event(1.0, None, 1, sampling, population=max(self.num_clients, 1),
+                         cohort=max(min(self.clients_per_round, self.num_clients), 1))
+        return _neighboring_relation(event).name.lower()
+
     def released(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """``metrics`` as written and tracked: without :data:`PRIVATE_METRICS` unless
         ``release_metrics``."""
@@ -115,12 +140,14 @@ class PrivacyPlan:
         return {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
 
     def disclosure(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """What epsilon covers, for the ``privacy`` block of ``summary``: ``covers``,
-        ``release_metrics``, ``shared_noise`` and ``non_private_outputs``, the outputs in
-        ``summary`` (its ``final`` metrics and blocks) computed from the clients' data that the
-        guarantee does not cover."""
-        unit = ("one client" if self.mechanism.unit == "client"
-                else "one training example of one client")
+        """What epsilon covers, for the ``privacy`` block of ``summary``: ``covers`` (with the
+        neighbouring relation the accountant used and what it assumes public),
+        ``neighboring_relation``, ``protected_unit``, ``assumes_public``, ``release_metrics``,
+        ``shared_noise``, ``noise``, ``noise_note``, ``warnings`` and ``non_private_outputs``,
+        the outputs in ``summary`` (its ``final`` metrics and blocks) computed from the clients'
+        data that the guarantee does not cover."""
+        relation = self.neighboring_relation
+        assumed = list(self.mechanism.assumes_public)
         final = summary.get("final") or {}
         outputs = [k for k in final if k in PRIVATE_METRICS or k in TEST_METRICS]
         outputs += [k for k in PRIVATE_SUMMARY if summary.get(k) is not None]
@@ -128,10 +155,16 @@ class PrivacyPlan:
         return {
             "covers": (
                 f"the released model parameters only (every round's server model, and under "
-                f"adaptive clipping the clip bound), with respect to adding or removing {unit}; "
+                f"adaptive clipping the clip bound), with respect to "
+                f"{relation_words(relation, self.mechanism.unit)} ({relation}); "
                 "not the metrics, statistics or counts computed from the clients' data listed "
                 "in non_private_outputs"
+                + "".join(f"; it assumes public {a}" for a in assumed)
             ),
+            "neighboring_relation": relation,
+            "protected_unit": UNITS.get(self.mechanism.unit, f"one {self.mechanism.unit}"),
+            "assumes_public": assumed,
+            "warnings": list(self.warnings),
             "release_metrics": self.release_metrics,
             "shared_noise": self.shared_noise,
             "noise": self.noise,
@@ -188,6 +221,10 @@ def build_privacy(
         sampling scheme the accountant does not cover, or ``dp_sample`` with a ``sampling``
         or ``adaptive_clip`` setting it would ignore (it always Poisson-samples examples and
         clips at a fixed bound), ``shared_noise`` or ``release_metrics`` not a boolean.
+
+    Warns:
+      PrivacyWarning: ``delta`` above one over the number of protected units
+        (:func:`delta_warning`); also kept in the plan's ``warnings``.
     """
     cfg = cfg or {"name": "none"}
     name = cfg.get("name", "none")
@@ -226,7 +263,8 @@ def build_privacy(
     ctx = BuildContext(num_clients, clients_per_round, rounds, local_epochs, batch_size,
                        np.asarray(client_sizes))
     delta = _number(cfg, "delta")
-    delta = default_delta(module.population(ctx)) if delta is None else delta
+    units = module.population(ctx)
+    delta = default_delta(units) if delta is None else delta
     if not 0 < delta < 1:
         raise ConfigError("privacy.delta", delta, "in (0, 1)")
 
@@ -245,6 +283,26 @@ def build_privacy(
     common = {"clip": clip, "noise": noise, "target": target, "delta": delta,
               "accountant": accountant}
     mech, fields = module.build(cfg, common, ctx)
+    weak_delta = delta_warning(delta, units, module.MECHANISM.unit)
+    notes = () if weak_delta is None else (weak_delta,)
+    for note in notes:  # once the config is known to be valid
+        warnings.warn(PrivacyWarning(note), stacklevel=2)
     return PrivacyPlan(name, mech, delta, accountant, target_epsilon=target,
                        num_clients=num_clients, clients_per_round=clients_per_round,
-                       **fields, **switches, noise=noise_mode, data_digest=data_digest)
+                       **fields, **switches, noise=noise_mode, data_digest=data_digest,
+                       warnings=notes)
+
+
+def delta_warning(delta: float, units: int, unit: str) -> str | None:
+    """Why ``delta`` is weak, or None: above ``1 / units``, one over the number of protected
+    units (``unit``: ``Mechanism.unit``), a mechanism that publishes one unit's data outright
+    with probability ``delta`` meets the guarantee, and with ``units`` units someone's is
+    expected to be published."""
+    if not delta > 1.0 / units:
+        return None
+    counted = UNITS_COUNTED.get(unit, unit + "s")
+    return (f"privacy.delta={delta:g} is above 1/{units} = {1.0 / units:.3g}, one over the "
+            f"number of protected units ({units} {counted}): a mechanism that "
+            f"publishes one unit's data outright with probability delta still meets the "
+            f"guarantee; use a delta well below 1/{units} (the default is "
+            f"min(1e-5, {units}^-1.1) = {default_delta(units):.3g})")

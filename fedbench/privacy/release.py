@@ -19,6 +19,33 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+
+class PrivacyWarning(UserWarning):
+    """A privacy setting that is allowed but weakens the guarantee (e.g. a ``delta`` above one
+    over the number of protected units); also recorded in ``summary.json``'s ``privacy`` block
+    (``warnings``)."""
+
+
+#: The protected unit of each ``Mechanism.unit``, as a run's outputs and reports name it.
+UNITS = {"client": "one client", "example": "one training example of one client"}
+#: The protected units counted for the delta check, by ``Mechanism.unit``.
+UNITS_COUNTED = {"client": "clients", "example": "training examples of all clients together"}
+
+
+def relation_words(relation: str, unit: str) -> str:
+    """dp-accounting's neighbouring relation (``AccountingReport.neighboring_relation``) in
+    words, for ``unit`` (``Mechanism.unit``): what two neighbouring datasets differ by.
+
+    Raises:
+      ValueError: a relation other than ``add_or_remove_one`` and ``replace_one``.
+    """
+    if relation == "add_or_remove_one":
+        return f"adding or removing {UNITS.get(unit, 'one ' + unit)}"
+    if relation == "replace_one":
+        return ("replacing one client's data by another's" if unit == "client" else
+                f"replacing {UNITS.get(unit, 'one ' + unit)} by another")
+    raise ValueError(f"unknown neighbouring relation {relation!r}")
+
 #: ``metrics.jsonl`` entries computed from the clients' data outside the DP mechanism, and what
 #: they reveal; ``privacy.release_metrics=false`` leaves them out (also of ``summary.json``'s
 #: ``final`` and of tracking).
