@@ -162,13 +162,15 @@ def build_tracker(
 
     Args:
       cfg: ``conf/tracking/*.yaml`` resolved: ``name`` (``disabled`` | ``wandb``) and, for
-        ``wandb``, ``mode``, ``project``, ``entity``, ``group``, ``tags``, ``dir``, ``run_name``.
+        ``wandb``, ``mode``, ``project``, ``entity``, ``group``, ``tags``, ``dir``, ``run_name``;
+        ``mode``, ``project``, ``entity`` and ``dir`` left null take ``$WANDB_MODE``,
+        ``$WANDB_PROJECT``, ``$WANDB_ENTITY``, ``$WANDB_DIR`` where set (W&B's convention).
       run_dir: the run directory; W&B writes under it unless ``dir`` or ``$WANDB_DIR`` is set.
       group, run_name: used where the config leaves ``group`` / ``run_name`` null (the CLI gives
         a sweep's jobs the sweep's name as group and their override string as name).
 
     Raises:
-      ConfigError: an unknown tracker or W&B mode.
+      ConfigError: an unknown tracker or W&B mode (``tracking.mode`` or ``WANDB_MODE``).
     """
     if not cfg:
         return Tracker()
@@ -177,16 +179,22 @@ def build_tracker(
         raise ConfigError("tracking.name", name, "one of: " + ", ".join(TRACKERS))
     if name == "disabled":
         return Tracker()
-    mode = cfg.get("mode", "online")
+    # W&B's precedence: a setting given (config, command line) wins over its environment
+    # variable, which wins over the default.
+    mode, key = cfg.get("mode"), "tracking.mode"
+    if mode is None and os.environ.get("WANDB_MODE"):
+        mode, key = os.environ["WANDB_MODE"], "WANDB_MODE"
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)  # W&B's older names
+    mode = mode or "online"
     if mode not in WANDB_MODES:
-        raise ConfigError("tracking.mode", mode, "one of: " + ", ".join(WANDB_MODES))
+        raise ConfigError(key, mode, "one of: " + ", ".join(WANDB_MODES))
     tags = cfg.get("tags") or []
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise ConfigError("tracking.tags", tags, "a list of strings, e.g. [baseline,dp]")
     return WandbTracker(
         mode=mode,
-        project=cfg.get("project"),
-        entity=cfg.get("entity"),
+        project=cfg.get("project") or os.environ.get("WANDB_PROJECT") or "fedbench",
+        entity=cfg.get("entity") or os.environ.get("WANDB_ENTITY"),
         group=cfg.get("group") or group,
         tags=tags,
         dir=cfg.get("dir") or os.environ.get("WANDB_DIR") or run_dir,

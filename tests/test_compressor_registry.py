@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from test_combinations import _sent  # what leaves a site, found independently
 from fedbench.algorithm import BUILDERS, build_algorithm
 from fedbench.compression import build_compression, compression_defaults, registry
 from fedbench.compression.downlink import build_downlink
@@ -150,16 +151,6 @@ def _data():
     xs = [rng.normal(size=(n, features)).astype(np.float32) for n in (9, 6, 11, 8)]
     ys = [np.argmax(x @ w, 1).astype(np.int32) for x in xs]
     return from_client_arrays(xs, ys, xs, ys, classes)
-
-
-def _sent(shapes, algorithm):
-    """The parameters that leave a site, found independently: a delta of ones through the
-    algorithm's ``shared`` (what it zeroes never leaves)."""
-    if algorithm.shared is None:
-        return shapes
-    ones = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
-    kept = jax.tree.map(lambda k: bool(np.any(np.asarray(k))), algorithm.shared(ones))
-    return jax.tree.map(lambda s, k: s if k else None, shapes, kept)
 
 
 def _expected_delta_bits(cfg, sizes):

@@ -58,6 +58,46 @@ def test_build_tracker_choices(tmp_path):
         assert err.value.key == key
 
 
+def test_wandb_environment_variables_work_and_the_config_wins(tmp_path, monkeypatch):
+    """W&B's convention: WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR apply where the
+    config leaves the key null, and a key set in the config wins."""
+    for var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    default = compose(["tracking=wandb"])["tracking"]
+    assert build_tracker(default, tmp_path).mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "ward")
+    monkeypatch.setenv("WANDB_ENTITY", "hospital")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "env"))
+    tracker = build_tracker(default, tmp_path)
+    assert (tracker.mode, tracker.project, tracker.entity, tracker.dir) == (
+        "offline", "ward", "hospital", tmp_path / "env")
+    given = compose(["tracking=wandb", "tracking.mode=disabled", "tracking.project=mine"])
+    tracker = build_tracker(given["tracking"], tmp_path)
+    assert (tracker.mode, tracker.project) == ("disabled", "mine")
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # W&B's older name for offline
+    assert build_tracker(default, tmp_path).mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "offlin")
+    with pytest.raises(ConfigError) as err:
+        build_tracker(default, tmp_path)
+    assert err.value.key == "WANDB_MODE"
+
+
+def test_wandb_mode_offline_from_the_environment_runs_without_an_api_key(tmp_path, monkeypatch):
+    """`WANDB_MODE=offline fedbench tracking=wandb` with no API key anywhere: the run finishes
+    and W&B writes an offline run (it ended in 'No API key configured')."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))  # no stored login
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    summary = run_experiment(compose(TINY + ["tracking=wandb"]), tmp_path / "run", progress=None)
+    assert summary["status"] == "completed"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
 def test_wandb_offline_logs_what_the_run_wrote(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "ignored"))  # tracking.dir wins
