@@ -130,9 +130,18 @@ def main() -> None:
     option or an override Hydra cannot parse ends the command with one line and exit status 2.
     """
     from fedbench import sweep
+    from fedbench.cli_help import answer
     from fedbench.config_check import check_command_line
     from fedbench.sweep_group import group_argv
 
+    answer(sys.argv[1:], "fedbench",
+           "Runs one federated-learning experiment (or a sweep with -m) and writes metrics.jsonl,\n"
+           "summary.json and checkpoints into outputs/<date>/<time>/ (hydra.run.dir=... to choose).",
+           ["fedbench                                   # digits, FedAvg, 20 sites",
+            "fedbench dataset=tcga_brca algorithm=fedprox algorithm.mu=0.01",
+            "fedbench privacy=dp_client privacy.target_epsilon=4 rounds=50",
+            "fedbench compression=topk compression.fraction=0.1 compression.error_feedback=true",
+            "fedbench -m algorithm=fedavg,scaffold seed=0,1,2 sweep_name=study"])
     try:
         argv, notes = group_argv(sys.argv[1:])  # sweep_group=true: in-program where possible
         for note in notes:

@@ -14,14 +14,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedbench.cli_help import version_line
 from fedbench.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbench-contribution", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fedbench-contribution",
+        description="Each site's leave-one-out and Shapley value (fedbench.contribution): every "
+                    "coalition of sites is trained as a sub-federation and valued on the test data.",
+        epilog="example: fedbench-contribution dataset=tcga_brca --method exact --value pooled "
+               "--seeds 3")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for fedbench")
-    parser.add_argument("--method", default="auto", choices=["auto", "exact", "tmc", "loo"])
-    parser.add_argument("--value", default="pooled", choices=["pooled", "sites_mean"])
+    parser.add_argument("--method", default="auto", choices=["auto", "exact", "tmc", "loo"],
+                        help="exact: every coalition (2^n runs); tmc: truncated Monte-Carlo "
+                             "Shapley over --permutations orders; loo: leave-one-out only; "
+                             "auto: exact up to 10 sites, else tmc (default: auto)")
+    parser.add_argument("--value", default="pooled", choices=["pooled", "sites_mean"],
+                        help="a coalition's value: accuracy (c-index for survival) on the pooled "
+                             "test set, or the mean over the sites' own test sets (default: "
+                             "pooled)")
+    parser.add_argument("--version", action="version",
+                        version=version_line("fedbench-contribution"))
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per coalition")
     parser.add_argument("--permutations", type=int, default=50, help="tmc: orders sampled")
     parser.add_argument("--tolerance", type=float, default=0.0, help="tmc: truncation")

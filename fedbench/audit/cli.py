@@ -53,8 +53,17 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``fedbench-audit``)."""
+    from fedbench.cli_help import answer
     from fedbench.config_check import check_command_line
 
+    answer(sys.argv[1:], "fedbench-audit",
+           "Trains one federation as fedbench would, then attacks it as an adversary would\n"
+           "(gradient inversion, membership inference, an empirical epsilon lower bound) and\n"
+           "writes audit.html, audit.md and audit.json with a plain-language verdict.",
+           ["fedbench-audit                             # digits, 2NN, FedAvg, no DP",
+            "fedbench-audit privacy=dp_client dataset.num_clients=100 clients_per_round=50 "
+            "rounds=50"],
+           extra="The audit group: audit=default, audit.<key>=VALUE (conf/audit/default.yaml).")
     argv = with_audit_group(sys.argv[1:])
     if "-m" in argv or "--multirun" in argv:
         print("fedbench-audit: error: sweeps (-m) are not supported; audit one config at a time",
