@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def _app(cfg: DictConfig) -> str | None:
         print(f"fedbench: writing to {out_dir}", flush=True)
         run_experiment(container, out_dir, tracker=tracker)
         finished = True
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (main): one line on how to continue
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("hydra.run.dir="))
+        print(f"\nfedbench: interrupted; every evaluated round is saved in {out_dir}. To continue "
+              f"from its last checkpoint: fedbench {again} hydra.run.dir={shlex.quote(out_dir)}"
+              .replace("fedbench  hydra", "fedbench hydra"), file=sys.stderr, flush=True)
+        sys.exit(130)
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -129,7 +136,7 @@ def main() -> None:
     (:mod:`fedbench.config_check`): a misspelt key, a value of the wrong type, an unknown group
     option or an override Hydra cannot parse ends the command with one line and exit status 2.
     """
-    from fedbench import sweep
+    from fedbench import interrupts, sweep
     from fedbench.cli_help import answer
     from fedbench.config_check import check_command_line
     from fedbench.sweep_group import group_argv
@@ -151,7 +158,15 @@ def main() -> None:
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    _app()
+    # SIGTERM (a scheduler's stop) ends a run as Ctrl-C does: cleanly, saying how to continue.
+    interrupts.install()
+    try:
+        _app()
+    except KeyboardInterrupt:  # in a sweep: the same command continues it
+        print("\nfedbench: interrupted; run the same command again to continue (finished jobs "
+              "are skipped, an interrupted one continues from its last checkpoint)",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
     if sweep.failed_jobs:  # set by the SweepReport callback at the end of a sweep
         sys.exit(1)
 

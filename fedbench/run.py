@@ -27,6 +27,7 @@ from fedbench.compression.downlink import build_downlink
 from fedbench.compression.traffic import dense_bits, other_up_bits, sent_shapes, traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
+from fedbench import interrupts
 from fedbench.errors import BufferOverflowError, ConfigError
 from fedbench.links import build_links
 from fedbench.model import build_model
@@ -266,36 +267,43 @@ def run_experiment(
                   flush=True)
         progress(history[-1], rounds, None)
     # run_wall: wall time inside the round loop, compilation excluded
-    while int(state.round) < rounds and status == "completed":
-        block = checkpoints.next_stop(int(state.round), rounds, eval_every) - int(state.round)
-        compiled_before, _ = CompileCounter.snapshot()
-        start = time.perf_counter()
-        state = jax.block_until_ready(sim.run(state, block))
-        run_wall += time.perf_counter() - start
-        run_wall -= CompileCounter.snapshot()[0] - compiled_before
-        done = int(state.round)
-        evaluated = done % eval_every == 0 or done == rounds
-        if evaluated:
-            history.append(evaluate(state))
-            tracker.log(history[-1], done)
-            write_jsonl(out_dir / "metrics.jsonl", history)
-            if not (_finite(state) and _loss_finite(history[-1])):
-                status = "diverged"
-        if checkpoints.due(done, rounds, evaluated, finished=status != "completed"):
-            checkpoints.save(done, state, {
-                "history": history, "status": status, "run_seconds": run_wall,
-                "compile_seconds": compile_earlier + CompileCounter.snapshot()[0] - compile_before,
-            })
-        if evaluated and progress:
-            progress(history[-1], rounds, done / run_wall if run_wall > 0 else None)
-        if status == "diverged":
-            print(
-                f"fedbench: training diverged by round {done} (parameters or training "
-                "loss not finite); stopping. Lower lr (or algorithm.server_lr), or for DP raise "
-                "the number of clients per round or privacy.target_epsilon.",
-                file=sys.stderr,
-                flush=True,
-            )
+    try:
+        while int(state.round) < rounds and status == "completed":
+            block = checkpoints.next_stop(int(state.round), rounds, eval_every) - int(state.round)
+            compiled_before, _ = CompileCounter.snapshot()
+            start = time.perf_counter()
+            state = jax.block_until_ready(sim.run(state, block))
+            run_wall += time.perf_counter() - start
+            run_wall -= CompileCounter.snapshot()[0] - compiled_before
+            done = int(state.round)
+            evaluated = done % eval_every == 0 or done == rounds
+            if evaluated:
+                history.append(evaluate(state))
+                tracker.log(history[-1], done)
+                with interrupts.protected():
+                    write_jsonl(out_dir / "metrics.jsonl", history)
+                if not (_finite(state) and _loss_finite(history[-1])):
+                    status = "diverged"
+            if checkpoints.due(done, rounds, evaluated, finished=status != "completed"):
+                with interrupts.protected():  # an interrupt waits for the save to be handed off
+                    checkpoints.save(done, state, {
+                        "history": history, "status": status, "run_seconds": run_wall,
+                        "compile_seconds": (compile_earlier + CompileCounter.snapshot()[0]
+                                            - compile_before),
+                    })
+            if evaluated and progress:
+                progress(history[-1], rounds, done / run_wall if run_wall > 0 else None)
+            if status == "diverged":
+                print(
+                    f"fedbench: training diverged by round {done} (parameters or training "
+                    "loss not finite); stopping. Lower lr (or algorithm.server_lr), or for DP raise "
+                    "the number of clients per round or privacy.target_epsilon.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (fedbench.cli): a save under way completes
+        checkpoints.close()
+        raise
     checkpoints.close()
     write_jsonl(out_dir / "metrics.jsonl", history)
     # Tracing, lowering and XLA compilation of the round loop and of evaluation.

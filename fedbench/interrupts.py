@@ -1,0 +1,48 @@
+"""Ctrl-C and SIGTERM as a clean stop: a ``KeyboardInterrupt`` in the main code, never inside
+a step that must finish (a checkpoint being saved, a results file being written).
+
+:func:`install` sets the handler (``fedbench`` does, :mod:`fedbench.cli`); :func:`protected`
+marks a step that must finish: a signal that arrives inside it is raised when it ends. A signal
+that arrives inside a garbage-collector callback (JAX has one), where an exception is only
+printed as 'ignored' and the code goes on, is delivered again a moment later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_depth = 0
+_pending = False
+
+
+def _handler(signum, frame):
+    global _pending
+    if _depth > 0:
+        _pending = True  # raised when the protected step ends
+        return
+    if frame is not None and frame.f_code.co_name.endswith("gc_callback"):
+        threading.Timer(0.05, signal.raise_signal, (signum,)).start()
+        return
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler's stop) raise ``KeyboardInterrupt``."""
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+@contextlib.contextmanager
+def protected():
+    """A step that an interrupt must not cut: one that arrives inside is raised after it."""
+    global _depth, _pending
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0 and _pending:
+            _pending = False
+            raise KeyboardInterrupt
