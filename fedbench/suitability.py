@@ -375,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "suitability.* (conf/suitability/default.yaml)")
     parser.add_argument("--out", default="outputs/suitability", help="output directory")
     args = parser.parse_args(argv)
+    from fedbench.logs import accountant_note, summarise_accountant
+
+    summarise_accountant()  # one line at the end instead of one per skipped RDP order
     try:
         cfg = compose(args.overrides)
         result = suitability(cfg, args.out)
@@ -385,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n".join(summary_lines(result)))
     print(f"fedbench-suitability: wrote {Path(args.out) / 'suitability.html'}")
+    if accountant_note():
+        print(f"fedbench-suitability: note: {accountant_note()}")
     return 0
 
 
