@@ -13,7 +13,7 @@ import time
 import pytest
 
 RUN = ["dataset=breast_cancer", "model=logreg", "num_clients=4", "clients_per_round=2",
-       "rounds=400", "eval_every=2"]
+       "rounds=120", "eval_every=2"]
 
 
 def _start(run_dir, *extra):
@@ -54,4 +54,4 @@ def test_an_interrupted_run_says_how_to_continue_and_that_command_continues(tmp_
     assert done.returncode == 0, done.stderr
     assert "resuming from round" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["final"]["round"] == 400
+    assert summary["status"] == "completed" and summary["final"]["round"] == 120
