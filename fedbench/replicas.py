@@ -110,10 +110,20 @@ def swept(cfg: Mapping[str, Any]) -> dict[str, list[float]]:
         if name == "partition_seed" and not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out[name]):
             raise ConfigError("sweep.partition_seed", out[name], "a list of integers >= 0")
-    if "target_epsilon" in out and "noise_multiplier" in out:
-        raise ConfigError("sweep.noise_multiplier", out["noise_multiplier"],
-                          "null when sweep.target_epsilon is set (one of them sets the noise)")
+    for group in () if mechanism is None else mechanism.alternatives:
+        both = [name for name in group if name in out]
+        if len(both) > 1:  # e.g. a target epsilon and a noise multiplier: one sets the noise
+            raise ConfigError(f"sweep.{both[1]}", out[both[1]],
+                              f"null when sweep.{both[0]} is set ({privacy.get('name')}: "
+                              f"{' and '.join(group)} set the same thing)")
     return out
+
+
+def _alternatives(cfg: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """The privacy keys that ``sweep.<name>`` makes null (its mechanism's ``alternatives``)."""
+    mechanism = mechanism_class((cfg.get("privacy") or {}).get("name", "none"))
+    groups = () if mechanism is None else mechanism.alternatives
+    return tuple(other for group in groups if name in group for other in group if other != name)
 
 
 def _set(cfg: dict[str, Any], path: tuple[str, ...], value) -> None:
@@ -142,10 +152,9 @@ def replica_configs(cfg: Mapping[str, Any], num_seeds: int) -> list[tuple[str, d
         keys = sweep_keys(cfg)
         for name, value in zip(grid, values):
             _set(rep, keys[name], value)
-            if name == "target_epsilon":
-                _set(rep, ("privacy", "noise_multiplier"), None)
-            if name == "noise_multiplier":
-                _set(rep, ("privacy", "target_epsilon"), None)
+            if keys[name][0] == "privacy":
+                for other in _alternatives(cfg, name):
+                    _set(rep, ("privacy", other), None)
         parts = [f"{name}={_label(value)}" for name, value in zip(grid, values)] + [f"seed={seed}"]
         out.append((",".join(parts), rep))
     return out

@@ -87,6 +87,7 @@ class ClientDP(Mechanism):
     name = "dp_client"
     unit = "client"
     hyperparameters = ("noise_multiplier", "clip", "target_epsilon")
+    alternatives = (("target_epsilon", "noise_multiplier"),)  # either one sets the noise
     bounds_messages = True  # the noise is calibrated to the clip: every message keeps it
     # Fixed-size cohorts: the simulator's uniform draw, as without DP.
     identity = {"sampling": "fixed", "accountant": "rdp", "clip": 1e6, "target_epsilon": None,

@@ -52,6 +52,7 @@ class SampleDP(Mechanism):
     name = "dp_sample"
     unit = "example"
     hyperparameters = ("noise_multiplier", "clip", "target_epsilon")
+    alternatives = (("target_epsilon", "noise_multiplier"),)  # either one sets the noise
     identity = {"clip": 1e6, "target_epsilon": None, "noise_multiplier": 0}
     # The reported epsilon is the worst client's, found from every client's size.
     uncovered = ("epsilon", "worst_client_sampling_rate", "worst_client_steps")

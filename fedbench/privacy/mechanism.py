@@ -71,6 +71,10 @@ class Mechanism:
     name: ClassVar[str] = ""
     unit: ClassVar[str] = "client"  # the neighbouring relation: one client | one example
     hyperparameters: ClassVar[tuple[str, ...]] = ()
+    #: Hyper-parameters that set the same thing in two ways (a target epsilon or a noise
+    #: multiplier): a replica that sets one gets the others null, and one sweep may vary only
+    #: one of them.
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = ()
     bounds_messages: ClassVar[bool] = False
     #: ``privacy.<key>`` settings under which the mechanism adds no noise and clips nothing, so
     #: that a run equals the run without it (the generated matrix, tests/test_combinations.py).
