@@ -1,7 +1,8 @@
 """One configured experiment, from config to result files.
 
 :func:`run_experiment` is the single entry point used by the CLI, tests and notebooks. It checks
-every setting before loading data or compiling anything (:func:`validate`), then runs the rounds
+every setting in one pass before loading data or compiling anything
+(:func:`fedbench.checked.check_config`), then runs the rounds
 in compiled blocks of ``eval_every`` rounds, evaluating and rewriting ``metrics.jsonl`` after each
 block, and finally writes ``summary.json``. Both files are replaced atomically.
 """
@@ -20,28 +21,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedbench.algorithm import build_algorithm
+from fedbench.checked import CheckedRun, check_config, check_messages, check_with_data
 from fedbench.checkpoint import RunCheckpoints
-from fedbench.compression import build_compression
-from fedbench.compression.downlink import build_downlink
-from fedbench.compression.traffic import dense_bits, other_up_bits, sent_shapes, traffic
+from fedbench.compression.traffic import dense_bits, other_up_bits, traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
 from fedbench import interrupts
-from fedbench.errors import BufferOverflowError, ConfigError
-from fedbench.links import build_links
+from fedbench.errors import BufferOverflowError
 from fedbench.model import build_model
-from fedbench.model.semi import check_local
-from fedbench.privacy.mechanism import mechanism_class
 from fedbench.progress import _print_progress, _print_table
-from fedbench.replicas import (
-    check_members,
-    replica_configs,
-    run_replicas,
-    run_values,
-    simulator_config,
-    swept,
-)
+from fedbench.replicas import run_replicas, run_values, swept
 from fedbench.distributed import initialize as initialize_distributed
 from fedbench.results import CompileCounter, write_json, write_jsonl
 from fedbench.results import dp_steps as _dp_steps
@@ -51,14 +40,7 @@ from fedbench.results import run_summary as _run_summary
 from fedbench.results import without_model_metrics as _without_model_metrics
 from fedbench.simulator import Simulator
 from fedbench.tracking import Tracker, build_tracker
-from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: public here too)
-    _check_task_and_schedule,
-    _integer,
-    _store_dtype,
-    check_client_storage,
-    build_stragglers,
-    validate,
-)
+from fedbench.validation import build_stragglers, validate  # noqa: F401  (public here too)
 
 #: Clients with fewer test examples than this are left out of ``client_accuracy_p10`` (their
 #: number is ``client_accuracy_p10_skipped``): on 5 examples one error moves the accuracy by 20
@@ -66,32 +48,22 @@ from fedbench.validation import (  # noqa: F401  (validate, build_stragglers: pu
 MIN_CLIENT_TEST = 10
 
 
-def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> SimpleNamespace:
-    """Everything a run is made of, from a validated config, before any training: ``sim``,
-    ``privacy`` (the plan, or None), ``plan_for(cfg)`` (another config's plan on the same
-    data), ``algorithm``, ``model``, ``data``, ``partition_stats``. ``transforms``: update
-    transforms applied after DP's clip and before the configured compressor (an audit's
-    canaries, :mod:`fedbench.audit.canaries`).
+def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
+                    transforms=()) -> SimpleNamespace:
+    """Everything a run is made of, before any training: ``sim``, ``privacy`` (the plan, or
+    None), ``plan_for(cfg)`` (another config's plan on the same data), ``algorithm``,
+    ``model``, ``data``, ``partition_stats``. ``cfg``: a config, checked here by
+    :func:`fedbench.checked.check_config`, or a :class:`CheckedRun` already checked (nothing is
+    checked twice). ``transforms``: update transforms applied after DP's clip and before the
+    configured compressor (an audit's canaries, :mod:`fedbench.audit.canaries`).
 
     Raises:
       ConfigError: for any bad setting.
     """
-    settings = validate(cfg)
-    check_members(cfg, cfg.get("members"))
-    algorithm = build_algorithm(
-        {**cfg["algorithm"], "site_speed": cfg.get("site_speed", 0.0)}, cfg["clients_per_round"]
-    )
-    if algorithm.kind == "async" and algorithm.concurrency > cfg["num_clients"]:
-        raise ConfigError(
-            "algorithm.concurrency", algorithm.concurrency, f"<= num_clients={cfg['num_clients']}"
-        )
-    mechanism = mechanism_class((cfg.get("privacy") or {}).get("name", "none"))
-    if mechanism is not None:  # every release privatised, or refused before any work
-        mechanism.check_algorithm(algorithm)
-    compressor = build_compression(cfg.get("compression"), (cfg.get("privacy") or {}).get("name"),
-                                   algorithm.kind)  # uplink compression (after DP clipping)
+    run = cfg if isinstance(cfg, CheckedRun) else check_config(cfg)
+    cfg, settings, algorithm = run.cfg, run.settings, run.algorithm
     raw = load_dataset(cfg["dataset"])
-    storage = check_client_storage(cfg, algorithm, raw.task)
+    storage = check_with_data(run, raw.task)  # the task's and storage's checks, before building
     data, partition_stats = build_federated(
         raw,
         cfg["partition"],
@@ -102,16 +74,13 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
         storage=storage,
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
-    if compressor is not None:  # error feedback only around a contractive compressor
-        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())
-        compressor.check_error_feedback(sent_shapes(shapes["params"], algorithm))
-    check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
-    _check_task_and_schedule(cfg, settings, algorithm, data.task)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())
+    check_messages(run, shapes["params"])  # error feedback only around a contractive compressor
     from fedbench.privacy.plan import build_privacy  # dp-accounting only when needed
     from fedbench.privacy.release import data_digest, secret_key
 
     # Reproducible noise also hashes the training data: a changed record draws new noise.
-    digest = data_digest(data) if mechanism is not None else None
+    digest = data_digest(data) if run.mechanism is not None else None
 
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
         print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
@@ -132,16 +101,17 @@ def build_simulator(cfg: Mapping[str, Any], progress=None, transforms=()) -> Sim
     sim = Simulator(
         model, algorithm, data, settings, seed=cfg["seed"],
         privacy=privacy.mechanism if privacy else None,
-        stragglers=build_stragglers(cfg.get("stragglers"), settings, algorithm.kind),
-        store_dtype=_store_dtype(cfg),
-        transforms=tuple(transforms) + ((compressor.transform(),) if compressor is not None else ()),
+        stragglers=run.stragglers,
+        store_dtype=run.store_dtype,
+        transforms=tuple(transforms) + ((run.compressor.transform(),)
+                                        if run.compressor is not None else ()),
         # DP noise keyed by the whole config and data too: runs that differ in any setting or
         # record draw independent noise (privacy.shared_noise=true: seed and round only);
         # privacy.noise=secure: every round's randomness from a key nobody holds afterwards.
         noise_salt=privacy.salt_of(cfg) if privacy else None,
         secret_key=secret_key() if privacy and privacy.noise == "secure" else None,
-        links=build_links(cfg.get("links"), cfg["num_clients"]),
-        downlink=build_downlink(cfg.get("compression"), algorithm.kind),
+        links=run.links,
+        downlink=run.downlink,
     )
     if privacy is not None and not privacy.release_metrics:
         partition_stats = {}  # client sizes and label histograms: not covered by epsilon
@@ -192,16 +162,11 @@ def run_experiment(
     """
     out_dir = Path(out_dir)
     initialize_distributed(cfg)  # several hosts: before anything touches JAX's devices
-    job = cfg  # seeds / in-program sweep: several replicas, the program built from the first's
-    num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1
-    replicas = replica_configs(cfg, num_seeds) if num_seeds > 1 or swept(cfg) else None
-    if replicas is not None:
-        for _, replica in replicas:  # each replica's values checked as its separate job's
-            validate(replica)
-            build_algorithm(replica["algorithm"], replica["clients_per_round"])
-        cfg = simulator_config(job, replicas)
+    run = check_config(cfg)  # every setting, before anything is loaded or built
+    job, replicas = run.job, run.replicas
     checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
-    built = build_simulator(cfg, progress)
+    built = build_simulator(run, progress)
+    cfg = run.cfg
     sim, privacy, plan_for, algorithm = built.sim, built.privacy, built.plan_for, built.algorithm
     model, data, partition_stats = built.model, built.data, built.partition_stats
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())  # no compute
@@ -232,8 +197,6 @@ def run_experiment(
 
     evaluate = make_evaluate(privacy)
     if replicas is not None:
-        if cfg.get("site_speed", 0.0):
-            raise ConfigError("seeds", num_seeds, "1 when site_speed > 0 (each seed draws its own site speeds)")
         plans, calibrated = [], {}  # seeds of one swept value share its calibration
         for _, c in replicas:
             key = json.dumps([c.get("privacy"), c["num_clients"], c["rounds"]], sort_keys=True,

@@ -1,8 +1,8 @@
 """Checks of the top-level settings, before any data is loaded or anything compiled.
 
 Each function raises :class:`~fedbench.errors.ConfigError` naming the key, the value and what is
-allowed. Group settings (dataset, partition, model, algorithm, privacy, compression) are checked
-by their own builders, which :func:`fedbench.run.run_experiment` calls before any training.
+allowed. :func:`fedbench.checked.check_config` calls them, with the group builders' checks, in
+the run's single validation pass.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ def _positive_float(cfg: Mapping[str, Any], key: str) -> float:
 def validate(cfg: Mapping[str, Any]) -> Settings:
     """Checks the top-level keys and returns the simulator :class:`Settings`.
 
-    Group settings (dataset, partition, model, algorithm) are checked by their own builders,
-    which :func:`run_experiment` calls before any training.
+    The rest of the config is checked beside it by :func:`fedbench.checked.check_config`.
 
     Raises:
       ConfigError: naming the key, the value and what is allowed.

@@ -200,31 +200,15 @@ class PrivacyPlan:
         return {**base, "epsilon": 0.0} if rep is None else {**base, **rep}
 
 
-def build_privacy(
-    cfg: Mapping[str, Any] | None,
-    *,
-    algorithm_kind: str,
-    num_clients: int,
-    clients_per_round: int,
-    rounds: int,
-    local_epochs: int,
-    batch_size: int,
-    client_sizes: np.ndarray,
-    data_digest: str | None = None,
-) -> PrivacyPlan | None:
-    """Validates the ``privacy`` group and calibrates the mechanism before training.
+def check_privacy(cfg: Mapping[str, Any] | None, algorithm_kind: str) -> dict[str, Any] | None:
+    """The ``privacy`` group's settings checked from the config alone (no data, no accountant
+    run): the mechanism's module, ``clip``, ``accountant``, ``target``, ``noise``, ``delta``
+    (None: the default, set from the federation by :func:`build_privacy`), ``noise_mode``,
+    ``switches``; None without DP. Part of the run's single validation pass
+    (:func:`fedbench.checked.check_config`); :func:`build_privacy` calls it again.
 
     Raises:
-      ConfigError: unknown name, DP on a non-federated baseline, ``clip <= 0``, ``epsilon <=
-        0``, ``delta`` outside (0, 1), both or neither of ``target_epsilon`` and
-        ``noise_multiplier``, a target that cannot be reached in ``rounds`` rounds, a
-        sampling scheme the accountant does not cover, or ``dp_sample`` with a ``sampling``
-        or ``adaptive_clip`` setting it would ignore (it always Poisson-samples examples and
-        clips at a fixed bound), ``shared_noise`` or ``release_metrics`` not a boolean.
-
-    Warns:
-      PrivacyWarning: ``delta`` above one over the number of protected units
-        (:func:`delta_warning`); also kept in the plan's ``warnings``.
+      ConfigError: see :func:`build_privacy`.
     """
     cfg = cfg or {"name": "none"}
     name = cfg.get("name", "none")
@@ -260,12 +244,8 @@ def build_privacy(
         raise ConfigError("privacy.noise_multiplier", noise, "a finite number >= 0")
     if not math.isfinite(clip) and (noise or (target is not None and math.isfinite(target))):
         raise ConfigError("privacy.clip", clip, "finite when noise is added")
-    ctx = BuildContext(num_clients, clients_per_round, rounds, local_epochs, batch_size,
-                       np.asarray(client_sizes))
-    delta = _number(cfg, "delta")
-    units = module.population(ctx)
-    delta = default_delta(units) if delta is None else delta
-    if not 0 < delta < 1:
+    delta = _number(cfg, "delta")  # None: the default, from the number of protected units
+    if delta is not None and not 0 < delta < 1:
         raise ConfigError("privacy.delta", delta, "in (0, 1)")
 
     switches = {}
@@ -280,6 +260,47 @@ def build_privacy(
     if noise_mode == "secure" and switches["shared_noise"]:
         raise ConfigError("privacy.shared_noise", True,
                           "false with privacy.noise=secure (shared noise is reproducible noise)")
+    return {"name": name, "module": module, "clip": clip, "accountant": accountant,
+            "target": target, "noise": noise, "delta": delta, "noise_mode": noise_mode,
+            "switches": switches}
+
+
+def build_privacy(
+    cfg: Mapping[str, Any] | None,
+    *,
+    algorithm_kind: str,
+    num_clients: int,
+    clients_per_round: int,
+    rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    client_sizes: np.ndarray,
+    data_digest: str | None = None,
+) -> PrivacyPlan | None:
+    """Validates the ``privacy`` group and calibrates the mechanism before training.
+
+    Raises:
+      ConfigError: unknown name, DP on a non-federated baseline, ``clip <= 0``, ``epsilon <=
+        0``, ``delta`` outside (0, 1), both or neither of ``target_epsilon`` and
+        ``noise_multiplier``, a target that cannot be reached in ``rounds`` rounds, a
+        sampling scheme the accountant does not cover, or ``dp_sample`` with a ``sampling``
+        or ``adaptive_clip`` setting it would ignore (it always Poisson-samples examples and
+        clips at a fixed bound), ``shared_noise`` or ``release_metrics`` not a boolean.
+
+    Warns:
+      PrivacyWarning: ``delta`` above one over the number of protected units
+        (:func:`delta_warning`); also kept in the plan's ``warnings``.
+    """
+    checked = check_privacy(cfg, algorithm_kind)
+    if checked is None:
+        return None
+    module, cfg = checked["module"], cfg or {}
+    clip, accountant, target, noise = (checked[k] for k in ("clip", "accountant", "target", "noise"))
+    ctx = BuildContext(num_clients, clients_per_round, rounds, local_epochs, batch_size,
+                       np.asarray(client_sizes))
+    units = module.population(ctx)
+    delta = default_delta(units) if checked["delta"] is None else checked["delta"]
+    switches, noise_mode, name = checked["switches"], checked["noise_mode"], checked["name"]
     common = {"clip": clip, "noise": noise, "target": target, "delta": delta,
               "accountant": accountant}
     mech, fields = module.build(cfg, common, ctx)
