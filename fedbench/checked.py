@@ -65,7 +65,7 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedRun:
     from fedbench.model.semi import check_local
     from fedbench.privacy.mechanism import mechanism_class
     from fedbench.privacy.plan import check_privacy
-    from fedbench.replicas import check_members, replica_configs, simulator_config, swept
+    from fedbench.sweep_config import check_members, replica_configs, simulator_config, swept
 
     job = cfg
     num_seeds = _integer(cfg, "seeds", 1) if cfg.get("seeds") is not None else 1

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from fedbench.errors import ConfigError
 
-# command-line key -> the in-program sweep key (fedbench.replicas.SWEEP_KEYS); an algorithm's
+# command-line key -> the in-program sweep key (fedbench.sweep_config.SWEEP_KEYS); an algorithm's
 # own keys, ``algorithm.<key>`` -> ``<key>``, are those it declares (Algorithm.hyperparameters),
 # a privacy mechanism's, ``privacy.<key>`` -> ``<key>``, likewise (Mechanism.hyperparameters).
 GROUPABLE = {
@@ -74,7 +74,7 @@ def group_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         raise ConfigError(FLAG, True, "only with -m (--multirun): it groups a sweep's values")
     given = {kv[0]: kv[1] for kv in map(_split, argv) if kv}
     from fedbench.privacy.mechanism import declared_hyperparameters
-    from fedbench.replicas import algorithm_hyperparameters
+    from fedbench.sweep_config import algorithm_hyperparameters
 
     algorithm = given.get("algorithm", "fedavg")  # conf/config.yaml's default
     # privacy=a,b (a Hydra axis): the keys every listed mechanism declares.
