@@ -25,6 +25,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 FIELDS = [
     "config", "seed", "round", "bytes_up", "simulated_seconds", "test_accuracy",
     "client_accuracy_mean", "compression_ratio",
@@ -170,7 +172,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("multirun/compression"))
     parser.add_argument("--out", type=Path, default=Path("results/compression"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.runs, args.out, args.allow_dirty)
     rows = collect(args.runs) if args.runs.is_dir() else []
     if not rows:
         raise SystemExit(f"no runs under {args.runs}: run experiments/compression.sh first")

@@ -19,6 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 VARIANTS = {"s00": "Synthetic(0,0)", "s0505": "Synthetic(0.5,0.5)", "s11": "Synthetic(1,1)",
             "iid": "Synthetic-IID"}
 METHODS = {"fedavg": "FedAvg (stragglers dropped)", "fedprox": "FedProx mu=1 (partial work)"}
@@ -120,7 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=Path("multirun/fedprox_synthetic"))
     parser.add_argument("--out", type=Path, default=Path("results/fedprox_synthetic"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.sweep, args.out, args.allow_dirty)
     rows = collect(args.sweep)
     if not rows:
         raise SystemExit(f"no runs under {args.sweep}")

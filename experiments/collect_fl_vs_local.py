@@ -18,6 +18,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 STUDIES = ["tcga_brca", "opt", "indo_rct", "digits_scenario"]
 
 
@@ -87,7 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("multirun/fl_vs_local"))
     parser.add_argument("--out", type=Path, default=Path("results/fl_vs_local"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.runs, args.out, args.allow_dirty)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []
     for study in STUDIES:

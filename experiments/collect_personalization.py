@@ -27,6 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fedbench.provenance import study_provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = {
     "rotated": ["local", "fedavg", "ifca", "cfl"],
@@ -102,7 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "multirun" / "personalization")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "personalization")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.runs, args.out, args.allow_dirty)
     sites, finals = read_runs(args.runs)
     if sites.empty:
         raise SystemExit(f"no runs under {args.runs}: run experiments/personalization.sh first")

@@ -20,6 +20,8 @@ import math
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 FIELDS = [
     "mechanism", "target_epsilon", "epsilon", "delta", "noise_multiplier", "accountant",
     "seed", "rounds", "test_accuracy", "test_loss", "client_accuracy_mean",
@@ -103,7 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", type=Path, default=Path("multirun"))
     parser.add_argument("--out", type=Path, default=Path("results/privacy_utility"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.sweeps, args.out, args.allow_dirty)
     rows = collect(args.sweeps)
     if not rows:
         raise SystemExit(f"no summary.json under {args.sweeps}/privacy_utility_*")

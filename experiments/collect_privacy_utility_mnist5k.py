@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 # Abadi et al. 2016, Sec. 5.2 (MNIST, PCA 60 + 1,000 ReLU units, lots of 600, delta 1e-5).
 ABADI = {0.5: 0.90, 2.0: 0.95, 8.0: 0.97}
 ABADI_NONPRIVATE = 0.98
@@ -46,7 +48,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("outputs/privacy_utility_mnist5k"))
     parser.add_argument("--out", type=Path, default=Path("results/privacy_utility"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.run, args.out, args.allow_dirty)
     rows = collect(args.run)
     if not rows:
         raise SystemExit(f"no target_epsilon=*/summary.json under {args.run}")

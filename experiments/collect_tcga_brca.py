@@ -15,6 +15,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fedbench.provenance import study_provenance
+
 METHODS = ["pooled", "local", "fedavg", "fedprox", "scaffold", "fedadam", "fedyogi", "fedadagrad"]
 # Ogier du Terrail et al. 2022 (FLamby), Fed-TCGA-BRCA, C-index means over 5 seeds, as quoted in
 # issue #5; None where no number is quoted.
@@ -107,7 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=Path("multirun/tcga_brca"))
     parser.add_argument("--out", type=Path, default=Path("results/tcga_brca"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs that are not from one clean commit (exploration; "
+                             "PROVENANCE.json says so)")
     args = parser.parse_args()
+    # Results only from one clean commit (fedbench/provenance.py): checked before any write.
+    study_provenance(args.sweep, args.out, args.allow_dirty)
     rows = collect(args.sweep)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "runs.csv", rows)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.metric_names import MODEL_METRICS
+from fedbench.provenance import source
 from fedbench.atomic import (  # noqa: F401  (re-exported: the one atomic writer)
     INFINITE_AS_STRING,
     json_ready,
@@ -168,6 +169,7 @@ def run_summary(status, final, config, timing, partition_stats, sim, state,
         "client_axis": sim.client_axis,
         "links": None if sim.links is None else sim.links.summary(),
         "versions": package_versions(),
+        "provenance": source(),  # the commit and any uncommitted change (fedbench/provenance.py)
         "device": device_info(),
         "python": sys.version.split()[0],
     }
