@@ -154,7 +154,7 @@ def main() -> None:
         for note in notes:
             print(f"fedbench: sweep_group: {note}", flush=True)
         sys.argv[1:] = argv
-        check_command_line(sys.argv[1:], CONF_DIR)
+        check_command_line(sys.argv[1:], CONF_DIR, check_settings=True)
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

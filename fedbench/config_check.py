@@ -49,7 +49,8 @@ class OverrideError(ConfigError):
 
 
 def check_command_line(
-    argv: Sequence[str], conf_dir: str | Path, config_name: str = "config"
+    argv: Sequence[str], conf_dir: str | Path, config_name: str = "config",
+    check_settings: bool = False,
 ) -> None:
     """Checks the overrides of a ``fedbench`` command line (``sys.argv[1:]``).
 
@@ -58,7 +59,9 @@ def check_command_line(
 
     The run directory (``hydra.run.dir``; a sweep's ``hydra.sweep.dir``) must be one fedbench
     can write to, before Hydra writes its logs there
-    (:func:`fedbench.checkpoint.check_writable`).
+    (:func:`fedbench.checkpoint.check_writable`). ``check_settings``: the composed run's
+    settings too (:func:`fedbench.checked.check_config`), so that no run folder is created for a
+    config that would be refused.
 
     Raises:
       ConfigError: (or its :class:`OverrideError`) naming the first bad override, or an
@@ -74,7 +77,24 @@ def check_command_line(
     cfg = check_overrides(args.overrides, conf_dir, config_name=config_name,
                           multirun=args.multirun)
     if cfg is not None:
+        if check_settings:  # before the run folder is made (the writability check makes it)
+            _check_settings(cfg)
         _check_output_dir(cfg, args.multirun)
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """The run's settings through :func:`fedbench.checked.check_config`, before Hydra creates
+    the run folder (a range error such as ``lr=-1`` leaves nothing behind). In a sweep this is
+    its first job's config (each sweep at its first value); the other jobs are checked as they
+    start. A config that only Hydra's running app can resolve is left to the run's own check."""
+    from fedbench.checked import check_config
+
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        resolved = OmegaConf.to_container(plain, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} interpolations: the run checks them
+        return
+    check_config(resolved)
 
 
 def check_overrides(
@@ -103,6 +123,14 @@ def check_overrides(
     from hydra.core.global_hydra import GlobalHydra
 
     parsed = [_parse(line) for line in overrides]
+    seen: dict[str, str] = {}
+    for o in parsed:  # lr=0.1 lr=0.2: Hydra keeps the last silently
+        key = o.key_or_group
+        if key in seen and not o.is_delete():
+            raise OverrideError(key, o.input_line,
+                                f"{key} is given twice ({seen[key]} and {o.input_line}): give "
+                                "it once")
+        seen[key] = o.input_line
     multirun = multirun or any(
         o.key_or_group == "hydra.mode" and str(o.value()).upper() == "MULTIRUN" for o in parsed
     )

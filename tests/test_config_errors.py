@@ -167,6 +167,8 @@ def test_cli_bad_setting_exits_2_with_one_line(overrides, expected, tmp_path):
     assert expected in last
     assert not list(tmp_path.rglob("metrics.jsonl"))
     assert not list(tmp_path.rglob("summary.json"))
+    if "model=cnn" not in overrides:  # needs the data's shape; the rest: before any run folder
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -256,3 +258,24 @@ def test_cli_bad_override_exits_2_with_one_line(overrides, expected, tmp_path):
     assert expected in lines[0]
     assert proc.stdout == ""  # nothing started
     assert not (tmp_path / "run").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["lr=-1"], "lr=-1 is not allowed"),
+        (["batch_size=0"], "batch_size=0 is not allowed"),
+        (["privacy=dp_client", "privacy.clip=-1"], "privacy.clip=-1 is not allowed"),
+        (["lr=0.1", "lr=0.2"], "lr is given twice (lr=0.1 and lr=0.2): give it once"),
+        (["-m", "seed=0,1", "seed=2"], "seed is given twice"),
+    ],
+)
+def test_the_command_line_is_refused_before_any_run_folder(argv, message):
+    """Range errors (the run's own checks, fedbench/checked.py) and repeated keys, which Hydra
+    would resolve silently by keeping the last, end the command before Hydra starts."""
+    from fedbench.config_check import check_command_line
+
+    with pytest.raises(ConfigError) as err:
+        check_command_line(argv, CONF_DIR, check_settings=True)
+    assert message in str(err.value)
+    check_command_line([], CONF_DIR, check_settings=True)  # the default run passes
