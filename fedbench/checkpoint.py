@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, FedbenchWarning
 from fedbench.sweep import config_differences
 
 #: The run directory's subdirectory holding the checkpoints, one ``<round>/`` each.
@@ -48,7 +48,7 @@ MAX_TO_KEEP = 2
 FORMAT = 1
 
 
-class CheckpointWarning(UserWarning):
+class CheckpointWarning(FedbenchWarning):
     """A checkpoint that cannot be used: unreadable (the one before it is used) or of another
     config (the run starts afresh)."""
 

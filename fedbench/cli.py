@@ -139,6 +139,7 @@ def main() -> None:
     from fedbench import interrupts, sweep
     from fedbench.cli_help import answer
     from fedbench.config_check import check_command_line
+    from fedbench.errors import quiet_warnings
     from fedbench.sweep_group import group_argv
 
     answer(sys.argv[1:], "fedbench",
@@ -160,6 +161,7 @@ def main() -> None:
         sys.exit(2)
     # SIGTERM (a scheduler's stop) ends a run as Ctrl-C does: cleanly, saying how to continue.
     interrupts.install()
+    quiet_warnings()  # fedbench's own warnings as one line each (fedbench.errors)
     try:
         _app()
     except KeyboardInterrupt:  # in a sweep: the same command continues it

