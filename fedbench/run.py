@@ -9,6 +9,7 @@ block, and finally writes ``summary.json``. Both files are replaced atomically.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import sys
@@ -29,7 +30,7 @@ from fedbench.dataset.pipeline import build_federated
 from fedbench import interrupts
 from fedbench.errors import BufferOverflowError
 from fedbench.model import build_model
-from fedbench.progress import _print_progress, _print_table
+from fedbench.progress import Timer, _print_progress, _print_table, bar, step_rounds
 from fedbench.replicas import run_replicas, run_values, swept
 from fedbench.distributed import initialize as initialize_distributed
 from fedbench.results import CompileCounter, write_json, write_jsonl
@@ -118,6 +119,15 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
 
     return SimpleNamespace(sim=sim, privacy=privacy, plan_for=plan_for, algorithm=algorithm,
                            model=model, data=data, partition_stats=partition_stats, raw=raw)
+
+
+def _progress_line(metrics, rounds, rate, timer, live):
+    """The default progress: an evaluation's line with the elapsed time and ETA, written above
+    the progress bar when there is one, whose metrics it also updates."""
+    _print_progress(metrics, rounds, rate, timer.text(int(metrics["round"]), rounds),
+                    None if live is None else live.write)
+    if live is not None:
+        live.show(metrics)
 
 
 def _replica_data(job, built, replicas):
@@ -224,20 +234,35 @@ def run_experiment(
         write_jsonl(out_dir / "metrics.jsonl", history)
     for row in history:
         tracker.log(row, row["round"])
+    # A progress bar on a terminal, the rounds run in steps of about two seconds under it
+    # (fedbench/progress.py); otherwise one line per evaluation with the elapsed time and ETA.
+    live = bar(rounds, int(state.round)) if progress is _print_progress else None
+    timer = Timer(int(state.round))
+    if progress is _print_progress:
+        progress = functools.partial(_progress_line, timer=timer, live=live)
     if progress:
         if restored is not None:
             print(f"fedbench: resuming from round {int(state.round)} ({checkpoints.directory})",
                   flush=True)
         progress(history[-1], rounds, None)
     # run_wall: wall time inside the round loop, compilation excluded
+    ran, ran_wall = 0, 0.0  # rounds and seconds run here (the progress bar's speed)
     try:
         while int(state.round) < rounds and status == "completed":
-            block = checkpoints.next_stop(int(state.round), rounds, eval_every) - int(state.round)
-            compiled_before, _ = CompileCounter.snapshot()
-            start = time.perf_counter()
-            state = jax.block_until_ready(sim.run(state, block))
-            run_wall += time.perf_counter() - start
-            run_wall -= CompileCounter.snapshot()[0] - compiled_before
+            stop = checkpoints.next_stop(int(state.round), rounds, eval_every)
+            while int(state.round) < stop:  # one call, or ~2 s steps under a progress bar
+                block = stop - int(state.round)
+                if live is not None:
+                    block = step_rounds(block, ran / ran_wall if ran_wall > 0 else None)
+                compiled_before, _ = CompileCounter.snapshot()
+                start = time.perf_counter()
+                state = jax.block_until_ready(sim.run(state, block))
+                wall = time.perf_counter() - start - (CompileCounter.snapshot()[0]
+                                                      - compiled_before)
+                run_wall += wall
+                if live is not None:
+                    ran, ran_wall = ran + block, ran_wall + max(wall, 0.0)
+                    live.advance(int(state.round))
             done = int(state.round)
             evaluated = done % eval_every == 0 or done == rounds
             if evaluated:
@@ -267,6 +292,9 @@ def run_experiment(
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM (fedbench.cli): a save under way completes
         checkpoints.close()
         raise
+    finally:
+        if live is not None:
+            live.close()
     checkpoints.close()
     write_jsonl(out_dir / "metrics.jsonl", history)
     # Tracing, lowering and XLA compilation of the round loop and of evaluation.
