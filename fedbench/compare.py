@@ -200,30 +200,32 @@ def compare(
     rows: list[dict] = []
     scores: dict[str, list] = {regime: [] for regime in regimes}
     validation: list[np.ndarray] = []
-    for seed in seeds:
-        for regime in regimes:
-            run_cfg = regime_config(cfg, regime, seed, config_dir, config_name)
-            run: dict[str, Any] = {}
-            summary = run_experiment(run_cfg, out_dir / regime / f"seed={seed}", progress=None,
-                                     on_finish=lambda sim, state: run.update(sim=sim, state=state))
-            if summary["status"] != "completed" or not summary.get("sites"):
-                raise RuntimeError(f"{regime} (seed {seed}) did not complete: {summary['status']}")
-            names = summary["partition_stats"].get("client_names") or [
-                f"site {j}" for j in range(len(summary["sites"]["own"]))
-            ]
-            new = site_rows(regime, seed, summary["sites"], [str(n) for n in names], metric)
-            rows += new
-            kind = new[0]["metric"]
-            per_example, labels, offsets = site_scores(run["sim"], run["state"], kind)
-            scores[regime].append(per_example)
-            if regime == "local":
-                held = validation_data(run["sim"].data, val_fraction, partition_seed(cfg))
-                if held is not None:
-                    validation.append(validation_metric(run["sim"], held, cfg["rounds"], kind))
-            if progress:
-                pooled = np.mean([r["value"] for r in new if r["eval_set"] == "pooled"])
-                print(f"fedbench-compare: {regime:<12} seed {seed}: pooled-test "
-                      f"{kind} {pooled:.4f}", flush=True)
+    for i, (seed, regime) in enumerate((s, r) for s in seeds for r in regimes):
+        if progress:  # a stage line before each run: nothing is silent for the length of one
+            print(f"fedbench-compare: training {regime} (seed {seed}; run {i + 1} of "
+                  f"{len(seeds) * len(regimes)})", flush=True)
+        run_cfg = regime_config(cfg, regime, seed, config_dir, config_name)
+        run: dict[str, Any] = {}
+        summary = run_experiment(run_cfg, out_dir / regime / f"seed={seed}", progress=None,
+                                 on_finish=lambda sim, state: run.update(sim=sim, state=state))
+        if summary["status"] != "completed" or not summary.get("sites"):
+            raise RuntimeError(f"{regime} (seed {seed}) did not complete: {summary['status']}")
+        names = summary["partition_stats"].get("client_names") or [
+            f"site {j}" for j in range(len(summary["sites"]["own"]))
+        ]
+        new = site_rows(regime, seed, summary["sites"], [str(n) for n in names], metric)
+        rows += new
+        kind = new[0]["metric"]
+        per_example, labels, offsets = site_scores(run["sim"], run["state"], kind)
+        scores[regime].append(per_example)
+        if regime == "local":
+            held = validation_data(run["sim"].data, val_fraction, partition_seed(cfg))
+            if held is not None:
+                validation.append(validation_metric(run["sim"], held, cfg["rounds"], kind))
+        if progress:
+            pooled = np.mean([r["value"] for r in new if r["eval_set"] == "pooled"])
+            print(f"fedbench-compare: {regime:<12} seed {seed}: pooled-test "
+                  f"{kind} {pooled:.4f}", flush=True)
     write_table(out_dir / "table.csv", rows)
     comparison = Comparison(
         kind, [str(n) for n in names], offsets, labels,

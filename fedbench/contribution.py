@@ -25,6 +25,8 @@ Command line: ``fedbench-contribution [overrides...] --method exact|tmc|loo --va
 
 from __future__ import annotations
 
+import time
+
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -143,8 +145,9 @@ def _value(metrics: Mapping[str, Any], value: str) -> float:
 
 def contribution(cfg: Mapping[str, Any], method: str = "auto", value: str = "pooled",
                  seeds: int = 1, permutations: int = 50, tolerance: float = 0.0,
-                 max_exact: int = 10) -> dict[str, Any]:
+                 max_exact: int = 10, progress: bool = False) -> dict[str, Any]:
     """Each site's contribution in the federation ``cfg`` (one site = one client).
+    ``progress``: a line per stage (building, each batch of coalitions trained), with the time.
 
     ``method``: ``exact`` (all coalitions), ``tmc`` (``permutations`` sampled orders,
     truncation ``tolerance``), ``loo`` (the federation without each site), ``auto`` (exact up
@@ -160,12 +163,24 @@ def contribution(cfg: Mapping[str, Any], method: str = "auto", value: str = "poo
         raise ConfigError("privacy.name", cfg["privacy"]["name"],
                           "none (contributions are measured without DP)")
     check_members(cfg, list(range(cfg["num_clients"])))
+    start = time.perf_counter()
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"fedbench-contribution: {text} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+
+    say("building the federation")
     built = build_simulator(cfg)
     sim, n = built.sim, built.data.num_clients
     base = run_values(cfg, None)
     train_seeds = range(cfg["seed"], cfg["seed"] + seeds)
+    trained = [0]
 
     def evaluate(coalitions):
+        say(f"training {len(coalitions)} coalitions x {seeds} seed(s), {cfg['rounds']} rounds "
+            f"each, as replicas of one program ({trained[0]} trained so far)")
+        trained[0] += len(coalitions)
         return coalition_values(sim, coalitions, cfg["rounds"], train_seeds, value, base)
 
     method = ("exact" if n <= max_exact else "tmc") if method == "auto" else method

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = OmegaConf.to_container(compose(config_name="config",
                                                  overrides=list(args.overrides)), resolve=True)
         result = contribution(cfg, args.method, args.value, args.seeds, args.permutations,
-                              args.tolerance)
+                              args.tolerance, progress=True)
     except ConfigError as err:
         print(f"fedbench-contribution: config error: {err}", file=sys.stderr)
         return 2

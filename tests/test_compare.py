@@ -304,6 +304,7 @@ def test_compare_cli_reports_auc_and_rejects_bad_input(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "pooled-test auc" in out.stdout and "best single-site model" in out.stdout
+    assert "fedbench-compare: training local (seed 0; run 1 of " in out.stdout  # its stages
     # No validation data asked for: the choice is made, and labelled, on the test set.
     assert "selected on test" in out.stdout and "selected on validation" not in out.stdout
     assert "95% percentile interval of a paired bootstrap over test examples (300" in out.stdout

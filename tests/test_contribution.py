@@ -147,7 +147,11 @@ def test_the_command_writes_shapley_and_leave_one_out(tmp_path, capsys):
     result = json.loads((tmp_path / "contribution.json").read_text())
     assert result["sites"] == 6 and result["coalitions_trained"] == 2**6
     assert sum(result["shapley"]) == pytest.approx(result["v_all"] - result["v_empty"])
-    assert "v(all)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "v(all)" in out
+    # its stages, before the work they announce (nothing silent for minutes)
+    assert "fedbench-contribution: building the federation" in out
+    assert "fedbench-contribution: training 64 coalitions x 1 seed(s), 1 rounds each" in out
 
 
 @pytest.mark.parametrize("overrides, key", [
