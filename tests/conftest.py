@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -16,6 +19,42 @@ if sys.path[:1] != [str(REPO)]:
     sys.path.insert(0, str(REPO))
 
 from fedbench.dataset.federated import from_client_arrays  # noqa: E402
+
+#: JAX's persistent compilation cache for the whole test session, shared by the xdist workers
+#: and by the commands the tests start (environment variables): tests build many simulators
+#: of the same few configs, and each new simulator's program is the same executable
+#: (benchmarks/NOTES.md, "Test time": the suite's wall time, cache off against on). Results are
+#: unchanged: a cached executable is the one XLA would compile. Tests that check what
+#: compilation itself does (cross-process determinism) start their commands without it
+#: (:func:`without_compilation_cache`).
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and "FEDBENCH_TEST_JAX_CACHE" not in os.environ:
+        path = tempfile.mkdtemp(prefix="fedbench-test-jax-cache-")  # workers inherit it
+        os.environ["FEDBENCH_TEST_JAX_CACHE"] = config._fedbench_jax_cache = path
+    path = os.environ.get("FEDBENCH_TEST_JAX_CACHE")
+    if not path or os.environ.get("FEDBENCH_TEST_NO_JAX_CACHE"):
+        return
+    import jax
+
+    os.environ.update({**CACHE_ENV, "JAX_COMPILATION_CACHE_DIR": path})
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_fedbench_jax_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def without_compilation_cache(env: dict) -> dict:
+    """``env`` for a command that must compile for itself (no persistent cache)."""
+    return {k: v for k, v in env.items() if k not in CACHE_ENV}
 
 
 def make_uneven_data(sizes=(3, 17, 8, 25, 1, 12), features=4, classes=3, seed=0,

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from conftest import without_compilation_cache
 from fedbench.results import NUMERICS_CONFIG, NUMERICS_ENV, device_info, package_versions
 
 TINY = ["dataset=breast_cancer", "model=logreg", "partition=dirichlet", "algorithm=scaffold",
@@ -48,7 +49,10 @@ def test_device_info_records_the_numerics_flags(monkeypatch):
 
 def _run(tmp_path, name):
     run_dir = tmp_path / name
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # Each process compiles for itself: a cached executable would hide a compiler that is not
+    # deterministic across processes.
+    env = without_compilation_cache({k: v for k, v in os.environ.items()
+                                     if k != "HYDRA_FULL_ERROR"})
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-m", "fedbench", *TINY, f"hydra.run.dir={run_dir}"],
