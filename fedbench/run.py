@@ -78,7 +78,7 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())
     check_messages(run, shapes["params"])  # error feedback only around a contractive compressor
     from fedbench.privacy.plan import build_privacy  # dp-accounting only when needed
-    from fedbench.privacy.release import data_digest, secret_key
+    from fedbench.privacy.release import data_digest, evaluates_own_models, secret_key
 
     # Reproducible noise also hashes the training data: a changed record draws new noise.
     digest = data_digest(data) if run.mechanism is not None else None
@@ -96,6 +96,8 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
             batch_size=data.max_train if algorithm.full_batch else settings.batch_size,
             client_sizes=np.asarray(data.train_counts),
             data_digest=digest,
+            # release_metrics=false also withholds what non-DP per-client models score
+            per_client_models=evaluates_own_models(algorithm),
         )
 
     privacy = plan_for(cfg)

@@ -45,7 +45,8 @@ def test_help_lists_every_group_and_option_and_no_hydra_banner(module):
 
 @pytest.mark.parametrize("module,flag", [("fedbench.cli", "--version"),
                                          ("fedbench.audit.cli", "-V"),
-                                         ("fedbench.contribution_cli", "--version")])
+                                         ("fedbench.contribution_cli", "--version"),
+                                         ("fedbench.release_bundle", "-V")])
 def test_version_is_fedbench_and_jax(module, flag):
     out = _run(module, flag)
     assert out.returncode == 0, out.stderr
@@ -60,3 +61,13 @@ def test_contribution_help_explains_every_choice_without_markup():
     for word in ("exact", "tmc", "loo", "auto", "pooled", "sites_mean"):
         assert word in text
     assert "Shapley" in text and "`" not in out.stdout
+
+
+def test_release_help_says_what_is_released_and_what_is_refused():
+    out = _run("fedbench.release_bundle", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert text.startswith("usage: fedbench-release")
+    for words in ("epsilon covers", "model.npz", "privacy.json", "MANIFEST.json",
+                  "Checkpoints", "secret", "exit status 2"):
+        assert words in text, words

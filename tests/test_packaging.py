@@ -250,6 +250,10 @@ EXAMPLES = {
     "fedbench-contribution": (
         ["dataset=breast_cancer", *TINY, "rounds=1", "--method", "exact", "--out", "contrib"],
         ["contrib/contribution.json"]),
+    "fedbench-release": (  # DPRUN: a client-level DP run of the wheel's fedbench (below)
+        ["DPRUN", "release"],
+        [f"release/{n}" for n in ("model.npz", "metrics.jsonl", "privacy.json", "MANIFEST.json",
+                                  "README.md")]),
     "fedbench-suitability": (  # tabular data: no gradient-inversion audit (fedbench-audit's)
         ["dataset=breast_cancer", *TINY, "rounds=2", "eval_every=1",
          "suitability.contribution.method=exact", "suitability.compare.bootstrap=20",
@@ -270,6 +274,12 @@ def test_every_command_runs_its_smallest_example(core_venv, script, tmp_path, re
         empty, run = request.getfixturevalue("fedbench_run")
         assert run.returncode == 0, run.stderr[-3000:]
         argv = [str(empty / "run") if a == "RUN" else a for a in argv]
+    if "DPRUN" in argv:  # fedbench-release needs a finished DP run
+        dp = core_venv.run(["fedbench", "dataset=breast_cancer", *TINY, "rounds=1",
+                            "privacy=dp_client", "privacy.target_epsilon=null",
+                            "privacy.noise_multiplier=1.0", "hydra.run.dir=dprun"], cwd=tmp_path)
+        assert dp.returncode == 0, dp.stderr[-3000:]
+        argv = ["dprun" if a == "DPRUN" else a for a in argv]
     done = core_venv.run([script, *argv], cwd=tmp_path, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, (
         done.stdout[-2000:] + done.stderr[-3000:])

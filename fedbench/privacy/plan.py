@@ -29,7 +29,8 @@ allowed but warned about (:class:`~fedbench.privacy.release.PrivacyWarning`) and
 ``privacy`` block's ``warnings``. Everything else a run writes that is computed from
 the clients' data is outside the guarantee (:data:`PRIVATE_METRICS`, :data:`PRIVATE_SUMMARY`);
 ``privacy.release_metrics=false`` leaves it out of ``metrics.jsonl``, ``summary.json`` and
-tracking (:meth:`PrivacyPlan.released`).
+tracking (:meth:`PrivacyPlan.released`), and where evaluation scores each client with its own
+model (Ditto, APFL, pFedMe, finetune: neither released nor DP) the pooled test metrics too.
 
 The DP noise is keyed by the seed, the round and a salt, :func:`noise_salt`: a hash of the
 run's whole config, so two runs that differ in any setting draw independent noise and an
@@ -92,6 +93,11 @@ class PrivacyPlan:
         release runs that differ only in their noise together.
       release_metrics: write :data:`PRIVATE_METRICS` and :data:`PRIVATE_SUMMARY` (not covered
         by epsilon).
+      per_client_models: evaluation scores each client with a model of its own
+        (:func:`~fedbench.privacy.release.evaluates_own_models`: Ditto's, APFL's and pFedMe's
+        personal models, finetune's fine-tuned ones), which is neither the released model nor
+        DP: without ``release_metrics`` the pooled :data:`TEST_METRICS` computed from them are
+        withheld too.
       warnings: what :func:`build_privacy` warned about (:class:`PrivacyWarning`), for the
         ``privacy`` block of ``summary.json``.
     """
@@ -109,6 +115,7 @@ class PrivacyPlan:
     rates: np.ndarray | None = None
     shared_noise: bool = False
     release_metrics: bool = True
+    per_client_models: bool = False
     noise: str = "reproducible"
     data_digest: str | None = None
     warnings: tuple[str, ...] = ()
@@ -134,10 +141,12 @@ class PrivacyPlan:
 
     def released(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """``metrics`` as written and tracked: without :data:`PRIVATE_METRICS` unless
-        ``release_metrics``."""
+        ``release_metrics``; then, with ``per_client_models``, also without the pooled
+        :data:`TEST_METRICS` (computed from each client's own, non-DP model)."""
         if self.release_metrics:
             return dict(metrics)
-        return {k: v for k, v in metrics.items() if k not in PRIVATE_METRICS}
+        withheld = set(PRIVATE_METRICS) | (set(TEST_METRICS) if self.per_client_models else set())
+        return {k: v for k, v in metrics.items() if k not in withheld}
 
     def disclosure(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """What epsilon covers, for the ``privacy`` block of ``summary``: ``covers`` (with the
@@ -276,8 +285,14 @@ def build_privacy(
     batch_size: int,
     client_sizes: np.ndarray,
     data_digest: str | None = None,
+    per_client_models: bool = False,
 ) -> PrivacyPlan | None:
     """Validates the ``privacy`` group and calibrates the mechanism before training.
+
+    ``per_client_models``: the run's evaluation scores each client with its own model
+    (:func:`~fedbench.privacy.release.evaluates_own_models` of its algorithm), so that
+    ``release_metrics=false`` withholds the pooled test metrics too
+    (:meth:`PrivacyPlan.released`).
 
     Raises:
       ConfigError: unknown name, DP on a non-federated baseline, ``clip <= 0``, ``epsilon <=
@@ -311,7 +326,7 @@ def build_privacy(
     return PrivacyPlan(name, mech, delta, accountant, target_epsilon=target,
                        num_clients=num_clients, clients_per_round=clients_per_round,
                        **fields, **switches, noise=noise_mode, data_digest=data_digest,
-                       warnings=notes)
+                       per_client_models=bool(per_client_models), warnings=notes)
 
 
 def delta_warning(delta: float, units: int, unit: str) -> str | None:
