@@ -59,6 +59,7 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedRun:
       ConfigError: naming the key, the value and what is allowed, for the first bad setting.
     """
     from fedbench.algorithm import build_algorithm
+    from fedbench.compile_cache import cache_dir
     from fedbench.compression import build_compression
     from fedbench.compression.downlink import build_downlink
     from fedbench.links import build_links
@@ -101,6 +102,7 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedRun:
     store_dtype = _store_dtype(cfg)
     links = build_links(cfg.get("links"), cfg["num_clients"])
     check_local(cfg["model"], algorithm)  # model.local needs algorithm=semifed (model/semi.py)
+    cache_dir(cfg)  # compilation_cache: auto, off, null or a directory
     return CheckedRun(job=job, cfg=cfg, settings=settings, algorithm=algorithm,
                       mechanism=mechanism, privacy=privacy, compressor=compressor,
                       downlink=downlink, stragglers=stragglers, store_dtype=store_dtype,

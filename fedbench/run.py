@@ -27,7 +27,7 @@ from fedbench.checkpoint import RunCheckpoints
 from fedbench.compression.traffic import dense_bits, other_up_bits, traffic
 from fedbench.dataset import load_dataset
 from fedbench.dataset.pipeline import build_federated
-from fedbench import interrupts
+from fedbench import compile_cache, interrupts
 from fedbench.errors import BufferOverflowError
 from fedbench.model import build_model
 from fedbench.progress import Timer, _print_progress, _print_table, bar, step_rounds
@@ -175,6 +175,7 @@ def run_experiment(
     out_dir = Path(out_dir)
     initialize_distributed(cfg)  # several hosts: before anything touches JAX's devices
     run = check_config(cfg)  # every setting, before anything is loaded or built
+    cached = compile_cache.configure(run.cfg)  # compiled programs from disk where they exist
     job, replicas = run.job, run.replicas
     checkpoints = RunCheckpoints(out_dir, job)  # checkpoint settings; out_dir writable
     built = build_simulator(run, progress)
@@ -307,6 +308,7 @@ def run_experiment(
         "run_seconds": run_seconds,
         "rounds_per_second": int(state.round) / run_seconds,
         "round_program_traces": sim.trace_count,
+        "compilation_cache": cached is not None,  # programs read from / written to disk
     }
     summary = _run_summary(status, history[-1], dict(cfg), timing, partition_stats, sim, state,
                            privacy)

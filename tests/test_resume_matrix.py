@@ -21,13 +21,14 @@ which comes after that round's metrics and checkpoint are written) rather than b
 interrupted run: what is on disk is the same, and it saves one compilation per algorithm.
 Anything a run keeps only in memory (not in its checkpoint) makes the resumed run differ.
 
-Cost: compilation dominates (22 algorithms). This module turns on JAX's persistent compilation
-cache in a directory of its own for its duration, so the resumed run loads the executables the
-uninterrupted run compiled instead of compiling them again. The cache is keyed by the lowered
-program and the compile options, so a resumed run whose program differed in any way would
-compile its own; a hit is the executable a separate process would compile from the same
-program. A resumed run then takes about a second instead of a compilation (the file: about
-1.5 to 2 minutes on an idle 2-core CPU, against about 4 without the cache).
+Cost: compilation dominates (22 algorithms). Runs keep their compiled programs on disk
+(``compilation_cache``, fedbench/compile_cache.py; the test session's cache, tests/conftest.py),
+so the resumed run loads the executables the uninterrupted run compiled instead of compiling
+them again. The cache is keyed by the lowered program and the compile options, so a resumed run
+whose program differed in any way would compile its own; a hit is the executable a separate
+process would compile from the same program. A resumed run then takes about a second instead of
+a compilation (the file: about 1.5 to 2 minutes on an idle 2-core CPU, against about 4 without
+the cache).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import json
 import shutil
 
 import jax
-import jax.experimental.compilation_cache.compilation_cache as compilation_cache
 import numpy as np
 import pytest
 from conftest import compose
@@ -56,29 +56,6 @@ EXTRA = {"fedbuff": ["algorithm.buffer_size=2", "algorithm.concurrency=3"],
          "ifca": ["algorithm.clusters=2"], "cfl": []}
 #: Algorithms known not to resume bit for bit: name -> the cause (strict xfail).
 KNOWN: dict[str, str] = {}
-
-
-CACHE_OPTIONS = {"jax_compilation_cache_dir": None,
-                 "jax_persistent_cache_min_compile_time_secs": 0.0,
-                 "jax_persistent_cache_min_entry_size_bytes": 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_of_this_module(tmp_path_factory):
-    """JAX's persistent compilation cache in a fresh directory, this module only (restored
-    after it: the rest of the suite compiles as it would without this module)."""
-    before = {key: getattr(jax.config, key) for key in CACHE_OPTIONS}
-    options = {**CACHE_OPTIONS,
-               "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache"))}
-    compilation_cache.reset_cache()  # forget whether an earlier compilation found a cache
-    for key, value in options.items():
-        jax.config.update(key, value)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            jax.config.update(key, value)
-        compilation_cache.reset_cache()
 
 
 def _params():
