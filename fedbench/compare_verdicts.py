@@ -93,7 +93,7 @@ def site_scores(sim, state, metric: str) -> tuple[np.ndarray, np.ndarray, np.nda
     """Per-example scores of a finished run's model(s) on the pooled test set.
 
     Returns ``(scores [K, T], labels [T] or [T, 2], offsets [C + 1])``: ``K`` is 1 for a global
-    model, else one model per site (:meth:`fedbench.evaluation.Evaluation.evaluated_params`).
+    model, else one model per site (:meth:`fedbench.evaluation.Evaluator.evaluated_params`).
     ``metric="accuracy"``: 1 where the argmax is the label; ``auc``: class-1 logit margin;
     ``cindex``: the log-risk score.
     """

@@ -1,7 +1,13 @@
 """Evaluation of the model(s) a run has trained: one code path for every algorithm.
 
-Which model scores a client is asked once (:meth:`Evaluation.per_client_models`,
-:meth:`Evaluation.evaluated_params`): the global model, or each client's own (params with a
+:class:`Evaluator` is built from explicit arguments (the model's forward pass, the algorithm, the
+data, the client lr and batch size, the chunk size, the compiler options, known client groups)
+and owns its compiled programs; the simulator holds one (``Simulator.evaluator``) and forwards
+its public methods to it, and a partition replica gets its own over its own data
+(:func:`fedbench.replica_data.evaluation_view`).
+
+Which model scores a client is asked once (:attr:`Evaluator.per_client_models`,
+:meth:`Evaluator.evaluated_params`): the global model, or each client's own (params with a
 leading ``[num_clients]`` axis): ``local``'s own models, an algorithm's ``client_models(params,
 server_state, store entries)`` (Ditto's personal models, FedPer's global body with each client's
 head, IFCA's and CFL's cluster models), or the global model fine-tuned for ``finetune_steps``
@@ -11,7 +17,7 @@ for every client first, so each is scored with the model it would choose now; it
 Hubert and Arabie 1985, against known client groups).
 Metrics: ``train_*`` over every client's training data (example-weighted), ``test_*`` on the
 pooled test set, ``client_*`` on each client's own test split; survival data report Harrell's
-C-index. :meth:`Evaluation.site_results` answers Pati et al. 2022's (FeTS) question per site.
+C-index. :meth:`Evaluator.site_results` answers Pati et al. 2022's (FeTS) question per site.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import numpy as np
 import optax
 
 from fedbench import hparams
-from fedbench.algorithm.base import prepare_clients
+from fedbench.algorithm.base import prepare_clients, scores_own_models
 from fedbench.dataset.federated import FederatedData
 from fedbench.dataset.flat import FlatFederatedData, flat_sums
+from fedbench.evaluation_metrics import site_table, spread, survival_metrics
 from fedbench.local import epochs_for_steps, make_local_update, map_over_clients
-from fedbench.task import batch_loss_fn, concordance_index, cox_terms
+from fedbench.task import batch_loss_fn, cox_terms
 from fedbench.xla_options import jit as xla_jit
+
+__all__ = ["Evaluator", "cross_entropy", "spread"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -37,30 +46,51 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def spread(prefix: str, values: np.ndarray, tail: np.ndarray) -> dict[str, float]:
-    """The distribution of a per-client metric: ``<prefix>_mean`` and ``_std`` (population
-    standard deviation, ddof 0) over ``values``; ``_p10`` (``np.percentile``, linear
-    interpolation) and ``_min`` (the worst client) over ``tail``, the clients whose test split is
-    large enough for a tail statistic. NaN where the set is empty."""
-    nan = float("nan")
-    return {
-        f"{prefix}_mean": float(values.mean()) if values.size else nan,
-        f"{prefix}_p10": float(np.percentile(tail, 10)) if tail.size else nan,
-        f"{prefix}_min": float(tail.min()) if tail.size else nan,
-        f"{prefix}_std": float(values.std()) if values.size else nan,
-    }
+class Evaluator:
+    """Scores a run's model(s) on ``data``; built from values, never from a simulator.
 
+    Args:
+      apply_fn: the model's forward pass, ``apply_fn(params, x)``.
+      algorithm: the run's :class:`~fedbench.algorithm.Algorithm` (which model scores each
+        client; ``client_prepare``, ``client_clusters``; FedBuff's ``buffer_size``).
+      data: the :class:`FederatedData` (or flat storage) scored; an argument of every compiled
+        program, never a constant in it.
+      lr, batch_size: the client learning rate and batch size of ``finetune_steps``' local
+        steps (the settings', as the run's own clients use).
+      eval_chunk: examples per forward pass (bounds memory).
+      compiler_options: XLA options of each compiled program (:mod:`fedbench.xla_options`).
+      client_groups: each client's known group (None: the data's, if any); the one attribute
+        that may be set after construction (``Simulator.client_groups`` forwards to it).
 
-class Evaluation:
-    """Evaluation methods of :class:`fedbench.simulator.Simulator` (needs ``apply_fn``,
-    ``algorithm``, ``data`` and ``settings``)."""
+    The compiled programs (evaluation, client models, clusters, site outputs) are built once
+    here and trace on first use; :meth:`with_data` gives an evaluator with its own.
+    """
+
+    def __init__(self, apply_fn, algorithm, data: FederatedData, *, lr: float, batch_size: int,
+                 eval_chunk: int, compiler_options: dict[str, str] | None = None,
+                 client_groups=None):
+        self.apply_fn, self.algorithm, self.data = apply_fn, algorithm, data
+        self.lr, self.batch_size, self.eval_chunk = lr, batch_size, eval_chunk
+        self.compiler_options = compiler_options or {}
+        self.client_groups = client_groups
+        self._evaluate = xla_jit(self._evaluate_impl, self.compiler_options)
+        self._client_models = xla_jit(self._client_models_impl, self.compiler_options)
+        self._clusters = xla_jit(self._clusters_impl, self.compiler_options)
+        self._site_outputs = xla_jit(self._site_outputs_impl, self.compiler_options)
+
+    def with_data(self, data: FederatedData) -> Evaluator:
+        """The same evaluation of ``data`` (e.g. a partition replica's own, unpadded), with its
+        own compiled programs, so its metrics are those of a run on ``data`` alone."""
+        return Evaluator(self.apply_fn, self.algorithm, data, lr=self.lr,
+                         batch_size=self.batch_size, eval_chunk=self.eval_chunk,
+                         compiler_options=self.compiler_options,
+                         client_groups=self.client_groups)
 
     @property
     def per_client_models(self) -> bool:
         """True when each client is scored with its own model (:meth:`evaluated_params` has a
         leading client axis)."""
-        alg = self.algorithm
-        return alg.personal or alg.client_models is not None or alg.finetune_steps > 0
+        return scores_own_models(self.algorithm)
 
     def evaluated_params(self, state):
         """The model(s) evaluation scores: ``state.params`` (the global model, or for
@@ -71,8 +101,6 @@ class Evaluation:
         alg = self.algorithm
         if alg.client_models is None and alg.finetune_steps == 0:
             return state.params
-        if not hasattr(self, "_client_models"):
-            self._client_models = xla_jit(self._client_models_impl, self.compiler_options)
         store = None if state.store is None else state.store["algorithm"]
         lr = hparams.get(state.hparams, "lr", None)
         return self._client_models(state.params, state.server, store, state.key, state.round,
@@ -82,8 +110,9 @@ class Evaluation:
         """Every client's store entries after ``client_prepare`` (as if it took part now)."""
         if self.algorithm.client_prepare is None:
             return entries
-        return prepare_clients(self, params, data.train_x, data.train_y, data.train_counts,
-                               entries, batch_loss_fn(data.task), axis="map")
+        return prepare_clients(self.algorithm.client_prepare, self.apply_fn, params, data.train_x,
+                               data.train_y, data.train_counts, entries,
+                               batch_loss_fn(data.task), axis="map")
 
     def _clusters_impl(self, params, server, entries, data):
         return self.algorithm.client_clusters(params, server,
@@ -91,9 +120,9 @@ class Evaluation:
 
     @property
     def known_groups(self):
-        """Each client's true group when known (``client_groups`` of the simulator or of the
-        data, e.g. a scenario's rotation), else None."""
-        groups = getattr(self, "client_groups", None)
+        """Each client's true group when known (:attr:`client_groups`, else the data's, e.g. a
+        scenario's rotation), else None."""
+        groups = self.client_groups
         return groups if groups is not None else getattr(self.data, "client_groups", None)
 
     def cluster_metrics(self, state) -> dict[str, Any]:
@@ -101,8 +130,6 @@ class Evaluation:
         (``sklearn.metrics.adjusted_rand_score``; 1: the true partition, ~0: chance)."""
         if self.algorithm.client_clusters is None:
             return {}
-        if not hasattr(self, "_clusters"):
-            self._clusters = xla_jit(self._clusters_impl, self.compiler_options)
         store = None if state.store is None else state.store["algorithm"]
         clusters = np.asarray(self._clusters(state.params, state.server, store, self.data))
         out: dict[str, Any] = {"clusters": clusters.tolist()}
@@ -120,9 +147,9 @@ class Evaluation:
             return alg.client_models(params, server, self._entries_now(params, entries, data))
         steps = alg.finetune_steps
         smallest = int(np.min(np.asarray(self.data.train_counts)))  # host-side, a shape constant
-        batch = self.settings.batch_size
+        batch = self.batch_size
         update = make_local_update(
-            self.apply_fn, lr=self.settings.lr, batch_size=batch, local_steps=steps,
+            self.apply_fn, lr=self.lr, batch_size=batch, local_steps=steps,
             local_epochs=epochs_for_steps(steps, smallest, batch), loss_fn=batch_loss_fn(data.task),
         )
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, round_), 0xF17E),
@@ -134,7 +161,7 @@ class Evaluation:
 
     def _sums(self, params, x, y, count):
         """Sum of losses and of correct predictions over the first ``count`` rows, chunked."""
-        chunk = min(self.settings.eval_chunk, x.shape[0])
+        chunk = min(self.eval_chunk, x.shape[0])
         pad = -x.shape[0] % chunk
         xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
         ys = jnp.pad(y, (0, pad))
@@ -156,7 +183,7 @@ class Evaluation:
 
     def _outputs(self, params, x):
         """Model outputs on ``x`` in chunks of ``eval_chunk`` rows (bounds memory)."""
-        chunk = min(self.settings.eval_chunk, x.shape[0])
+        chunk = min(self.eval_chunk, x.shape[0])
         pad = -x.shape[0] % chunk
         xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
         out = jax.lax.map(lambda xb: self.apply_fn(params, xb), xs.reshape((-1, chunk) + x.shape[1:]))
@@ -192,7 +219,7 @@ class Evaluation:
         def per_example(logits, y):
             return cross_entropy(logits, y), jnp.argmax(logits, -1) == y
 
-        c, chunk = data.num_clients, self.settings.eval_chunk
+        c, chunk = data.num_clients, self.eval_chunk
         train_loss, train_correct = flat_sums(self.apply_fn, params, data.rows_x, data.rows_y,
                                               data.train_segments(), c, chunk, per_example)
         test_loss, test_correct = flat_sums(self.apply_fn, params, data.test_rows_x,
@@ -241,36 +268,6 @@ class Evaluation:
             "client_test_correct": test_correct,
         }
 
-    def _survival_metrics(self, raw) -> dict[str, float]:
-        """Host-side C-indices (Harrell) from the scores of :meth:`_survival_impl`."""
-        data = self.data
-        per_client = self.per_client_models
-        pooled_y = np.asarray(data.pooled_test_y)
-        pooled_scores = np.asarray(raw["pooled_scores"])
-        if per_client:  # mean over the client models, as for accuracy
-            pooled_c = float(np.nanmean([concordance_index(pooled_y[:, 1], s, pooled_y[:, 0])
-                                          for s in pooled_scores]))
-        else:
-            pooled_c = concordance_index(pooled_y[:, 1], pooled_scores, pooled_y[:, 0])
-        test_y, counts = np.asarray(data.test_y), np.asarray(data.test_counts)
-        scores = np.asarray(raw["test_scores"])
-        own = np.array([
-            concordance_index(test_y[c, :m, 1], scores[c, :m], test_y[c, :m, 0]) if m else np.nan
-            for c, m in enumerate(counts)
-        ])
-        own = own[np.isfinite(own)]
-        # Test loss: the Cox loss of the pooled test set as one risk set (for local: model mean).
-        rows = pooled_scores if per_client else pooled_scores[None]
-        valid = jnp.ones(pooled_y.shape[0], bool)
-        test_loss = float(np.mean([cox_terms(jnp.asarray(r), jnp.asarray(pooled_y), valid).mean()
-                                   for r in rows]))
-        return {
-            "train_loss": float(raw["train_loss"]),
-            "test_loss": test_loss,
-            "test_cindex": pooled_c,
-            **spread("client_cindex", own, own),
-        }
-
     def _site_outputs_impl(self, params, data: FederatedData):
         """Outputs of the model(s) on every site's test split and on the pooled test set; with
         per-client models (``local``, Ditto, FedPer, finetune) a leading axis over them. Flat
@@ -286,22 +283,6 @@ class Evaluation:
             return jax.lax.map(one, params)
         return one(params)
 
-    def _metric(self, outputs: np.ndarray, y: np.ndarray, metric: str | None = None) -> float:
-        """Accuracy, ROC AUC (``metric="auc"``, binary tasks: area under the ROC curve of the
-        class-1 logit margin) or for survival Harrell's C-index; NaN where undefined (no
-        examples, or a test split holding one class only)."""
-        if len(y) == 0:
-            return float("nan")
-        if self.data.task == "survival":
-            return concordance_index(y[:, 1], outputs[:, 0], y[:, 0])
-        if metric == "auc":
-            if len(np.unique(y)) < 2:
-                return float("nan")
-            from sklearn.metrics import roc_auc_score
-
-            return float(roc_auc_score(y, outputs[:, 1] - outputs[:, 0]))
-        return float(np.mean(np.argmax(outputs, -1) == y))
-
     def site_results(self, state) -> dict[str, Any]:
         """Per-site results: the question of Pati et al. 2022 (FeTS) -- is the federated model
         at least as good on each institution's data as that institution's own model?
@@ -313,42 +294,10 @@ class Evaluation:
         site ``k``'s model on site ``j``'s test split, and ``pooled_by_model``. Binary classification adds ``auc``: the same
         entries with ROC AUC in place of accuracy.
         """
-        if not hasattr(self, "_site_outputs"):
-            self._site_outputs = xla_jit(self._site_outputs_impl, self.compiler_options)
         per_site, pooled = jax.device_get(self._site_outputs(self.evaluated_params(state),
                                                              self.data))
-        per_site, pooled = np.asarray(per_site), np.asarray(pooled)
-        counts = np.asarray(self.data.test_counts)
-        pooled_y = np.asarray(self.data.pooled_test_y)
-        if isinstance(self.data, FlatFederatedData):  # each site's rows of the pooled split
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            per_site = [pooled[s:s + m] for s, m in zip(starts, counts)]
-            test_y = [pooled_y[s:s + m] for s, m in zip(starts, counts)]
-        else:
-            test_y = np.asarray(self.data.test_y)
-
-        def table(metric):
-            def row(site_out):
-                return [self._metric(site_out[j][:m], test_y[j][:m], metric)
-                        for j, m in enumerate(counts)]
-
-            if not self.per_client_models:
-                return {"own": row(per_site), "pooled": self._metric(pooled, pooled_y, metric)}
-            matrix = [row(per_site[k]) for k in range(per_site.shape[0])]
-            by_model = [self._metric(pooled[k], pooled_y, metric) for k in range(pooled.shape[0])]
-            return {"own": [matrix[k][k] for k in range(len(matrix))],
-                    "pooled": float(np.nanmean(by_model)), "matrix": matrix,
-                    "pooled_by_model": by_model}
-
-        result = {
-            "metric": "cindex" if self.data.task == "survival" else "accuracy",
-            "test_sizes": counts.tolist(),
-            "train_sizes": np.asarray(self.data.train_counts).tolist(),
-            **table(None),
-        }
-        if self.data.task == "classification" and self.data.num_classes == 2:
-            result["auc"] = table("auc")  # same layout, ROC AUC
-        return result
+        return site_table(np.asarray(per_site), np.asarray(pooled), self.data,
+                          self.per_client_models)
 
     def evaluate(self, state, min_client_test: int = 1) -> dict[str, Any]:
         """Metrics of the current model(s).
@@ -380,7 +329,8 @@ class Evaluation:
             extra["staleness_max"] = int(state.inflight["staleness_max"])
         extra.update(self.cluster_metrics(state))
         if self.data.task == "survival":
-            return {"round": int(state.round), **extra, **self._survival_metrics(raw)}
+            return {"round": int(state.round), **extra,
+                    **survival_metrics(raw, self.data, self.per_client_models)}
         counts = np.asarray(self.data.test_counts)
         has_test = counts > 0
         client_acc = np.asarray(raw["client_test_correct"])[has_test] / counts[has_test]

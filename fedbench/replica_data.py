@@ -7,8 +7,9 @@ training and test size, the largest pooled test set) and stacked on the replica 
 replicas map over ``(state, data)`` pairs. Padding changes nothing a client computes: its step
 loop runs its own number of steps, its epoch order ranks uniforms drawn per slot
 (:func:`fedbench.local.epoch_order`, the same first ``count`` draws at any padded length), and
-padded rows are never gathered. Each replica is evaluated on its own unpadded data (a view of
-the simulator), so its metrics are its separate job's.
+padded rows are never gathered. Each replica is evaluated on its own unpadded data (its own
+:class:`~fedbench.evaluation.Evaluator`, :func:`evaluation_view`), so its metrics are its
+separate job's.
 
 The stacked data cost memory once per distinct partition; the run reports it
 (``summary.json``'s ``timing.replica_data_mb``).
@@ -16,7 +17,7 @@ The stacked data cost memory once per distinct partition; the run reports it
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
-from fedbench.xla_options import jit as xla_jit
+from fedbench.evaluation import Evaluator
 
 DATA_KEYS = ("partition_alpha", "partition_seed")
 
@@ -102,12 +103,27 @@ def payload_mb(payload: FederatedData) -> float:
     return sum(leaf.nbytes for leaf in jax.tree.leaves(payload)) / 2**20
 
 
-def evaluation_view(sim, data: FederatedData):
-    """``sim`` scoring ``data`` (one replica's own, unpadded): a shallow copy with its own
-    compiled evaluation, so its metrics are its separate job's."""
-    view = copy.copy(sim)
-    view.data = data
-    view._evaluate = xla_jit(view._evaluate_impl, view.compiler_options)
-    for cached in ("_client_models", "_clusters", "_site_outputs"):  # bound to the original
-        view.__dict__.pop(cached, None)
-    return view
+@dataclasses.dataclass(frozen=True)
+class EvaluationView:
+    """What a partition replica's run reads in place of the simulator: its own
+    :class:`~fedbench.evaluation.Evaluator` over its own data (``evaluate``, ``site_results``)
+    and the shared program's ``client_axis`` and ``links`` (its ``summary.json``)."""
+
+    evaluator: Evaluator
+    client_axis: str
+    links: Any
+
+    def evaluate(self, state, min_client_test: int = 1) -> dict[str, Any]:
+        """:meth:`fedbench.evaluation.Evaluator.evaluate` on the replica's data."""
+        return self.evaluator.evaluate(state, min_client_test=min_client_test)
+
+    def site_results(self, state) -> dict[str, Any]:
+        """:meth:`fedbench.evaluation.Evaluator.site_results` on the replica's data."""
+        return self.evaluator.site_results(state)
+
+
+def evaluation_view(sim, data: FederatedData) -> EvaluationView:
+    """``sim``'s evaluation of ``data`` (one replica's own, unpadded): a new evaluator with its
+    own compiled programs (:meth:`~fedbench.evaluation.Evaluator.with_data`), so its metrics
+    are its separate job's."""
+    return EvaluationView(sim.evaluator.with_data(data), sim.client_axis, sim.links)

@@ -55,8 +55,8 @@ def federated_round(sim, state, data):
     received = broadcast(sim, state.params, state)  # the model as the clients decode it
     own = entries["algorithm"]
     if alg.client_prepare is not None:  # a choice before training (IFCA's cluster)
-        own = prepare_clients(sim, received, x, y, counts,
-                              own, batch_loss_fn(data.task))
+        own = prepare_clients(alg.client_prepare, sim.apply_fn, received, x, y, counts,
+                              own, batch_loss_fn(data.task), sim.client_axis)
     context = alg.client_context(state.server, own) if alg.client_context is not None else None
     personal = alg.personal_pass
     if personal is not None and personal.first:  # a local pass before the main one (FedRep)

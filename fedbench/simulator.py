@@ -18,8 +18,10 @@ every block length: the host evaluates and logs between blocks, and neither ``ro
 ``eval_every`` triggers a recompilation. Round ``r`` always uses the key
 ``fold_in(run_key, r)``, so results do not depend on how rounds are cut into blocks.
 
-Local training (one loop for every algorithm and for DP-SGD) lives in :mod:`fedbench.local`,
-evaluation in :mod:`fedbench.evaluation`.
+Local training (one loop for every algorithm and for DP-SGD) lives in :mod:`fedbench.local`;
+evaluation is an :class:`~fedbench.evaluation.Evaluator` built from explicit values
+(:attr:`Simulator.evaluator`, its public methods forwarded), replicas are functions of
+:mod:`fedbench.replica_state` given the simulator's ``_init_from_key`` and ``_run_rounds``.
 
 References:
   H. B. McMahan et al., AISTATS 2017, Algorithm 1 (FedAvg, FedSGD); T. Li et al., MLSys 2020
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbench import hparams
+from fedbench import hparams, replica_state
 from fedbench.algorithm import Algorithm
 from fedbench.algorithm.base import custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
@@ -47,8 +49,7 @@ from fedbench.compression.traffic import (
 )
 from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
-from fedbench.evaluation import Evaluation, cross_entropy
-from fedbench.replica_state import Replicas
+from fedbench.evaluation import Evaluator, cross_entropy
 from fedbench.links import Links
 from fedbench.local import (
     ClientStats,
@@ -94,7 +95,7 @@ def resolve_client_axis(axis: str) -> str:
     return axis
 
 
-class Simulator(Replicas, Evaluation):
+class Simulator:
     """Runs an :class:`Algorithm` on :class:`FederatedData` with a flax model.
 
     Usage::
@@ -106,6 +107,10 @@ class Simulator(Replicas, Evaluation):
 
     ``trace_count`` counts how often the round program was traced (a new trace means a new
     compilation); tests assert it stays at one across blocks of different lengths.
+
+    ``evaluator``: the run's :class:`~fedbench.evaluation.Evaluator` (its ``evaluate``,
+    ``evaluated_params``, ``per_client_models``, ``cluster_metrics``, ``site_results``,
+    ``known_groups`` and ``client_groups`` are reachable on the simulator under their names).
 
     ``noise_salt``: a 32-bit integer folded into every DP noise key, client-level and DP-SGD's
     (never into sampling, minibatch or straggler keys); ``fedbench.run`` passes the hash of the
@@ -211,7 +216,10 @@ class Simulator(Replicas, Evaluation):
         # XLA:CPU's library fusions (fedbench/xla_options.py, `cpu_fusions`), per program.
         self.compiler_options = compiler_options(settings.cpu_fusions, model)
         self._run = xla_jit(self._run_rounds, self.compiler_options)
-        self._evaluate = xla_jit(self._evaluate_impl, self.compiler_options)
+        self._replica_program, self._replica_key = None, None  # (axis, stacked) it was built for
+        self.evaluator = Evaluator(  # values, not the simulator (fedbench.evaluation)
+            apply_fn, algorithm, data, lr=settings.lr, batch_size=settings.batch_size,
+            eval_chunk=settings.eval_chunk, compiler_options=self.compiler_options)
 
     # -- the pieces of a round ----------------------------------------------------------------
     @property
@@ -315,6 +323,44 @@ class Simulator(Replicas, Evaluation):
             state, payload = jax.device_put((state, payload), replicated(self.mesh))
         return self._run(state, payload, jnp.int32(num_rounds))
 
+    # -- replicas (fedbench.replica_state) ---------------------------------------------------
+    def init_replicas(self, seeds, values=None) -> ServerState:
+        """States of several independent runs stacked on a leading replica axis: replica ``i``
+        is exactly :meth:`init` with ``seeds[i]`` (same data, sites and settings) and, with
+        ``values`` (one mapping per replica, :func:`fedbench.replicas.run_values`), its own values
+        in ``hparams``."""
+        return replica_state.init_replicas(self._init_from_key, seeds, values)
+
+    def run_replicas(self, states: ServerState, num_rounds: int, axis: str = "vmap",
+                     payload=None) -> ServerState:
+        """:meth:`run` for every replica of :meth:`init_replicas` in one compiled program:
+        ``vmap`` (batched over the replica axis: the accelerator's way) or ``map``
+        (``lax.map``: one replica after another, each exactly the program of a single run, so
+        its results are a separate run's bit for bit). ``payload``: the replicas' own data
+        stacked ``[R, ...]`` (partitions as replicas, :mod:`fedbench.replica_data`); default:
+        the simulator's data, shared. The program is kept for the last ``(axis, stacked)``."""
+        replica_state.check_replica_axis(axis)
+        key = (axis, payload is not None)
+        if self._replica_key != key:
+            self._replica_program = replica_state.replica_program(
+                self._run_rounds, axis, key[1], self.compiler_options)
+            self._replica_key = key
+        return self._replica_program(states, self._payload() if payload is None else payload,
+                                     jnp.int32(num_rounds))
+
+    replica = staticmethod(replica_state.replica)
+
+    # -- evaluation (fedbench.evaluation.Evaluator) ------------------------------------------
+    @property
+    def client_groups(self):
+        """Each client's known group (``cluster_ari``), overriding the data's; may be set after
+        construction (:attr:`fedbench.evaluation.Evaluator.client_groups`)."""
+        return self.evaluator.client_groups
+
+    @client_groups.setter
+    def client_groups(self, groups) -> None:
+        self.evaluator.client_groups = groups
+
 
 # The round's methods stay reachable on the simulator under their names (tools and tests call
 # them); each is the method of the current record (:attr:`Simulator.pieces`).
@@ -322,3 +368,10 @@ for _name in ("client_update", "sample_cohort", "round_info", "aggregate", "fede
               "sample_clients", "round_base", "round_keys", "noise_key", "durations",
               "upload_bits", "start_inflight", "straggler_key"):
     setattr(Simulator, _name, property(lambda self, _name=_name: getattr(self.pieces, _name)))
+
+# Evaluation's public methods and properties, likewise: those of the simulator's evaluator
+# (e.g. ``sim.evaluate(state, min_client_test=...)`` is ``sim.evaluator.evaluate``).
+for _name in ("evaluate", "evaluated_params", "per_client_models", "cluster_metrics",
+              "site_results", "known_groups"):
+    setattr(Simulator, _name, property(lambda self, _name=_name: getattr(self.evaluator, _name),
+                                       doc=f":meth:`fedbench.evaluation.Evaluator.{_name}`."))

@@ -169,10 +169,9 @@ def test_finetune_evaluation_takes_the_data_as_an_argument_not_a_constant():
     data = make_uneven_data(sizes=(400,) * 8, features=512, seed=3)
     sim = _sim(data, {"name": "finetune", "steps": 2})
     state = sim.init()
-    sim.evaluated_params(state)  # builds the jitted fine-tuning program
     store = None if state.store is None else state.store["algorithm"]
-    text = sim._client_models.lower(state.params, state.server, store, state.key, state.round,
-                                    data).as_text()
+    text = sim.evaluator._client_models.lower(state.params, state.server, store, state.key,
+                                              state.round, data).as_text()
     assert len(text) < np.asarray(data.train_x).nbytes / 10
 
 

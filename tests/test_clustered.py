@@ -282,9 +282,8 @@ def test_ifca_programs_take_the_data_as_an_argument_not_a_constant():
     state = sim.init()
     limit = np.asarray(data.train_x).nbytes / 10
     assert len(sim._run.lower(state, sim._payload(), jnp.int32(0)).as_text()) < limit
-    sim.evaluated_params(state)  # builds the jitted programs of evaluation
-    store = state.store["algorithm"]
-    assert len(sim._client_models.lower(state.params, state.server, store, state.key,
-                                        state.round, data).as_text()) < limit
-    sim.cluster_metrics(state)
-    assert len(sim._clusters.lower(state.params, state.server, store, data).as_text()) < limit
+    store = state.store["algorithm"]  # the evaluator's compiled programs of evaluation
+    assert len(sim.evaluator._client_models.lower(state.params, state.server, store, state.key,
+                                                  state.round, data).as_text()) < limit
+    clusters = sim.evaluator._clusters.lower(state.params, state.server, store, data)
+    assert len(clusters.as_text()) < limit

@@ -263,7 +263,7 @@ def test_own_models_are_those_evaluation_scores_each_client_with():
     for name in sorted(ALGORITHMS):
         algorithm = build_algorithm({"name": name}, 2)
         evaluator = Evaluator(None, algorithm, None, lr=0.1, batch_size=1, eval_chunk=1)
-        assert evaluates_own_models(algorithm) == evaluator.per_client_models, name
+        assert evaluates_own_models(algorithm) == evaluator.per_client_models, name  # one rule
         seen[name] = evaluates_own_models(algorithm)
     assert {"ditto", "apfl", "pfedme", "finetune"} <= {n for n, own in seen.items() if own}
     assert not seen["fedavg"]

@@ -68,6 +68,16 @@ from fedbench.task import batch_loss_fn
 Params = Any
 
 
+def scores_own_models(algorithm) -> bool:
+    """Whether evaluation scores each client with a model of its own rather than the global
+    one: personal parameters (``local``), an algorithm's ``client_models`` (Ditto's, APFL's,
+    pFedMe's personal models, FedPer's and FedRep's heads, IFCA's and CFL's cluster models) or
+    ``finetune_steps`` of local training. Read by evaluation and by the privacy plan (those
+    models are neither released nor DP)."""
+    return bool(algorithm.personal or algorithm.client_models is not None
+                or algorithm.finetune_steps > 0)
+
+
 def weighted_mean(tree: Params, weights: jax.Array) -> Params:
     """``sum_i w_i * tree_i / sum_i w_i`` over the leading axis (zero if every weight is 0)."""
     total = jnp.sum(weights)
@@ -316,16 +326,16 @@ def personal_update(sim, params, x, y, counts, keys, epochs, context, entries, d
     return personal.keep(entries, out, starts)
 
 
-def prepare_clients(sim, params, x, y, counts, entries, loss_fn, axis=None):
-    """``algorithm.client_prepare`` of every client of a cohort (leading axis of ``x``, ``y``,
-    ``counts`` and ``entries``), each with ``loss(p)``: its mean training loss of model ``p``."""
-    prepare = sim.algorithm.client_prepare
+def prepare_clients(prepare, apply_fn, params, x, y, counts, entries, loss_fn, axis):
+    """``prepare`` (an algorithm's ``client_prepare``) of every client of a cohort (leading axis
+    of ``x``, ``y``, ``counts`` and ``entries``), each with ``loss(p)``: its mean training loss
+    of model ``p`` under ``apply_fn``; ``axis``: how the clients are mapped (``map``/``vmap``)."""
 
     def one(x, y, count, entry):
         valid = jnp.arange(x.shape[0]) < count
-        return prepare(params, entry, lambda p: loss_fn(sim.apply_fn(p, x), y, valid))
+        return prepare(params, entry, lambda p: loss_fn(apply_fn(p, x), y, valid))
 
-    return map_over_clients(one, axis or sim.client_axis, (0, 0, 0, 0))(x, y, counts, entries)
+    return map_over_clients(one, axis, (0, 0, 0, 0))(x, y, counts, entries)
 
 
 def positive(cfg: Mapping[str, Any], key: str) -> float:

@@ -2,7 +2,7 @@
 FedAvg with local fine-tuning.
 
 Each client ends up with a model of its own, and evaluation scores each client with it
-(``client_models``; :class:`fedbench.evaluation.Evaluation`).
+(``client_models``; :class:`fedbench.evaluation.Evaluator`).
 
 * **Ditto** (T. Li, S. Hu, A. Beirami, V. Smith, "Ditto: Fair and Robust Federated Learning
   Through Personalization", ICML 2021, Algorithm 1). The global model ``w`` trains exactly as

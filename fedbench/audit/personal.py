@@ -45,7 +45,7 @@ def site_examples(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def personal_membership(apply_fn, models: Any, data, min_std: float = 1e-3) -> dict[str, Any]:
     """Loss-threshold and offline-LiRA summaries of site membership against each site's own
     model. ``models``: the personalised models stacked ``[num_clients, ...]``
-    (:meth:`fedbench.evaluation.Evaluation.evaluated_params`); ``apply_fn(params, x)``."""
+    (:meth:`fedbench.evaluation.Evaluator.evaluated_params`); ``apply_fn(params, x)``."""
     x, y, owner, is_member = site_examples(data)
     sites = data.num_clients
 

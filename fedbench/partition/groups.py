@@ -20,7 +20,7 @@ scenario        group ``g``'s examples                          groups
 
 The same input means different things in different groups, so no single model fits all of them;
 the group of each client is the data's ``client_groups``, against which clustered algorithms'
-clusters are scored (``cluster_ari``, :meth:`fedbench.evaluation.Evaluation.cluster_metrics`).
+clusters are scored (``cluster_ari``, :meth:`fedbench.evaluation.Evaluator.cluster_metrics`).
 ``group_sizes`` fixes the number of clients in each group (default: as equal as possible, the
 first groups one larger).
 

@@ -90,11 +90,11 @@ COVERED_METRICS = ("round", "epsilon", "clip")
 
 def evaluates_own_models(algorithm) -> bool:
     """Whether evaluation scores each client with a model of its own rather than the released
-    global one (``Evaluator.per_client_models``): personal parameters, an algorithm's
-    ``client_models`` (Ditto's, APFL's, pFedMe's personal models, cluster models) or
-    ``finetune_steps`` of local training. Those models are neither released nor DP."""
-    return bool(algorithm.personal or algorithm.client_models is not None
-                or algorithm.finetune_steps > 0)
+    global one (:func:`fedbench.algorithm.base.scores_own_models`, as ``Evaluator``): those
+    models are neither released nor DP."""
+    from fedbench.algorithm.base import scores_own_models
+
+    return scores_own_models(algorithm)
 
 
 #: Config keys that cannot change the trained model, left out of :func:`noise_salt`: ``seed``
