@@ -181,12 +181,23 @@ def _ensure_prepared(builder, tfds_name: str, data_dir: str | None, download: bo
             "dataset.data_dir", data_dir,
             f"a folder holding the prepared TFDS dataset {builder.info.full_name} (looked in "
             f"{builder.data_path}; null means the TFDS default). Download it once with the "
-            f"override dataset.download=true, or beforehand with `tfds build {tfds_name} "
-            f"--data_dir={builder.data_dir_root} --file_format=array_record`, or set "
-            "dataset.data_dir to a folder that has it",
+            "override dataset.download=true (needs network access to the dataset's host), or "
+            "set dataset.data_dir to a folder that has it prepared",
         )
     _configure_tensorflow()  # some builders use TensorFlow while preparing
-    builder.download_and_prepare(file_format="array_record")
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except ImportError as err:  # a module TFDS's download path needs (the tfds extra has it)
+        raise missing_requirement("dataset.download", True, "tfds",
+                                  err.name or str(err)) from None
+    except (OSError, ConnectionError) as err:  # no network, a host refusing, a full disk
+        raise ConfigError(
+            "dataset.download", True,
+            f"possible only where {builder.info.full_name}'s files can be fetched: downloading "
+            f"failed ({type(err).__name__}: {str(err)[:200]}); prepare it on a machine with "
+            "network access and set dataset.data_dir to the copied folder, or run offline with "
+            f"{_offline_alternative()}",
+        ) from None
 
 
 def _split_names(split: str) -> list[str]:
