@@ -212,7 +212,8 @@ def markdown(r: dict[str, Any]) -> str:
                  f"{_f(a['top_shapley_share'], 2)} of the positive value.")
     parts.append(f"Points {d['asymmetry'][0]}. {text}")
     parts.append("## Communication infrastructure")
-    rows = [[x["run"], json.dumps(x["sites_per_profile"]).replace("|", "/"),
+    rows = [[x["run"], ", ".join(f"{n} {k.replace('_', ' ')}"
+                                 for k, n in x["sites_per_profile"].items()),
              x["seconds_per_round"], x["bytes_up_per_round"] / 1e6, x["final"],
              x["round_to_target"] if x["round_to_target"] is not None else "not reached",
              _f(x["hours_to_target"], 6), _dur(x["hours_to_target"])]

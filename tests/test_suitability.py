@@ -37,6 +37,9 @@ def test_report_files(report):
                     "## FL vs local vs pooled"):
         assert section in text
     assert text.count("Points ") == 4
+    # words, not raw JSON: "20 rural 4g", never {"rural_4g": 20}
+    communication = text.split("## Communication infrastructure")[1].split("## ")[0]
+    assert '{"' not in communication and "Infinity" not in communication
     page = (out / "suitability.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and 'src="http' not in page
     saved = json.loads((out / "suitability.json").read_text())
