@@ -104,10 +104,11 @@ def evaluates_own_models(algorithm) -> bool:
 #: ``client_storage``, ``distributed``; ``cpu_fusions``, XLA:CPU's matrix library, changes float
 #: rounding only and keeps the noise a run drew before it existed), the
 #: checkpoint settings, tracking and sweep bookkeeping (``sweep``: an in-program sweep's replica is hashed
-#: with its own values set and ``sweep`` as in a plain run), and the two reporting switches below.
+#: with its own values set and ``sweep`` as in a plain run), where compiled programs are kept
+#: (``compilation_cache``), and the two reporting switches below.
 NOISE_SALT_IGNORED = ("seed", "seeds", "sweep", "replica_axis", "replica_memory_mb", "devices",
                       "client_chunk", "client_storage", "cpu_fusions", "distributed", "eval_every",
-                      "sweep_name", "tracking", "hydra", "resume",
+                      "sweep_name", "tracking", "hydra", "resume", "compilation_cache",
                       "checkpoint_every")  # a resumed run draws the same noise
 #: Keys left out of :func:`noise_salt` while null (their default): a run that does not use them
 #: keeps the noise it drew before they existed.
