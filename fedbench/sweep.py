@@ -37,7 +37,7 @@ from fedbench.atomic import json_ready, write_json
 
 FINISHED = ("completed", "diverged")  # rerunning would give the same result
 #: Keys that do not change results (nor the job directory's name).
-IGNORED_CONFIG_KEYS = ("tracking", "sweep_name", "resume", "checkpoint_every")
+IGNORED_CONFIG_KEYS = ("tracking", "sweep_name", "resume", "checkpoint_every", "compilation_cache")
 
 # Failed jobs of the sweep that ran last in this process (set by SweepReport).
 failed_jobs: list[Path] = []
