@@ -51,11 +51,11 @@ def test_a_mechanism_with_a_tenth_of_the_claimed_noise_is_caught():
     assert np.median(auroc) > 0.75
 
 
-def test_canaries_need_client_level_dp_with_a_fixed_clip():
-    with pytest.raises(ConfigError, match="privacy.name"):
-        check_canaries(compose([]), 5)
-    with pytest.raises(ConfigError, match="adaptive_clip"):
-        check_canaries(compose(["privacy=dp_client", "privacy.adaptive_clip.enabled=true"]), 5)
+def test_canary_sites_audit_one_site_without_dp_or_under_client_level_dp():
+    check_canaries(compose([]), 5)  # no DP: the federation's empirical epsilon
+    check_canaries(compose(["privacy=dp_client", "privacy.adaptive_clip.enabled=true"]), 5)
+    with pytest.raises(ConfigError, match="privacy.name.*canaries are records"):
+        check_canaries(compose(["privacy=dp_sample"]), 5)  # one record: fedbench.audit.records
     with pytest.raises(ConfigError, match=r"audit.epsilon.run.sites.*= 19\]"):
         check_canaries(compose(["privacy=dp_client"]), 20)
 

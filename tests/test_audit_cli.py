@@ -64,7 +64,7 @@ def test_tiny_audit_writes_a_self_contained_report(tmp_path):
     assert {"inversion", "membership", "epsilon", "verdict"} <= set(result)
     assert result["epsilon"]["claimed"] == pytest.approx(8.0, abs=0.05)
     assert result["epsilon"]["one_round"]["epsilon_one_run"] <= (
-        result["epsilon"]["one_round"]["theoretical"])
+        result["epsilon"]["one_round"]["round_epsilon"])
     run = result["epsilon"]["whole_run"]  # 10 canary sites through 2 runs of the federation
     assert run["theoretical"] == pytest.approx(result["epsilon"]["claimed"])
     assert run["canaries"] == 20 and run["epsilon_one_run"] <= run["theoretical"]
@@ -81,10 +81,19 @@ def test_tiny_audit_writes_a_self_contained_report(tmp_path):
 def test_audit_of_a_personalised_federation_attacks_each_sites_model(tmp_path):
     done = _run(tmp_path, "algorithm=ditto", "rounds=2", "eval_every=1", "audit.trials=1",
                 "audit.iterations=5", "audit.local_steps=2", "audit.membership.shadows=4",
-                "audit.membership.shadow_epochs=1", "audit.defences=[]")
+                "audit.membership.shadow_epochs=1", "audit.defences=[]",
+                "audit.epsilon.run.runs=2")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "audit.json").read_text())
     own = result["personal"]
     assert own["reference_models"] == 19 and own["lira_offline"]["members"] > 0
     assert "lira_online" in result["membership"]  # Ditto's global model is attacked too
     assert "personalised model" in (tmp_path / "audit.md").read_text()
+    # No DP: 10 canary sites through 2 runs give the federation's empirical epsilon, measured
+    # on the server model (Ditto's personal models are outside epsilon and this bound).
+    run = result["epsilon"]["whole_run"]
+    assert run["theoretical"] is None and run["canaries"] == 20
+    assert 0 <= run["epsilon_one_run_fdp"] <= run["ceiling_fdp"]
+    assert "personalised model" in run["not_scored"]
+    assert "for this federation (a lower bound for this federation without DP" in " ".join(
+        result["verdict"])

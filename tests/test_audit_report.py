@@ -149,6 +149,8 @@ def test_metrics_and_report_carry_personal_models_and_the_whole_run_audit(tmp_pa
     assert not any(k.endswith("/kind") for k in flat)  # numbers only
     write_reports(result, tmp_path)
     text = (tmp_path / "audit.md").read_text()
-    assert "personalised model" in text and "| gradient canary sites through whole runs | 8.00 |" in text
+    assert "personalised model" in text and ("| canary sites (white box: a secret update "
+                                             "direction) | one site | 8.00 | 0.90 | 1.30 |"
+                                             in text)
     assert "at least 1.30, consistent with the claim" in " ".join(json.loads(
         (tmp_path / "audit.json").read_text())["verdict"])

@@ -1,22 +1,12 @@
 """``audit.json``, ``audit.md`` and a self-contained ``audit.html`` (images as base64 PNG).
 
-The verdict is written for clinical staff: what an observer of one site's updates could
-reconstruct, whether the trained model gives away who was in the training data, and which
-setting stopped the attacks in this audit. Thresholds: a reconstruction with SSIM >= 0.6 is
-called recognisable, <= 0.3 not; a membership attack with AUC <= 0.55 and TPR at 1% FPR <= 2%
-is called no better than guessing.
-
-A model whose training diverged (:func:`divergence`: the run's status ``diverged``, or a
-non-finite loss or accuracy) gets no verdict on membership (global, personal, site) or on the
-audited epsilon bound: attack scores against a broken model say nothing about a working one.
-The report says so, why, and what to change (:func:`remedies`); ``audit.json`` records it in
-``verdicts_withheld``. The reconstruction verdict stays: it attacks a site's first update at a
-freshly initialised model, which training does not touch.
-
-Under differential privacy every verdict states the guarantee it is read against: epsilon,
-delta, the protected unit (one hospital under ``dp_client``, one record of one hospital under
-``dp_sample``), the neighbouring relation the accountant used (add/remove-one or replace-one),
-and which outputs epsilon covers and which it does not (:func:`terms`, :func:`guarantee`).
+The report opens with the verdict (:mod:`fedbench.audit.verdicts`: what an observer of one
+site's updates could reconstruct, whether the trained model gives away who was in the training
+data, what canaries through whole runs showed about epsilon, each read against the guarantee),
+then each audit's numbers. A diverged model's withheld verdicts are listed with the reason and
+what to change. The epsilon section separates the whole-run audit (read against the run's
+epsilon, or without DP the federation's empirical epsilon) from the check of the noise code
+(one round of the Gaussian mechanism at the run's noise multiplier, not an audit of this run).
 """
 
 from __future__ import annotations
@@ -31,22 +21,10 @@ from typing import Any
 
 import numpy as np
 
-RECOGNISABLE, UNRECOGNISABLE = 0.6, 0.3
-#: ``final`` metrics of a run that must be finite for its model to be audited.
-MODEL_HEALTH = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_cindex")
-#: The verdicts withheld for a diverged model.
-MODEL_VERDICTS = ("membership", "personal", "sites", "epsilon bound")
-#: The protected unit in the report's words, by the ``unit`` of ``summary.json``'s privacy block.
-UNIT_WORDS = {"client": "one hospital (a client: all of its records together)",
-              "example": "one record of one hospital (one training example of one client)"}
-#: dp-accounting's neighbouring relations (``neighboring_relation``) in the report's words.
-RELATION_SHORT = {"add_or_remove_one": "add/remove-one", "replace_one": "replace-one"}
-RELATION_WORDS = {
-    ("add_or_remove_one", "client"): "add/remove-one (adding or removing one hospital's data)",
-    ("replace_one", "client"): "replace-one (replacing one hospital's data by another's)",
-    ("add_or_remove_one", "example"): "add/remove-one (adding or removing one record)",
-    ("replace_one", "example"): "replace-one (replacing one record by another)",
-}
+from fedbench.audit.verdicts import (  # noqa: F401 (re-exported: the report's verdict API)
+    MODEL_HEALTH, MODEL_VERDICTS, RECOGNISABLE, UNRECOGNISABLE, divergence, guarantee,
+    remedies, terms, verdict, withheld,
+)
 
 
 def image_grid_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
@@ -75,212 +53,6 @@ def image_grid_png(rows: list[dict[str, Any]], scenario: str) -> bytes:
     plt.close(fig)
     return buf.getvalue()
 
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False  # JSON null (a non-finite number as the run wrote it), or not a number
-
-
-def divergence(result: dict[str, Any]) -> str | None:
-    """Why the audited model diverged (None: it did not): the run's ``status`` is
-    ``diverged``, or a :data:`MODEL_HEALTH` metric of its ``final`` evaluation is non-finite."""
-    reasons = []
-    if result.get("status") == "diverged":
-        reasons.append('the run stopped with status "diverged"')
-    final = result.get("final") or {}
-    bad = [f"{k} {final[k]}" for k in MODEL_HEALTH if k in final and not _finite(final[k])]
-    if bad:
-        reasons.append("non-finite " + ", ".join(bad))
-    return "; ".join(reasons) or None
-
-
-def remedies(config: dict[str, Any]) -> list[str]:
-    """What to change in the federation's ``config`` for its training to converge."""
-    out = []
-    lr = config.get("lr")
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-        out.append(f"a lower learning rate (lr={lr:g}; try lr={lr / 10:g}; or a lower "
-                   "algorithm.server_lr)")
-    privacy = config.get("privacy") or {}
-    name = privacy.get("name", "none")
-    if name != "none":
-        out.append(
-            f"less noise under privacy={name}: a larger privacy.target_epsilon or a smaller "
-            "privacy.noise_multiplier")
-        out.append(
-            f"a clip bound nearer the update norms (privacy.clip={privacy.get('clip')}; the "
-            "noise std is noise_multiplier * clip, so a clip far above the norms adds noise "
-            "and no signal, and a clip far below them discards signal; "
-            "privacy.adaptive_clip.enabled=true tracks them)" if name == "dp_client" else
-            f"a clip bound nearer the per-example gradient norms (privacy.clip="
-            f"{privacy.get('clip')})")
-    if name == "dp_client":
-        out.append("more clients per round (the noise on the mean shrinks as the cohort grows; "
-                   f"clients_per_round={config.get('clients_per_round')})")
-    epochs = config.get("local_epochs")
-    out.append(f"fewer local epochs (local_epochs={epochs})" if isinstance(epochs, int)
-               and epochs > 1 else "fewer local steps (local_steps below one epoch)")
-    return out
-
-
-def withheld(result: dict[str, Any]) -> dict[str, Any] | None:
-    """``audit.json``'s ``verdicts_withheld``: which verdicts were withheld, why, and what to
-    change; None when the model is audited."""
-    reason = divergence(result)
-    if reason is None:
-        return None
-    return {"reason": f"training diverged: {reason}", "withheld": list(MODEL_VERDICTS),
-            "kept": ["inversion (a site's first update at a freshly initialised model)",
-                     "the configured epsilon (a property of the mechanism)"],
-            "what_to_change": remedies(result.get("config") or {})}
-
-
-def _dp(eps: dict[str, Any]) -> bool:
-    return eps.get("claimed") not in (None, math.inf)
-
-
-def _unit(eps: dict[str, Any]) -> str:
-    """``client`` or ``example``: the report's ``unit`` (absent before any round was run),
-    else read from ``protected_unit``."""
-    return eps.get("unit") or ("example" if "example" in (eps.get("protected_unit") or "")
-                               else "client")
-
-
-def terms(eps: dict[str, Any]) -> str:
-    """The guarantee a verdict is read against, in a few words (``epsilon 8.00, delta 1e-05,
-    protecting one hospital, add/remove-one``), or that there is none."""
-    if not _dp(eps):
-        return "no differential privacy: epsilon is infinite"
-    unit = _unit(eps)
-    who = "one hospital" if unit == "client" else "one record of one hospital"
-    how = RELATION_SHORT.get(eps.get("neighboring_relation"), "neighbouring relation not recorded")
-    return (f"epsilon {eps['claimed']:.2f}, delta {eps.get('delta', float('nan')):.3g}, "
-            f"protecting {who}, {how}")
-
-
-def guarantee(eps: dict[str, Any]) -> str:
-    """The configured guarantee in full: epsilon, delta, the protected unit, the neighbouring
-    relation the accountant used, what epsilon covers and which outputs it does not."""
-    if not _dp(eps):
-        return "No formal privacy guarantee is configured (epsilon is infinite)."
-    unit = _unit(eps)
-    relation = eps.get("neighboring_relation")
-    how = (f"under the {RELATION_WORDS.get((relation, unit), relation)} neighbouring relation "
-           "the accountant used" if relation else "(the neighbouring relation was not recorded)")
-    out = (f"The configured privacy guarantee is epsilon = {eps['claimed']:.2f} at delta = "
-           f"{eps.get('delta', float('nan')):.3g} (smaller is more private), protecting "
-           f"{UNIT_WORDS.get(unit, unit)}, {how}")
-    if eps.get("covers"):
-        out += f"; epsilon covers {eps['covers']}"
-    if eps.get("non_private_outputs"):
-        out += ("; it does not cover these outputs of the run: "
-                + ", ".join(eps["non_private_outputs"]))
-    return out + "."
-
-
-def verdict(result: dict[str, Any]) -> list[str]:
-    """A few plain sentences on what the audit found, each with the guarantee it is read
-    against (:func:`terms`, then :func:`guarantee` in full). A diverged model
-    (:func:`divergence`) gets no verdict on membership or on the audited epsilon bound, but
-    what to change instead (:func:`withheld`)."""
-    eps = result["epsilon"]
-    within = f" [{terms(eps)}]"
-    inv = result["inversion"]
-    sent = [r for r in inv["rows"] if r["defence"] == "as sent"]
-    worst = max(sent, key=lambda r: r["ssim"])
-    out = []
-    if worst["ssim"] >= RECOGNISABLE:
-        out.append(
-            f"Someone who sees this hospital's model updates (for example the coordinating "
-            f"server) can rebuild recognisable copies of individual training images from a "
-            f"single update ({worst['scenario']}: similarity {worst['ssim']:.2f} on a 0-1 scale, "
-            f"1 = identical), and read off the image's label in "
-            f"{100 * worst['label_accuracy']:.0f}% of attempts{within}.")
-    else:
-        out.append(
-            f"In this audit an observer of this hospital's updates did not rebuild recognisable "
-            f"images (best similarity {worst['ssim']:.2f} on a 0-1 scale); this is evidence, not "
-            f"proof, that the updates are safe from such attacks{within}.")
-    stopped = sorted({r["defence"] for r in inv["rows"] if r["defence"] not in
-                      ("as sent", "as computed")} - {r["defence"] for r in inv["rows"]
-                                                     if r["ssim"] > UNRECOGNISABLE})
-    if stopped and worst["ssim"] >= RECOGNISABLE:
-        out.append("These settings stopped the reconstruction in this audit: "
-                   + ", ".join(stopped) + " (see the table).")
-    if inv["sent"]["clip"] is not None:
-        out.append("Client-level differential privacy adds its noise to the sum of all "
-                   "hospitals' updates, so the coordinating server still sees each hospital's "
-                   "update without noise: it protects the published model, not the update.")
-    held = withheld(result)
-    if held is not None:
-        out[0] = ("The reconstruction result concerns a site's first update at a freshly "
-                  "initialised model, which training does not change: " + out[0][0].lower()
-                  + out[0][1:])
-        out.insert(0, f"Training diverged ({held['reason'].removeprefix('training diverged: ')}"
-                      "): the trained model is broken, so this audit gives no verdict on "
-                      "whether it reveals who was in its training data, and no audited bound "
-                      "on epsilon. To train a model worth auditing, change: "
-                      + "; ".join(held["what_to_change"]) + ".")
-        out.append(guarantee(eps) + (" It holds for the released models whatever their "
-                                     "accuracy; no audit measured it." if _dp(eps) else ""))
-        return out + _notes(eps)
-    mem = result.get("membership")
-    if mem:
-        lira = max((mem[k] for k in ("lira_offline", "lira_online") if k in mem),
-                   key=lambda m: m["auc"])
-        if lira["auc"] <= 0.55 and lira["tpr_at_1%_fpr"] <= 0.02:
-            out.append(f"The trained model does not reveal who was in the training data better "
-                       f"than guessing (attack score {lira['auc']:.2f}; 0.5 = guessing)"
-                       f"{within}.")
-        else:
-            out.append(f"The trained model does reveal something about who was in its training "
-                       f"data: the strongest attack scores {lira['auc']:.2f} (0.5 = guessing, "
-                       f"1 = always right) and identifies {100 * lira['tpr_at_1%_fpr']:.1f}% of "
-                       f"patients in the training data while wrongly accusing 1% of the others"
-                       f"{within}.")
-    own = result.get("personal")
-    if own:
-        best = max((own[k] for k in ("loss_threshold", "lira_offline")), key=lambda m: m["auc"])
-        out.append("Each hospital's own (personalised) model "
-                   + ("does not reveal which of its patients it was trained on better than "
-                      f"guessing (attack score {best['auc']:.2f})" if best["auc"] <= 0.55 else
-                      f"reveals which of its patients it was trained on: attack score "
-                      f"{best['auc']:.2f} (0.5 = guessing); share such a model as you would "
-                      f"the patients' data") + f"{within}.")
-    sites = result.get("sites")
-    if sites and "skipped" not in sites:
-        best = max(sites["lira_online"]["auc"], sites["lira_offline"]["auc"])
-        out.append(f"Whether a given hospital took part at all can be guessed from the trained "
-                   f"model with an attack score of {best:.2f} (0.5 = guessing), for an observer "
-                   f"who holds data like that hospital's{within}.")
-    out.append(guarantee(eps))
-    if _dp(eps):
-        run = eps.get("whole_run") or {}
-        bound = run.get("epsilon_one_run_fdp", (eps.get("one_round") or {}).get("epsilon_one_run"))
-        what = ("planting test records (canary hospitals) in whole training runs"
-                if "epsilon_one_run_fdp" in run else "one training round")
-        if bound is not None and bound <= eps["claimed"]:
-            ceiling = run.get("ceiling_fdp")
-            out.append(f"An audit by {what} showed epsilon at least {bound:.2f}, consistent with "
-                       f"the claim (an audit can only show a lower bound"
-                       + (f"; with these {run['canaries']} test records it could show at most "
-                          f"{ceiling:.2f}" if ceiling is not None else "") + f"){within}.")
-        elif bound is not None:
-            out.append(f"An audit by {what} showed epsilon at least {bound:.2f}, MORE than "
-                       f"claimed: the claim does not hold and the setup must be checked before "
-                       f"use{within}.")
-    return out + _notes(eps)
-
-
-def _notes(eps: dict[str, Any]) -> list[str]:
-    """Whether the noise can be regenerated from the run's files, and the run's privacy
-    warnings (e.g. a delta above one over the protected units)."""
-    out = []
-    if _dp(eps) and eps.get("noise_note"):
-        out.append(eps["noise_note"][0].upper() + eps["noise_note"][1:] + ".")
-    return out + [f"Warning: {w}." for w in eps.get("warnings") or ()]
 
 
 def _table(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -357,22 +129,55 @@ def _markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+#: The kind of canary of a whole-run audit, in the epsilon table.
+CANARY_WORDS = {("client", "gradient"): "canary sites (white box: a secret update direction)",
+                ("client", "input"): "canary sites (black box: one random record each)",
+                ("example", "input"): "canary records (black box: one record each)"}
+
+
 def _epsilon_lines(eps: dict[str, Any], bounds: bool = True) -> list[str]:
-    """Theoretical epsilon beside each empirical lower bound (``bounds``), then everything as
+    """The whole-run audit's bound beside the epsilon of the audited runs (or, without DP, as
+    the federation's empirical epsilon), or why it was not run; the check of the noise code
+    apart, with its own one-round epsilon (``bounds``: numbers shown); then everything as
     JSON."""
     lines = ["## Epsilon", ""]
-    audits = [("one white-box round (Gaussian mechanism)", eps.get("one_round")),
-              (f"{(eps.get('whole_run') or {}).get('kind', 'gradient')} canary sites through "
-               "whole runs", eps.get("whole_run"))]
-    audits = [(n, a) for n, a in audits if bounds and a and "skipped" not in a]
-    if audits:
-        lines += ["| audit | theoretical epsilon | lower bound | f-DP lower bound | canaries | "
-                  "most they can show (f-DP) | canary AUROC |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {a['theoretical']:.2f} | {a['epsilon_one_run']:.2f} | "
-                  f"{a['epsilon_one_run_fdp']:.2f} | {a['canaries']} | "
-                  f"{a.get('ceiling_fdp', float('nan')):.2f} | {a['auroc']:.3f} |"
-                  for n, a in audits]
+    run = eps.get("whole_run") or {}
+    if run and "skipped" in run:
+        lines += [f"Canaries through whole runs: not run ({run['skipped']}).", ""]
+    elif run and bounds:
+        unit = run.get("unit", "client")
+        claim = run.get("theoretical")
+        lines += ["| canaries through whole runs | protected unit | epsilon of the audited runs "
+                  "(accountant) | lower bound | f-DP lower bound | canaries | most they can "
+                  "show (f-DP) | canary AUROC |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {CANARY_WORDS.get((unit, run.get('kind', 'gradient')), run.get('kind'))} | "
+            f"{'one record' if unit == 'example' else 'one site'} | "
+            f"{'none (no DP)' if claim is None else f'{claim:.2f}'} | "
+            f"{run['epsilon_one_run']:.2f} | {run['epsilon_one_run_fdp']:.2f} | "
+            f"{run['canaries']} | {run.get('ceiling_fdp', math.nan):.2f} | {run['auroc']:.3f} |")
         lines.append("")
+        notes = [run[k] for k in ("label",) if run.get(k)]
+        if run.get("scale"):
+            notes.append(f"each included canary's update has the norm of {run['scale']}")
+        if run.get("black_box"):
+            notes.append("black-box scores (the released model's confidence in each canary) "
+                         "give loose bounds")
+        if run.get("not_scored"):
+            notes.append(f"scored on {run.get('scored', 'the server model')}, not on "
+                         f"{run['not_scored']}")
+        if notes:
+            lines += ["Canaries through whole runs: " + "; ".join(notes) + ".", ""]
+    check = eps.get("one_round")
+    if check and bounds:
+        lines += [
+            f"The one-round bound is {check.get('label', 'one round of the Gaussian mechanism')}"
+            f": {check['canaries']} white-box canaries in one round at noise multiplier "
+            f"{eps.get('noise_multiplier', math.nan):g} gave a lower bound of "
+            f"{check['epsilon_one_run']:.2f} (f-DP {check['epsilon_one_run_fdp']:.2f}) on that "
+            f"one round's epsilon, {check.get('round_epsilon', math.nan):.2f}: a bound above it "
+            f"(at {1 - check.get('significance', 0.05):.0%} confidence) would mean the noise is "
+            "not drawn as configured. It is not evidence for or against the run's epsilon.", ""]
     return lines + ["```", json.dumps(eps, indent=2), "```", ""]
 
 

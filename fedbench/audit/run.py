@@ -15,11 +15,15 @@
    LiRA over shadow federations trained by the simulator as replicas (not under DP).
    With a personalised algorithm, membership against each site's own model
    (:mod:`fedbench.audit.personal`).
-5. Under DP, the configured epsilon beside one-run lower bounds (:mod:`fedbench.audit.epsilon`):
-   one white-box round of the Gaussian mechanism at the run's noise multiplier, and canary
-   sites through whole runs of the configured federation (:mod:`fedbench.audit.canaries`),
-   with what the guarantee protects, under which neighbouring relation, and what it covers
-   (the ``privacy`` block of the run's ``summary.json``).
+5. Epsilon (:func:`epsilon_audit_of`): under DP the configured epsilon, with what it protects,
+   under which neighbouring relation, and what it covers (the ``privacy`` block of the run's
+   ``summary.json``); in every mode a one-run lower bound (:mod:`fedbench.audit.epsilon`) from
+   canaries through whole runs of the configured federation (:func:`whole_run_audit`): canary
+   sites without DP and under ``dp_client`` (:mod:`fedbench.audit.canaries`), canary records
+   under ``dp_sample`` (:mod:`fedbench.audit.records`), or the reason it was not run. Without DP
+   that bound is the federation's empirical epsilon, which a DP claim can be compared with.
+   Under DP also a check of the noise code: one round of the Gaussian mechanism at the run's
+   noise multiplier (``one_round``, :data:`NOISE_CHECK`), never compared with the run's epsilon.
 
 If the federation diverged (:func:`fedbench.audit.report.divergence`), steps 3, 4 and the
 whole-run canaries are not run: their verdicts would be about a broken model. The report says
@@ -160,30 +164,60 @@ def membership_audit(cfg, audit: AuditSettings, model, data, params) -> dict[str
     }
 
 
-def whole_run_audit(cfg: dict[str, Any], audit: AuditSettings) -> dict[str, Any]:
-    """Canary sites through ``audit.canary_runs`` runs of ``cfg``, pooled, beside the run's
-    claimed epsilon (or why it was not run)."""
-    from fedbench.audit.canaries import canary_scores
+#: What the one-round bound is, wherever it is shown.
+NOISE_CHECK = ("a check of the noise code (one round of the Gaussian mechanism at the run's "
+               "noise multiplier), not an audit of this run")
 
+
+def whole_run_audit(cfg: dict[str, Any], audit: AuditSettings) -> dict[str, Any]:
+    """Canaries through ``audit.canary_runs`` runs of ``cfg``, pooled, beside the epsilon the
+    runs' accountant reports (``theoretical``; None without DP), or ``skipped``: why not (the
+    report prints it). Canary sites (one site each) without DP and under ``dp_client``; canary
+    records (one example each, black box) under ``dp_sample``."""
+    from fedbench.audit.canaries import canary_scores
+    from fedbench.audit.records import record_scores
+
+    if not audit.run_canaries:
+        return {"skipped": "audit.epsilon.run.sites=0: no whole-run audit was asked for"}
     seeds = [int(cfg["seed"]) + 1000 + r for r in range(audit.canary_runs)]
+    records = (cfg.get("privacy") or {}).get("name", "none") == "dp_sample"
     try:
-        out = canary_scores(cfg, audit.run_canaries, seeds, kind=audit.canary_kind)
+        out = (record_scores(cfg, audit.run_records, seeds) if records else
+               canary_scores(cfg, audit.run_canaries, seeds, kind=audit.canary_kind))
     except ConfigError as err:
         return {"skipped": str(err)}
     pooled = [np.concatenate([r[k] for r in out["runs"]]) for k in ("in", "out")]
-    return {"theoretical": out["claimed_epsilon"], "runs": len(seeds),
-            "canary_sites": audit.run_canaries, "kind": audit.canary_kind,
-            **epsilon_audit.audit_scores(*pooled, delta=out["delta"],
-                                         significance=audit.significance)}
+    result = {"theoretical": out["claimed_epsilon"], "runs": len(seeds), "unit": out["unit"],
+              "kind": out["kind"], "black_box": out["kind"] == "input",
+              ("canary_records" if records else "canary_sites"): out["canaries"],
+              "scored": "the server model",
+              "per_run_fdp": [epsilon_audit.audit_scores(
+                  r["in"], r["out"], delta=out["delta"],
+                  significance=audit.significance)["epsilon_one_run_fdp"] for r in out["runs"]]}
+    if out.get("scale"):
+        result["scale"] = out["scale"]
+    if out.get("personal_models"):
+        result["not_scored"] = ("each site's personalised model (not covered by epsilon; see "
+                                "the personalised-model membership audit)")
+    if out["claimed_epsilon"] is None:
+        result["label"] = ("empirical epsilon lower bound of this federation without DP (its "
+                           "true epsilon is unbounded); a DP claim of epsilon E can be "
+                           "compared with it")
+    return {**result, **epsilon_audit.audit_scores(*pooled, delta=out["delta"],
+                                                   significance=audit.significance)}
 
 
 def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
                      cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The claimed epsilon and, under client-level DP, canary lower bounds: one white-box round,
-    and (with ``cfg`` and ``audit.run_canaries``) canary sites through whole runs."""
+    """The claimed epsilon, a check of the noise code under DP (``one_round``), and with ``cfg``
+    canaries through whole runs (``whole_run``, :func:`whole_run_audit`), in every mode."""
     privacy = summary.get("privacy")
     if not privacy:
-        return {"claimed": math.inf, "note": "no differential privacy: epsilon is infinite"}
+        out: dict[str, Any] = {"claimed": math.inf,
+                               "note": "no differential privacy: epsilon is infinite"}
+        if cfg is not None:
+            out["whole_run"] = whole_run_audit(cfg, audit)
+        return out
     out = {"claimed": privacy.get("epsilon"), "delta": privacy.get("delta"),
            "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit"),
            "noise_note": privacy.get("noise_note")}
@@ -197,10 +231,11 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
         scores = epsilon_audit.gaussian_canary_scores(jax.random.PRNGKey(seed), audit.canaries,
                                                       float(sigma))
         out["one_round"] = {
-            "theoretical": epsilon_audit.gaussian_epsilon(float(sigma), float(privacy["delta"])),
+            "label": NOISE_CHECK,
+            "round_epsilon": epsilon_audit.gaussian_epsilon(float(sigma), float(privacy["delta"])),
             **epsilon_audit.audit_scores(*scores, delta=float(privacy["delta"]),
                                          significance=audit.significance)}
-    if cfg is not None and audit.run_canaries and privacy.get("unit") == "client":
+    if cfg is not None:
         out["whole_run"] = whole_run_audit(cfg, audit)
     return out
 
@@ -260,7 +295,7 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     result["inversion"] = inversion_audit(cfg, audit, model, data)
     result["epsilon"] = epsilon_audit_of(summary, audit, int(cfg["seed"]),
                                          None if diverged else fed_cfg)
-    if diverged and audit.run_canaries and result["epsilon"].get("unit") == "client":
+    if diverged:
         result["epsilon"]["whole_run"] = {"skipped": f"training diverged: {diverged}"}
     if not diverged:
         result.update(model_audits(cfg, audit, model, data, finished, out_dir))

@@ -27,6 +27,7 @@ class AuditSettings:
     canaries: int = 1000
     significance: float = 0.05
     run_canaries: int | None = None  # canary sites through whole runs (None: half the sites)
+    run_records: int | None = None  # canary records under dp_sample (None: records.default)
     canary_runs: int = 4
     canary_kind: str = "gradient"
     sites: bool = False
@@ -47,7 +48,8 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     cfg = dict(cfg or {})
     base = AuditSettings()
     known = ({f.name for f in dataclasses.fields(AuditSettings)}
-             - {"site_shadows", "run_canaries", "canary_runs", "canary_kind", "shadow_kind"}
+             - {"site_shadows", "run_canaries", "run_records", "canary_runs", "canary_kind",
+                "shadow_kind"}
              ) | {"name", "membership", "epsilon"}
     for key in cfg:
         if key not in known:
@@ -93,8 +95,9 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
             raise ConfigError(f"audit.epsilon.{key}", eps[key], "one of: canaries, significance, run")
     run = dict(eps.get("run") or {})
     for key in run:
-        if key not in ("sites", "runs", "kind"):
-            raise ConfigError(f"audit.epsilon.run.{key}", run[key], "one of: sites, runs, kind")
+        if key not in ("sites", "runs", "kind", "records"):
+            raise ConfigError(f"audit.epsilon.run.{key}", run[key],
+                              "one of: sites, runs, kind, records")
     if run.get("kind", base.canary_kind) not in ("gradient", "input"):
         raise ConfigError("audit.epsilon.run.kind", run["kind"], "one of: gradient, input")
     merged["canary_kind"] = run.get("kind", base.canary_kind)
@@ -105,6 +108,12 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
                           f"null (half the sites), 0 (no run audit) or an integer in "
                           f"[2, {num_clients - 1}]")
     merged["run_canaries"] = num_clients // 2 if sites_in_run is None else sites_in_run
+    records = run.get("records")
+    if records is not None and (isinstance(records, bool) or not isinstance(records, int)
+                                or records < 2):
+        raise ConfigError("audit.epsilon.run.records", records,
+                          "null (100, or a tenth of the training examples) or an integer >= 2")
+    merged["run_records"] = records
     merged["canary_runs"] = _int({"epsilon.run.runs": run.get("runs", base.canary_runs)},
                                  "epsilon.run.runs", 1)
     merged["canaries"] = _int({"epsilon.canaries": eps.get("canaries", base.canaries)},

@@ -150,8 +150,13 @@ class ClientDP(Mechanism):
     def aggregate(self, state, uploads, infos, valid, key, algorithm):
         """The noisy mean of the clipped deltas (:func:`dp_noisy_mean`), then the algorithm's
         declared post-processing (``Algorithm.dp_aggregate``); under adaptive clipping the
-        next clip bound."""
+        next clip bound. A client whose update transforms report ``infos["absent"]`` (an
+        audit's excluded canary site, which sends a zero update:
+        :func:`fedbench.audit.canaries.canary_transform`) counts as not sampled, so it
+        releases exactly what its absence would, the count of unclipped clients included."""
         bound = self.round_info(state)["clip"]
+        if "absent" in infos:
+            valid = valid & ~infos["absent"]
         mean, clip = dp_noisy_mean(uploads["delta"], infos["norm"], valid, self, key, bound,
                                    noise_std=hparams.get(state.hparams, "noise_std", None))
         private = algorithm.dp_aggregate

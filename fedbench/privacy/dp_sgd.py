@@ -8,9 +8,13 @@ Each local step of a client with ``n`` examples (Abadi et al. 2016, Algorithm 1)
 4. divide by the expected batch size ``q * n`` and take an SGD step.
 
 The sampled examples go into a fixed buffer of ``buffer`` slots (overflow counted and reported
-as an error, never silently dropped). A client that takes part in ``r`` rounds runs
-``r * local_epochs * ceil(n / batch_size)`` such steps with sampling rate ``q``; its guarantee
-is accounted from exactly those numbers (:mod:`fedbench.privacy.accounting`).
+as an error, never silently dropped). A slot whose integer label is :data:`ABSENT_LABEL` counts
+towards the client's size ``n`` (so ``q`` and the step count are those of ``n``) but holds no
+example: its gradient is zero, so DP-SGD releases exactly what that example's absence would at
+the same public ``n`` (an audit's excluded canary record, :mod:`fedbench.audit.records`).
+A client that takes part in ``r`` rounds runs ``r * local_epochs * ceil(n / batch_size)`` such
+steps with sampling rate ``q``; its guarantee is accounted from exactly those numbers
+(:mod:`fedbench.privacy.accounting`).
 
 References:
   M. Abadi, A. Chu, I. Goodfellow, H. B. McMahan, I. Mironov, K. Talwar, L. Zhang. "Deep
@@ -33,6 +37,9 @@ from fedbench.privacy.mechanisms import add_gaussian_noise, clip_to_norm, sampli
 from fedbench.task import masked_cross_entropy
 
 Params = Any
+
+#: The label of a slot that counts towards a client's size but holds no example (see above).
+ABSENT_LABEL = -1
 
 
 @functools.lru_cache(maxsize=16)
@@ -119,7 +126,11 @@ def dp_sgd_estimator(
         n_chosen = chosen.sum()
         (idx,) = jnp.nonzero(chosen, size=buffer, fill_value=0)
         valid = jnp.arange(buffer) < n_chosen
-        total, losses = per_example_clipped_sum(apply_fn, params, x[idx], y[idx], valid, bound,
+        yb = y[idx]
+        if yb.ndim == 1 and jnp.issubdtype(yb.dtype, jnp.integer):  # class labels
+            present = yb != ABSENT_LABEL  # an absent slot: sampled as counted, zero gradient
+            valid, yb = valid & present, jnp.where(present, yb, 0)
+        total, losses = per_example_clipped_sum(apply_fn, params, x[idx], yb, valid, bound,
                                                 loss_fn)
         noisy = add_gaussian_noise(total, std, noise_key)
         grads = jax.tree.map(lambda g: g / expected, noisy)
