@@ -245,7 +245,7 @@ EXAMPLES = {
     "fedbench-audit": (
         [*TINY, "rounds=1", "audit.trials=1", "audit.iterations=2", "audit.local_steps=1",
          "audit.defences=[]", "audit.membership.shadows=4", "audit.membership.shadow_epochs=1",
-         "audit.epsilon.canaries=10", "hydra.run.dir=audit"],
+         "audit.epsilon.canaries=10", "audit.epsilon.run.sites=0", "hydra.run.dir=audit"],
         ["audit/audit.json", "audit/audit.html", "audit/audit.md"]),
     "fedbench-contribution": (
         ["dataset=breast_cancer", *TINY, "rounds=1", "--method", "exact", "--out", "contrib"],
