@@ -25,7 +25,7 @@ def test_audit_group_is_added_once():
                                      ({"client": 99}, "audit.client"),
                                      ({"defences": [["smudge", 1]]}, "audit.defences"),
                                      ({"defences": [["prune", 1.5]]}, "audit.defences"),
-                                     ({"membership": {"shadows": 2}}, "audit.shadows"),
+                                     ({"membership": {"shadows": 2}}, "audit.membership.shadows"),
                                      ({"trails": 3}, "audit.trails"),
                                      ({"epsilon": {"run": {"kind": "x"}}},
                                       "audit.epsilon.run.kind"),

@@ -79,7 +79,8 @@ def parse_audit(cfg: Mapping[str, Any] | None, num_clients: int) -> AuditSetting
     merged["defences"] = tuple(defences)
     member = dict(cfg.get("membership") or {})
     merged["membership"] = bool(member.get("enabled", True))
-    merged["shadows"] = _int({"shadows": member.get("shadows", base.shadows)}, "shadows", 4)
+    merged["shadows"] = _int({"membership.shadows": member.get("shadows", base.shadows)},
+                             "membership.shadows", 4)
     epochs = member.get("shadow_epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float))
                                or epochs <= 0):
