@@ -74,6 +74,10 @@ def test_tiny_audit_writes_a_self_contained_report(tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "src=\"http" not in page and "coordinating server" in page
+    # prose, not markup or raw JSON: no literal backticks or bold markers, no JSON dump
+    text = re.sub(r"<[^>]+>", "", re.sub(r'src="[^"]+"', "", page))
+    assert "`" not in text and "**" not in text and "Infinity" not in text
+    assert '{"' not in text and "<code>" in page
     assert (tmp_path / "audit.md").read_text().startswith("# Privacy audit")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import io
 import json
 import math
@@ -178,7 +179,15 @@ def _epsilon_lines(eps: dict[str, Any], bounds: bool = True) -> list[str]:
             f"one round's epsilon, {check.get('round_epsilon', math.nan):.2f}: a bound above it "
             f"(at {1 - check.get('significance', 0.05):.0%} confidence) would mean the noise is "
             "not drawn as configured. It is not evidence for or against the run's epsilon.", ""]
-    return lines + ["```", json.dumps(eps, indent=2), "```", ""]
+    return lines + ["Every number of this section is in `audit.json` (`epsilon`).", ""]
+
+
+def _inline(text: str) -> str:
+    """Escaped text with markdown's inline code and bold as HTML (no literal backticks or
+    asterisks on the page)."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
 def _html(markdown_text: str, images: dict[str, bytes]) -> str:
@@ -191,7 +200,7 @@ def _html(markdown_text: str, images: dict[str, bytes]) -> str:
             body.append(f"<h{level}>{html.escape(block.lstrip('# '))}</h{level}>")
         elif block.startswith("|"):
             rows = [r.strip("|").split("|") for r in block.splitlines() if not r.startswith("|-")]
-            cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}"
+            cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_inline(c.strip())}"
                                       f"</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
                      for i, row in enumerate(rows)]
             body.append("<table>" + "".join(cells) + "</table>")
@@ -203,9 +212,13 @@ def _html(markdown_text: str, images: dict[str, bytes]) -> str:
         elif block.startswith("```"):
             body.append(f"<pre>{html.escape(block.strip('`'))}</pre>")
         elif block:
-            body.append(f"<p>{html.escape(block)}</p>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"
-             "collapse}td,th{border:1px solid #aaa;padding:2px 6px}")
+            body.append(f"<p>{_inline(block)}</p>")
+    # Readable in a 1,200 px window: text at most 60em wide, wide tables scroll inside their
+    # own box, images shrink to the column.
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}"
+             "td,th{border:1px solid #aaa;padding:2px 6px}img{max-width:100%;height:auto}"
+             "code{background:#f2f2f2;padding:0 2px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
