@@ -166,3 +166,24 @@ def test_epoch_orders_and_dp_sgd_samples_do_not_depend_on_the_padded_length():
         b = sample_examples(key, jax.numpy.int32(count), 40, 4)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b[:10]))
         assert not np.asarray(b[10:]).any()
+
+
+def test_padding_that_would_not_fit_in_memory_is_refused_naming_flat(monkeypatch):
+    """W5 typed as a user would (100,000 clients, padded storage) used to end in NumPy's
+    allocation error after the set-up; now the padded layout's size is compared with the
+    machine's memory first. Here the machine is made small instead of the federation large:
+    expected size counted by hand from the digits federation."""
+    import fedbench.dataset.pipeline as pipeline
+
+    cfg = compose(["dataset=digits"])
+    raw = load_dataset(cfg["dataset"])
+    flat, _ = build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="flat")
+    counts = np.asarray(flat.train_counts)
+    needed_at_least = cfg["num_clients"] * int(counts.max()) * 64 * 4  # 8x8 float32 pixels
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: needed_at_least)  # half is short
+    with pytest.raises(ConfigError) as err:
+        build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="padded")
+    assert err.value.key == "client_storage" and "client_storage=flat" in str(err.value)
+    build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="flat")  # fits
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: 64 * needed_at_least)
+    build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="padded")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,6 +105,8 @@ def build_federated(
     train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
     train_x, test_x, panels = apply_panels(  # sites' lab panels (fedbench/partition/panels.py)
         partition_cfg, train_x, test_x, seed, (normalization or raw.normalize) == "standardize")
+    if storage == "padded":
+        check_padded_fits(train_x, test_x)
     build = flat_from_client_arrays if storage == "flat" else from_client_arrays
     data = build(
         train_x, train_t, test_x, test_t, raw.num_classes, task=raw.task,
@@ -121,3 +125,33 @@ def build_federated(
         stats["panels"] = panels  # per site the columns it measures; those all sites measure
     stats["test_sizes"] = [int(len(t)) for t in test_y]
     return data, stats
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_padded_fits(train_x, test_x, share: float = 0.5) -> None:
+    """Padded storage holds ``num_clients x largest client`` examples (train and test): refused
+    in one line naming ``client_storage=flat`` when that would take more than ``share`` of
+    the physical memory (100,000 clients padded to the largest of them: tens of GiB), instead
+    of NumPy's allocation error after the set-up.
+
+    Raises:
+      ConfigError: naming ``client_storage``, the size needed and the memory there is.
+    """
+    memory = physical_memory()
+    if memory is None:
+        return
+    example = int(np.prod(np.shape(train_x[0])[1:])) * 4  # float32 features of one example
+    needed = len(train_x) * (max(len(x) for x in train_x) + max(len(x) for x in test_x)) * example
+    if needed > share * memory:
+        raise ConfigError(
+            "client_storage", "padded",
+            f"flat for this federation (client_storage=flat): padding {len(train_x)} clients "
+            f"to the largest needs {needed / 2**30:.1f} GiB, more than half of this machine's "
+            f"{memory / 2**30:.1f} GiB")
