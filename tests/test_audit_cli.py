@@ -60,6 +60,13 @@ def test_tiny_audit_writes_a_self_contained_report(tmp_path):
                 "audit.membership.shadow_epochs=1", "audit.epsilon.canaries=100",
                 "audit.epsilon.run.runs=2", "privacy=dp_client", "privacy.target_epsilon=8")
     assert done.returncode == 0, done.stderr[-2000:]
+    stages = [line.split(" (")[0] for line in done.stdout.splitlines()
+              if line.startswith("fedbench-audit: ") and line.endswith(" s)")]
+    assert stages == ["fedbench-audit: training the federation",
+                      "fedbench-audit: gradient inversion",
+                      "fedbench-audit: epsilon: canaries through whole runs",
+                      "fedbench-audit: membership of the trained model(s)",
+                      "fedbench-audit: writing the report"], done.stdout  # in order, timed
     result = json.loads((tmp_path / "audit.json").read_text())
     assert {"inversion", "membership", "epsilon", "verdict"} <= set(result)
     assert result["epsilon"]["claimed"] == pytest.approx(8.0, abs=0.05)

@@ -41,7 +41,7 @@ def _app(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     print(f"fedbench-audit: writing to {out_dir}", flush=True)
     try:
-        result = run_audit(OmegaConf.to_container(cfg, resolve=True), out_dir)
+        result = run_audit(OmegaConf.to_container(cfg, resolve=True), out_dir, progress=True)
     except ConfigError as err:
         print(f"fedbench-audit: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

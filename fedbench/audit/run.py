@@ -33,6 +33,7 @@ training diverged and what to change (:func:`fedbench.audit.report.withheld`).
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +266,10 @@ def model_audits(cfg: dict[str, Any], audit: AuditSettings, model, data, finishe
     return out
 
 
-def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Runs the federation and the audits; writes ``audit.json``, ``audit.md``, ``audit.html``."""
+def run_audit(cfg: dict[str, Any], out_dir: str | Path, progress: bool = False
+              ) -> dict[str, Any]:
+    """Runs the federation and the audits; writes ``audit.json``, ``audit.md``, ``audit.html``.
+    ``progress``: a line per stage, with the time so far (``fedbench-audit``)."""
     from fedbench.audit.report import divergence, write_reports
     from fedbench.dataset import load_dataset
     from fedbench.dataset.pipeline import build_federated
@@ -277,6 +280,13 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     audit = parse_audit(cfg.get("audit"), int(cfg["num_clients"]))
     fed_cfg = federation_config(cfg)
     finished = {}
+    start = time.perf_counter()
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"fedbench-audit: {text} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    say(f"training the federation ({fed_cfg['rounds']} rounds)")
     summary = run_experiment(fed_cfg, out_dir / "federation", progress=None,
                              on_finish=lambda sim, state: finished.update(sim=sim, state=state))
     raw = load_dataset(cfg["dataset"])
@@ -292,13 +302,18 @@ def run_audit(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     result = {"config": fed_cfg, "audit": dict(cfg.get("audit") or {}),
               "status": summary.get("status"), "final": summary.get("final", {})}
     diverged = divergence(result)  # no model verdicts: skip the audits of the trained model
+    say(f"gradient inversion ({audit.attack}, {audit.trials} trial(s) per scenario)")
     result["inversion"] = inversion_audit(cfg, audit, model, data)
+    say("epsilon: canaries through whole runs" if audit.run_canaries != 0 and not diverged
+        else "epsilon")
     result["epsilon"] = epsilon_audit_of(summary, audit, int(cfg["seed"]),
                                          None if diverged else fed_cfg)
     if diverged:
         result["epsilon"]["whole_run"] = {"skipped": f"training diverged: {diverged}"}
     if not diverged:
+        say("membership of the trained model(s)")
         result.update(model_audits(cfg, audit, model, data, finished, out_dir))
+    say("writing the report")
     write_reports(result, out_dir)
     from fedbench.audit.report import verdict
     from fedbench.audit.track import track_audit
