@@ -15,6 +15,7 @@ to disk.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,5 +65,13 @@ def configure(cfg: Mapping[str, Any]) -> str | None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if jax.config.jax_compilation_cache_dir != wanted:
         jax.config.update("jax_compilation_cache_dir", wanted)
-        cc.reset_cache()  # the next compilation opens the new directory (or none)
+        # the next compilation opens the new directory (or none); JAX logs the reset at INFO,
+        # which Hydra's logging would print into a newcomer's first output
+        quiet = logging.getLogger("jax._src.compilation_cache")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            cc.reset_cache()
+        finally:
+            quiet.setLevel(level)
     return wanted
