@@ -62,7 +62,7 @@ def help_text(prog: str, what: str, examples: Sequence[str], extra: str = "") ->
               "  -m, --multirun  a sweep: comma-separated values run as separate jobs",
               "  --cfg job       print the composed config and exit",
               "  --hydra-help    Hydra's own help", "",
-              "Documentation: README.md (sections per group), docs/architecture.md."]
+              "Documentation: README.md and the pages in docs/ (mkdocs serve: a local site)."]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "FederatedData",
     "RawDataset",
     "load_dataset",
+    "register",
     "from_client_arrays",
     "generate_synthetic",
     "impute_median",
@@ -198,6 +199,18 @@ DATASETS: dict[str, Callable[[Mapping[str, Any]], RawDataset]] = {
     "indo_rct": _indo_rct,
 }
 
+
+def register(name: str, loader: Callable[[Mapping[str, Any]], RawDataset]) -> None:
+    """Adds ``loader`` as ``dataset.name=<name>`` for this process (a dataset defined outside
+    ``fedbench/dataset``; ``docs/extending/dataset.md``). ``loader(cfg)`` receives the
+    ``dataset`` config group and returns a :class:`RawDataset`.
+
+    Raises:
+      ValueError: ``name`` is taken (a built-in dataset or one registered before).
+    """
+    if name in DATASETS:
+        raise ValueError(f"a dataset named {name!r} exists already")
+    DATASETS[name] = loader
 
 
 def load_dataset(cfg: Mapping[str, Any]) -> RawDataset:

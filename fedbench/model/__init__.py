@@ -8,7 +8,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +19,26 @@ from fedbench.errors import ConfigError
 
 MODELS = ("logreg", "mlp", "cnn", "cox", "semi")
 CONV_IMPLS = ("auto", "lax", "im2col", "hybrid")
+#: Models added at run time by :func:`register`: ``model.name`` ->
+#: ``builder(cfg, feature_shape, num_classes, task) -> flax.linen.Module``.
+REGISTERED: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Adds ``builder`` as ``model.name=<name>`` for this process (a model defined outside
+    ``fedbench/model``; ``docs/extending/model.md``). :func:`build_model` calls it as
+    ``builder(cfg, feature_shape, num_classes, task)`` (``cfg``: the ``model`` config group;
+    ``task``: ``classification`` or ``survival``; for survival ``num_classes`` is 1, one
+    log-risk per example) and expects a Flax module without mutable collections:
+    ``[B, *feature_shape]`` inputs to ``[B, num_classes]`` outputs. It checks its own
+    settings, raising :class:`~fedbench.errors.ConfigError` for a bad one.
+
+    Raises:
+      ValueError: ``name`` is taken (a built-in model or one registered before).
+    """
+    if name in MODELS or name in REGISTERED:
+        raise ValueError(f"a model named {name!r} exists already")
+    REGISTERED[name] = builder
 
 
 class LogReg(nn.Module):
@@ -150,8 +170,11 @@ def build_model(
       ConfigError: unknown name, or a model that cannot take the dataset's input shape or task.
     """
     name = cfg.get("name")
+    if name in REGISTERED:
+        outputs = 1 if task == "survival" else num_classes  # one log-risk per patient
+        return REGISTERED[name](cfg, tuple(feature_shape), outputs, task)
     if name not in MODELS:
-        raise ConfigError("model.name", name, "one of: " + ", ".join(MODELS))
+        raise ConfigError("model.name", name, "one of: " + ", ".join((*MODELS, *REGISTERED)))
     if task == "survival":
         if name not in ("cox", "mlp"):
             raise ConfigError("model.name", name, "cox or mlp for a survival dataset (one log-risk score per patient)")

@@ -16,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,25 @@ _MAX_RESAMPLES = 10_000  # NIID-Bench redraws without limit; we stop and say so
 #: client holds at least this many examples (``min_require_size = 10``). ``conf/partition/``
 #: dirichlet.yaml and quantity.yaml say the same (tested).
 MIN_CLIENT_SIZE = 10
+#: Partitioners added at run time by :func:`register`: ``partition.name`` ->
+#: ``partitioner(labels, num_clients, rng, cfg) -> list of index arrays``.
+REGISTERED: dict[str, Callable[..., list[np.ndarray]]] = {}
+
+
+def register(name: str, partitioner: Callable[..., list[np.ndarray]]) -> None:
+    """Adds ``partitioner`` as ``partition.name=<name>`` for this process (a partition defined
+    outside ``fedbench/partition``; ``docs/extending/partition.md``). It is called as
+    ``partitioner(labels, num_clients, rng, cfg)`` (``rng``: a NumPy generator seeded with the
+    partition seed; ``cfg``: the ``partition`` config group) and returns ``num_clients`` arrays
+    of example indices, no index twice. The feature shift, lab panels, the per-client
+    train/test split and normalisation then apply as for the built-in partitions.
+
+    Raises:
+      ValueError: ``name`` is taken (a built-in partition or one registered before).
+    """
+    if name in PARTITIONS or name in REGISTERED:
+        raise ValueError(f"a partition named {name!r} exists already")
+    REGISTERED[name] = partitioner
 
 
 def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -298,10 +317,13 @@ def partition(
         that cannot be met (see :func:`prevalence_counts`).
     """
     name = cfg.get("name")
-    if name not in PARTITIONS:
-        raise ConfigError("partition.name", name, "one of: " + ", ".join(PARTITIONS))
+    if name not in PARTITIONS and name not in REGISTERED:
+        raise ConfigError("partition.name", name,
+                          "one of: " + ", ".join((*PARTITIONS, *REGISTERED)))
     rng = np.random.default_rng(seed)
     n = len(labels)
+    if name in REGISTERED:
+        return _checked(name, REGISTERED[name](labels, num_clients, rng, cfg), num_clients, n)
     if name == "natural":
         if natural_client is None:
             raise ConfigError(
@@ -341,6 +363,19 @@ def partition(
             "partition.shards_per_client", k, f"<= {n // num_clients} (num_clients * k <= {n})"
         )
     return shards(labels, num_clients, rng, int(k))
+
+
+def _checked(name: str, parts: Sequence[np.ndarray], num_clients: int,
+             n: int) -> list[np.ndarray]:
+    """A registered partitioner's output: ``num_clients`` integer arrays of distinct indices."""
+    parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    joined = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if len(parts) != num_clients:
+        raise ValueError(f"partition {name} returned {len(parts)} clients, not {num_clients}")
+    if len(joined) and (joined.min() < 0 or joined.max() >= n
+                        or len(np.unique(joined)) != len(joined)):
+        raise ValueError(f"partition {name} returned an index twice or outside [0, {n})")
+    return parts
 
 
 def heterogeneity_stats(
