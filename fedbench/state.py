@@ -75,6 +75,7 @@ class ServerState:
     downloads: Any = None  # [num_clients] int32: server-model downloads (every client started)
     bits_up: Any = None  # bits the clients' compressed uploads took (fedbench.compression.traffic)
     dp_steps: Any = None  # [num_clients] int32 under DP-SGD: steps taken in updates that arrived
+    dp_noise: Any = None  # DP-FTRL's noise state: every round's draw, [rounds, ...] per parameter
     hparams: Any = None  # in-program sweeps: this replica's lr, mu, clip, ... (fedbench.hparams)
 
     @property

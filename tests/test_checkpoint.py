@@ -43,6 +43,9 @@ CASES = {  # per-client store, FedBuff's clients in flight, adaptive clip, stack
                            "privacy.noise_multiplier=1.0", "privacy.adaptive_clip.enabled=true",
                            "privacy.adaptive_clip.count_stddev=1.0", "privacy.accountant=rdp"],
     "seeds=2": ["seeds=2"],
+    # DP-FTRL's noise state (every round's draw, ServerState.dp_noise), mid-horizon.
+    "dp_ftrl": ["privacy=dp_ftrl", "privacy.matrix=tree", "privacy.target_epsilon=null",
+                "privacy.noise_multiplier=1.0", "clients_per_round=4"],
 }
 TIMING = ("compile_seconds", "run_seconds", "rounds_per_second")
 
