@@ -37,7 +37,7 @@ from fedbench import hparams
 from fedbench.algorithm.base import check_client_dp
 from fedbench.errors import ConfigError
 from fedbench.privacy.accounting import epsilon
-from fedbench.privacy.mechanism import BuildContext, Mechanism
+from fedbench.privacy.mechanism import BuildContext, Mechanism, every_site_every_round
 from fedbench.privacy.mechanisms import add_gaussian_noise
 from fedbench.transforms import clip_by_norm
 
@@ -62,13 +62,7 @@ class FullParticipationDP(Mechanism):
 
     def bind(self, algorithm, settings, stragglers):
         self.check_algorithm(algorithm)
-        if settings.clients_per_round != self.num_clients:
-            raise ConfigError("clients_per_round", settings.clients_per_round,
-                              f"num_clients={self.num_clients} with privacy=dp_full (every "
-                              "site in every round)")
-        if stragglers is not None and stragglers.fraction > 0:
-            raise ConfigError("stragglers.fraction", stragglers.fraction,
-                              "0 with privacy=dp_full (the sum is divided by every site)")
+        every_site_every_round("dp_full", self.num_clients, settings, stragglers)
         return self
 
     def transforms(self) -> tuple:

@@ -65,7 +65,7 @@ import numpy as np
 from fedbench import hparams
 from fedbench.algorithm.base import check_client_dp
 from fedbench.errors import ConfigError
-from fedbench.privacy.mechanism import BuildContext, Mechanism
+from fedbench.privacy.mechanism import BuildContext, Mechanism, every_site_every_round
 from fedbench.transforms import clip_by_norm
 
 MATRICES = ("tree", "banded", "dense")
@@ -137,13 +137,9 @@ class DPFTRL(Mechanism):
 
     def bind(self, algorithm, settings, stragglers) -> DPFTRL:
         self.check_algorithm(algorithm)
-        if settings.clients_per_round != self.num_clients:
-            raise ConfigError("clients_per_round", settings.clients_per_round,
-                              f"num_clients={self.num_clients} with privacy=dp_ftrl (every site "
-                              "in every round; no participation schema is implemented)")
-        if stragglers is not None and stragglers.fraction > 0:
-            raise ConfigError("stragglers.fraction", stragglers.fraction,
-                              "0 with privacy=dp_ftrl (every site's update in every round)")
+        every_site_every_round("dp_ftrl", self.num_clients, settings, stragglers,
+                               "every site in every round; no participation schema is "
+                               "implemented")
         return self
 
     @property

@@ -138,6 +138,24 @@ class Mechanism:
         raise NotImplementedError
 
 
+def every_site_every_round(name: str, num_clients: int, settings, stragglers,
+                           why: str = "every site in every round") -> None:
+    """For mechanisms whose accounting assumes that every site sends an update every round
+    (``dp_ftrl``, ``docs/examples/dp_full.py``): refuses a partial cohort or stragglers.
+
+    Raises:
+      ConfigError: naming ``clients_per_round`` or ``stragglers.fraction``.
+    """
+    from fedbench.errors import ConfigError
+
+    if settings.clients_per_round != num_clients:
+        raise ConfigError("clients_per_round", settings.clients_per_round,
+                          f"num_clients={num_clients} with privacy={name} ({why})")
+    if stragglers is not None and stragglers.fraction > 0:
+        raise ConfigError("stragglers.fraction", stragglers.fraction,
+                          f"0 with privacy={name} (every site's update arrives in every round)")
+
+
 @functools.cache
 def registry() -> dict[str, Any]:
     """``privacy.name`` -> its module (``MECHANISM`` and ``build``), one per
