@@ -64,6 +64,12 @@ def test_every_report_image_loads_in_headless_chromium(report, tmp_path):
 
     with Image.open(png) as shot:
         assert shot.size[0] == 1200 and shot.size[1] > 800  # the whole page, not one screen
+    # readable in a 1,200 px window: nothing wider than the window (no sideways scrolling);
+    # the check has teeth: a page with a 2,000 px table is reported as wider
+    assert render.page_width(report) <= 1200
+    wide = tmp_path / "wide.html"
+    wide.write_text("<html><body><div style='width:2000px'>x</div></body></html>")
+    assert render.page_width(wide) > 1200
     # The check has teeth: a corrupted embedded image is reported as not loaded.
     broken = tmp_path / "broken.html"
     broken.write_text(report.read_text().replace('base64,iVBOR', 'base64,AAAA', 1))

@@ -112,4 +112,7 @@ def test_html_renders_with_every_image(report):
     if find_chromium() is None:
         pytest.skip("no Chromium (Debian: apt-get install -y chromium)")
     assert render_report(out / "suitability.html") == "3 of 3 images loaded"
+    from fedbench.audit.render import page_width
+
+    assert page_width(out / "suitability.html") <= 1200  # no sideways scrolling at 1,200 px
     assert (out / "suitability.png").stat().st_size > 10_000

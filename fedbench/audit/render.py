@@ -30,7 +30,8 @@ _PROBE = """<script>window.addEventListener('load', function () {
   var s = Array.prototype.map.call(document.images, function (i) {
     return {alt: i.alt, loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth}; });
   document.body.setAttribute('data-probe', JSON.stringify(
-    {images: s, height: document.documentElement.scrollHeight})); });</script>"""
+    {images: s, height: document.documentElement.scrollHeight,
+     width: document.documentElement.scrollWidth})); });</script>"""
 
 
 def find_chromium() -> str | None:
@@ -82,6 +83,12 @@ def _probe(html_path: Path, width: int, timeout: float) -> dict:
         raise RuntimeError("Chromium did not run the page's load handler; DOM starts: "
                            + done.stdout[:300])
     return json.loads(html.unescape(found.group(1)))
+
+
+def page_width(html_path: str | Path, window: int = 1200, timeout: float = 120.0) -> int:
+    """The laid-out width of the page in a ``window``-pixel-wide Chromium window
+    (``scrollWidth``): more than ``window`` means a reader has to scroll sideways."""
+    return int(_probe(Path(html_path), window, timeout)["width"])
 
 
 def image_load_status(html_path: str | Path, timeout: float = 120.0) -> list[dict]:

@@ -218,7 +218,8 @@ def _html(markdown_text: str, images: dict[str, bytes]) -> str:
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}"
              "td,th{border:1px solid #aaa;padding:2px 6px}img{max-width:100%;height:auto}"
-             "code{background:#f2f2f2;padding:0 2px}")
+             "code{background:#f2f2f2;padding:0 2px}pre{overflow-x:auto;max-width:100%}"
+             "p,td,th{overflow-wrap:anywhere}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Privacy audit</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
