@@ -39,6 +39,7 @@ def _app(cfg: DictConfig) -> str | None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return _sweep_job(cfg)
 
+    from fedbench.interrupts import Interrupted
     from fedbench.run import run_experiment
     from fedbench.tracking import build_tracker
 
@@ -50,11 +51,18 @@ def _app(cfg: DictConfig) -> str | None:
         print(f"fedbench: writing to {out_dir}", flush=True)
         run_experiment(container, out_dir, tracker=tracker)
         finished = True
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (main): one line on how to continue
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (main): one line on how to continue
         again = " ".join(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("hydra.run.dir="))
-        print(f"\nfedbench: interrupted; every evaluated round is saved in {out_dir}. To continue "
-              f"from its last checkpoint: fedbench {again} hydra.run.dir={shlex.quote(out_dir)}"
-              .replace("fedbench  hydra", "fedbench hydra"), file=sys.stderr, flush=True)
+        command = (f"fedbench {again} hydra.run.dir={shlex.quote(out_dir)}"
+                   .replace("fedbench  hydra", "fedbench hydra"))
+        if isinstance(err, Interrupted) and err.resume_round is not None:
+            where = (f"interrupted at round {err.round}; the same command resumes from round "
+                     f"{err.resume_round}")
+        elif isinstance(err, Interrupted):
+            where = f"interrupted at round {err.round} (checkpoint_every=0: it starts afresh)"
+        else:
+            where = "interrupted; it resumes from the last checkpoint"
+        print(f"\nfedbench: {where}. To continue: {command}", file=sys.stderr, flush=True)
         sys.exit(130)
     except ConfigError as err:
         print(f"fedbench: error: {err}", file=sys.stderr, flush=True)

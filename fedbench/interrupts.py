@@ -15,11 +15,25 @@ import threading
 
 _depth = 0
 _pending = False
+_forceable = False  # inside a step a second signal may cut (a block of rounds)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM at round ``round``; ``resume_round``: the round the
+    same command continues from (the last checkpoint; ``round`` when one was written at the
+    stop), None without checkpoints."""
+
+    def __init__(self, round: int, resume_round: int | None):
+        super().__init__(round)
+        self.round, self.resume_round = round, resume_round
 
 
 def _handler(signum, frame):
     global _pending
     if _depth > 0:
+        if _pending and _forceable:  # a second Ctrl-C inside a block of rounds: stop now
+            _pending = False
+            raise KeyboardInterrupt
         _pending = True  # raised when the protected step ends
         return
     if frame is not None and frame.f_code.co_name.endswith("gc_callback"):
@@ -35,14 +49,18 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def protected():
-    """A step that an interrupt must not cut: one that arrives inside is raised after it."""
-    global _depth, _pending
+def protected(forceable: bool = False):
+    """A step that an interrupt must not cut: one that arrives inside is raised after it.
+    ``forceable``: a second signal inside the step raises at once (a block of rounds, which
+    may be long; never a file being written)."""
+    global _depth, _pending, _forceable
     _depth += 1
+    outer, _forceable = _forceable, forceable and _depth == 1
     try:
         yield
     finally:
         _depth -= 1
+        _forceable = outer
         if _depth == 0 and _pending:
             _pending = False
             raise KeyboardInterrupt

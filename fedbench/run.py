@@ -250,6 +250,13 @@ def run_experiment(
         progress(history[-1], rounds, None)
     # run_wall: wall time inside the round loop, compilation excluded
     ran, ran_wall = 0, 0.0  # rounds and seconds run here (the progress bar's speed)
+    saved = int(state.round) if restored is not None else None  # the last checkpoint's round
+
+    def host() -> dict[str, Any]:  # the run loop's own state, saved beside the simulator's
+        return {"history": history, "status": status, "run_seconds": run_wall,
+                "compile_seconds": (compile_earlier + CompileCounter.snapshot()[0]
+                                    - compile_before)}
+
     try:
         while int(state.round) < rounds and status == "completed":
             stop = checkpoints.next_stop(int(state.round), rounds, eval_every)
@@ -259,7 +266,8 @@ def run_experiment(
                     block = step_rounds(block, ran / ran_wall if ran_wall > 0 else None)
                 compiled_before, _ = CompileCounter.snapshot()
                 start = time.perf_counter()
-                state = jax.block_until_ready(sim.run(state, block))
+                with interrupts.protected(forceable=True):  # Ctrl-C: after this block
+                    state = jax.block_until_ready(sim.run(state, block))
                 wall = time.perf_counter() - start - (CompileCounter.snapshot()[0]
                                                       - compiled_before)
                 run_wall += wall
@@ -277,11 +285,8 @@ def run_experiment(
                     status = "diverged"
             if checkpoints.due(done, rounds, evaluated, finished=status != "completed"):
                 with interrupts.protected():  # an interrupt waits for the save to be handed off
-                    checkpoints.save(done, state, {
-                        "history": history, "status": status, "run_seconds": run_wall,
-                        "compile_seconds": (compile_earlier + CompileCounter.snapshot()[0]
-                                            - compile_before),
-                    })
+                    checkpoints.save(done, state, host())
+                saved = done
             if evaluated and progress:
                 progress(history[-1], rounds, done / run_wall if run_wall > 0 else None)
             if status == "diverged":
@@ -292,9 +297,19 @@ def run_experiment(
                     file=sys.stderr,
                     flush=True,
                 )
-    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (fedbench.cli): a save under way completes
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (fedbench.cli): after the block under way,
+        done = int(state.round)  # a checkpoint of the round reached, so nothing is lost
+        if checkpoints.every != 0 and saved != done and status == "completed":
+            with interrupts.protected():
+                due = done % eval_every == 0 or done == rounds
+                if due and history[-1]["round"] != done:  # the resumed run skips no evaluation
+                    history.append(evaluate(state))
+                    tracker.log(history[-1], done)
+                    write_jsonl(out_dir / "metrics.jsonl", history)
+                checkpoints.save(done, state, host())
+            saved = done
         checkpoints.close()
-        raise
+        raise interrupts.Interrupted(done, saved if checkpoints.every != 0 else None) from None
     finally:
         if live is not None:
             live.close()

@@ -44,14 +44,20 @@ def test_an_interrupted_run_says_how_to_continue_and_that_command_continues(tmp_
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out, err
     (line,) = [l for l in err.splitlines() if l.startswith("fedbench: interrupted")]
-    command = line.split("To continue from its last checkpoint: ", 1)[1]
+    # "interrupted at round N; the same command resumes from round N": the block under way
+    # finished and a checkpoint of round N was written first, so no round is lost
+    stopped = int(line.split("interrupted at round ", 1)[1].split(";")[0])
+    assert f"the same command resumes from round {stopped}." in line, line
+    command = line.split("To continue: ", 1)[1]
     args = shlex.split(command)
     assert args[0] == "fedbench" and f"hydra.run.dir={run_dir}" in args
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["round"] == stopped - stopped % 2  # every evaluation up to the stop
     if sig != signal.SIGINT:
         return
     done = subprocess.run([sys.executable, "-m", "fedbench", *args[1:]], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "resuming from round" in done.stdout
+    assert f"resuming from round {stopped} " in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"]["round"] == 120
