@@ -142,3 +142,14 @@ def test_partial_participation_and_unknown_settings_are_refused():
         with pytest.raises(ConfigError) as error:
             build_simulator({**base, "privacy": {**privacy, key: value}})
         assert error.value.key == f"privacy.{key}"
+
+
+def test_a_refused_algorithm_is_told_which_mechanism_refuses_it():
+    from fedbench.algorithm import build_algorithm
+    from fedbench.errors import ConfigError
+    from fedbench.privacy.dp_ftrl import MECHANISM
+
+    with pytest.raises(ConfigError) as err:
+        MECHANISM.check_algorithm(build_algorithm({"name": "scaffold"}, 4))
+    assert err.value.key == "algorithm.name" and "privacy=dp_ftrl" in str(err.value)
+    assert "privacy=dp_client" not in str(err.value)

@@ -58,7 +58,7 @@ class FullParticipationDP(Mechanism):
 
     @classmethod
     def check_algorithm(cls, algorithm) -> None:
-        check_client_dp(algorithm)  # releases nothing but its clipped delta
+        check_client_dp(algorithm, "dp_full")  # releases nothing but its clipped delta
 
     def bind(self, algorithm, settings, stragglers):
         self.check_algorithm(algorithm)

@@ -235,8 +235,10 @@ def server_step(server_lr: float) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
-def check_client_dp(algorithm: Algorithm) -> None:
-    """Every message a client sends must be privatised under ``privacy=dp_client``.
+def check_client_dp(algorithm: Algorithm, mechanism: str = "dp_client") -> None:
+    """Every message a client sends must be privatised under a client-level mechanism that
+    clips each update (``privacy=dp_client``; ``mechanism``: the one asking, named in the
+    refusal).
 
     Raises:
       ConfigError: naming ``algorithm.name`` and why the combination is refused.
@@ -248,14 +250,14 @@ def check_client_dp(algorithm: Algorithm) -> None:
         raise ConfigError(
             "algorithm.name", algorithm.name,
             f"an algorithm that aggregates with the example-weighted mean or declares how it "
-            f"aggregates under a mechanism (dp_aggregate) with privacy=dp_client ("
+            f"aggregates under a mechanism (dp_aggregate) with privacy={mechanism} ("
             f"{algorithm.name} has its own aggregate, which the mechanism's noisy mean would "
             f"replace)",
         )
     if algorithm.dp_client is not None or algorithm.releases != ("delta",):
         raise ConfigError(
             "algorithm.name", algorithm.name,
-            f"an algorithm whose clients release only their model delta with privacy=dp_client "
+            f"an algorithm whose clients release only their model delta with privacy={mechanism} "
             f"({algorithm.name} releases {', '.join(algorithm.releases)}: "
             f"{algorithm.dp_client or 'not covered by the accounted mechanism'})",
         )

@@ -133,7 +133,7 @@ class DPFTRL(Mechanism):
 
     @classmethod
     def check_algorithm(cls, algorithm) -> None:
-        check_client_dp(algorithm)
+        check_client_dp(algorithm, "dp_ftrl")
 
     def bind(self, algorithm, settings, stragglers) -> DPFTRL:
         self.check_algorithm(algorithm)
