@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedbench.errors import ConfigError
+from fedbench.partition.stats import heterogeneity_stats  # noqa: F401  (public here)
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural", "prevalence", "rotated",
               "label_swap")  # the last two: iid, then client groups (groups.py)
@@ -376,29 +377,3 @@ def _checked(name: str, parts: Sequence[np.ndarray], num_clients: int,
                         or len(np.unique(joined)) != len(joined)):
         raise ValueError(f"partition {name} returned an index twice or outside [0, {n})")
     return parts
-
-
-def heterogeneity_stats(
-    client_labels: list[np.ndarray], num_classes: int
-) -> dict[str, Any]:
-    """Client sizes, label histograms and the mean total-variation distance to the global mix.
-
-    ``tv_i = 0.5 * sum_k |p_ik - p_k|`` where ``p_i`` is client ``i``'s label distribution and
-    ``p`` the distribution of all examples pooled; 0 when a client's mix equals the global one, and
-    close to 1 when a client holds only classes that are rare overall.
-    """
-    hist = np.stack([np.bincount(y, minlength=num_classes) for y in client_labels])
-    sizes = hist.sum(axis=1)
-    global_p = hist.sum(axis=0) / max(1, hist.sum())
-    client_p = hist / np.maximum(sizes, 1)[:, None]
-    tv = 0.5 * np.abs(client_p - global_p).sum(axis=1)
-    return {
-        "client_sizes": sizes.tolist(),
-        "label_histograms": hist.tolist(),
-        "global_label_distribution": global_p.round(6).tolist(),
-        "total_variation": tv.round(6).tolist(),
-        "mean_total_variation": float(tv.mean()),
-        "size_min": int(sizes.min()),
-        "size_max": int(sizes.max()),
-        "size_mean": float(sizes.mean()),
-    }
