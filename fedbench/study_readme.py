@@ -54,7 +54,7 @@ class ReadmeError(ValueError):
 def render(text: str, values: Mapping[str, object]) -> str:
     """``text`` with every ``<!--val:name-->...<!--/val-->`` span's body replaced by
     ``values[name]`` (a value with a newline is written as a block: the markers on lines of
-    their own).
+    their own, a blank line between them and the value, so Markdown still sees a table).
 
     Raises:
       ReadmeError: a marked name missing from ``values``, or a value no marker uses.
@@ -69,8 +69,8 @@ def render(text: str, values: Mapping[str, object]) -> str:
             return match[0]
         used.add(name)
         body = str(values[name])
-        if "\n" in body:
-            body = "\n" + body.strip("\n") + "\n"
+        if "\n" in body:  # a block: blank lines around it, so a table stays a table
+            body = "\n\n" + body.strip("\n") + "\n\n"
         return f"<!--val:{name}-->{body}<!--/val-->"
 
     out = VALUE.sub(_one, text)
@@ -135,6 +135,13 @@ def fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    """``"0.757 ± 0.045"``: mean and sample sd (ddof 1; 0 for one value)."""
+    v = np.asarray(values, float)
+    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return f"{fmt(float(v.mean()), digits)} ± {fmt(sd, digits)}"
 
 
 def paired_t(a: Sequence[float], b: Sequence[float], level: float = 0.95

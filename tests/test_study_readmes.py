@@ -28,7 +28,7 @@ def test_render_replaces_inline_and_block_values():
     text = ("a <!--val:x-->1.0<!--/val--> b\n<!--val:table-->\n| old |\n<!--/val-->\nend "
             "<!--val:x-->2<!--/val-->\n")
     out = render(text, {"x": "3.5", "table": "| a |\n|---|\n| 1 |"})
-    assert out == ("a <!--val:x-->3.5<!--/val--> b\n<!--val:table-->\n| a |\n|---|\n| 1 |\n"
+    assert out == ("a <!--val:x-->3.5<!--/val--> b\n<!--val:table-->\n\n| a |\n|---|\n| 1 |\n\n"
                    "<!--/val-->\nend <!--val:x-->3.5<!--/val-->\n")
     assert render(out, {"x": "3.5", "table": "| a |\n|---|\n| 1 |"}) == out  # a fixed point
 
