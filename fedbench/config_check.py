@@ -88,12 +88,16 @@ def _check_settings(cfg: DictConfig) -> None:
     its first job's config (each sweep at its first value); the other jobs are checked as they
     start. A config that only Hydra's running app can resolve is left to the run's own check."""
     from fedbench.checked import check_config
+    from fedbench.distributed import initialize
 
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
         resolved = OmegaConf.to_container(plain, resolve=True)
     except Exception:  # noqa: BLE001 - e.g. ${hydra:...} interpolations: the run checks them
         return
+    # Several processes: joined before the check counts devices (``devices=all`` means every
+    # process's), since jax.distributed.initialize must precede any use of JAX's backend.
+    initialize(resolved)
     check_config(resolved)
 
 
@@ -295,11 +299,17 @@ def _check_value_override(o, cfg: DictConfig, choices: dict[str, Any], conf_dir:
     else:
         new_values = [o.value()]
     for value in new_values:
+        if isinstance(value, str) and value in WORDS.get(key, ()):
+            continue
         expected = _type_problem(default, value)
         if expected is not None:
             shown = "" if isinstance(default, (list, dict)) else (
                 f" ({key} is {OmegaConf.to_yaml({'v': default})[3:].strip()} by default)")
             raise ConfigError(key, value, expected + shown)
+
+
+#: Words a key takes besides values of its default's type (``devices=all`` beside integers).
+WORDS: dict[str, tuple[str, ...]] = {"devices": ("all",)}
 
 
 def _type_problem(default: Any, value: Any) -> str | None:

@@ -10,12 +10,15 @@ process's devices hold one contiguous block of the cohort); the server state and
 replicated, and XLA turns the cohort sums into cross-host reductions, as on one host
 (:mod:`fedbench.local`). Only process 0 writes results (:func:`fedbench.atomic.write_with`).
 
-Status: the plan (:func:`cohort_blocks`) and the mesh are tested on one host with forced CPU
-devices (``tests/test_devices.py``); no run on several hosts has been made.
+Status: two processes on one machine, joined over gloo (CPU collectives), run the sharded
+cohort and reproduce the single-process run (``tests/test_distributed.py``); the plan
+(:func:`cohort_blocks`) and the mesh are also tested with forced CPU devices
+(``tests/test_devices.py``). No run on several GPU hosts has been made.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +44,10 @@ def initialize(cfg: Mapping[str, Any]) -> bool:
     import jax
 
     if not jax.distributed.is_initialized():
+        if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+            # Processes on CPUs reduce across each other through gloo (XLA:CPU's default has
+            # no cross-process collectives); GPU and TPU devices are unaffected.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         args = {"coordinator_address": group.get("coordinator"),
                 "num_processes": group.get("processes"), "process_id": group.get("process_id")}
         jax.distributed.initialize(**{k: v for k, v in args.items() if v is not None})
