@@ -4,7 +4,8 @@
 #   dominant: one 900-example hospital on hospital DSL and 7 sites of 100 on rural 4G.
 # Same schedule (FedAvg, 2NN, 50 rounds, all 8 sites every round), the regulator's epsilon 8
 # (client-level), a 24 h limit and a 0.05 accuracy loss the sites accept.
-# Writes results/suitability/<name>/suitability.{md,html,json,png}; about 8 min on 2 CPU cores.
+# Writes results/suitability/<name>/suitability.{md,html,json,png}, then re-renders
+# results/suitability/README.md (experiments/collect_suitability.py); about 8 min on 2 CPU cores.
 # `fedbench-suitability` is `python -m fedbench.suitability`.
 set -euo pipefail
 OUT=${OUT:-results/suitability}
@@ -21,3 +22,6 @@ $SUIT --out $OUT/dominant "${COMMON[@]}" partition=prevalence \
 
 # the run directories' checkpoints are not needed for the reports (metrics.jsonl, summary.json)
 find $OUT -name checkpoints -type d -prune -exec rm -rf {} +
+
+# the README's tables and numbers, from the two suitability.json (and dp/summary.json)
+python experiments/collect_suitability.py --out $OUT
