@@ -64,6 +64,10 @@ def check_study(runs: Iterable[Path], allow_dirty: bool = False) -> dict[str, An
       ``{"commit", "runs", "exploration", "problems"}`` for the study's ``PROVENANCE.json``;
       ``exploration`` is true (and ``problems`` lists why) only under ``allow_dirty``.
 
+    The index ``summary.json`` of a job that ran replicas (``seeds=N``, in-program sweeps;
+    it has ``replicas``) is not a run: the replicas' own summaries are. Since it records
+    provenance too it is checked when it does.
+
     Raises:
       ProvenanceError: a run without recorded provenance, from outside a git checkout, with
         uncommitted changes to ``fedbench/`` or ``conf/``, or runs from different commits;
@@ -73,8 +77,12 @@ def check_study(runs: Iterable[Path], allow_dirty: bool = False) -> dict[str, An
     for run in runs:
         path = Path(run)
         path = path / "summary.json" if path.is_dir() else path
+        summary = json.loads(path.read_text())
+        if "replicas" in summary and "provenance" not in summary:
+            continue  # a seeds=N / sweep job's index (before it recorded provenance): its
+            # replicas' own summaries, in its subfolders, are the runs checked
         count += 1
-        recorded = json.loads(path.read_text()).get("provenance")
+        recorded = summary.get("provenance")
         if not recorded:
             problems.append(f"{path}: no provenance recorded (run before fedbench recorded it)")
         elif recorded.get("commit") is None:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbench.errors import ConfigError
+from fedbench.provenance import source
 from fedbench.results import CompileCounter, write_json, write_jsonl
 
 from fedbench.sweep_config import (  # noqa: F401  (the replicas' configs: public here too)
@@ -238,6 +239,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
         "statuses": statuses,
         "config": dict(cfg),
         "timing": timing,
+        "provenance": source(),  # as every replica's own summary (fedbench/provenance.py)
     }
     write_json(out_dir / "summary.json", overall)
     if progress:

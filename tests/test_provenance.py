@@ -83,3 +83,18 @@ def test_a_study_is_refused_unless_every_run_comes_from_one_clean_commit(tmp_pat
         assert written["exploration"] is True
     with pytest.raises(ProvenanceError, match="no summary.json"):
         check_study([])
+
+
+def test_a_replica_jobs_index_is_not_a_run_but_its_replicas_are(tmp_path):
+    """``seeds=N`` writes an index summary.json (``replicas``) beside the replicas' own; before
+    the index recorded provenance, collecting such a study failed on it."""
+    clean = {"commit": "a" * 40, "modified": [], "version": "0.1.0"}
+    index = tmp_path / "job" / "summary.json"
+    index.parent.mkdir()
+    index.write_text(json.dumps({"replicas": ["seed=0", "seed=1"], "status": "completed"}))
+    replicas = [_run(tmp_path / "job", f"seed={i}", clean) for i in range(2)]
+    assert check_study([index, *replicas])["runs"] == 2
+    dirty = {**clean, "modified": ["conf/config.yaml"]}
+    index.write_text(json.dumps({"replicas": ["seed=0", "seed=1"], "provenance": dirty}))
+    with pytest.raises(ProvenanceError, match="uncommitted changes to conf/config.yaml"):
+        check_study([index, *replicas])  # an index that records provenance is checked too
