@@ -25,10 +25,12 @@
 #
 # then `python experiments/collect_compression.py` writes results/compression/ (CSV and PNG).
 #
-# Runtime, measured on a 2-core CPU shared with other work (load 4-6), about 15 s of each being
-# compilation: dense 48 s; top-k 10% about 150 s with or without EF (the top-k selection over
-# 156,800 entries per client is the slow part); every other configuration 64-81 s. About 15 min
-# for all 11, run one after another (in parallel they would only compete for the two cores).
+# Runtime: about 15 min for all 11, run one after another on a 2-core CPU shared with other work
+# (in parallel they would only compete for the two cores); 27-138 s per configuration in the
+# rerun of 2026-12-07, varying with the load. Each configuration's time is the "== name: N s"
+# line printed below: keep the output (`experiments/compression.sh 2>&1 | tee compression.log`)
+# and pass it to `collect_compression.py --log compression.log`, which writes the times into
+# results/compression/run_times.csv (the README's run-time table is rendered from it).
 #
 # Usage: experiments/compression.sh [NAME ...]   (no names: all 11; names as in the list above)
 set -euo pipefail
