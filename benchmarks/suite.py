@@ -25,7 +25,10 @@ simulator), ``compile s`` (the first ``sim.run(state, 0)``: the whole program, n
 untimed block, then timed blocks; ``rounds/s`` = rounds / median block time; ``updates/s`` =
 clients per round x rounds/s; ``examples/s`` = training examples the cohorts' clients hold x
 epochs x rounds/s (the work the algorithm asks for: padding and masked steps not counted);
-``GFLOP/s`` = examples/s x 3 x the model's forward FLOPs per example (XLA's cost analysis of a
+``first block s``: the parent's clock from starting the workload's process to the end of the
+first (untimed) block of rounds, i.e. interpreter start, imports, setup, compilation and one
+block: what a user waits for before a run shows progress; ``process s``: to the process's exit,
+every block included. ``GFLOP/s`` = examples/s x 3 x the model's forward FLOPs per example (XLA's cost analysis of a
 one-example forward pass; backward ~ 2x forward), beside the machine's float32 matmul peak
 measured by this script (2048^2 x 2048^2, jitted, best of 5); ``peak GiB``: the process's
 maximum resident set. With ``--torch`` (the ``bench`` extra) each workload also runs through
@@ -129,8 +132,9 @@ def build(name: str, spec: dict, axis: str):
     return sim, float(spec["examples"])
 
 
-def measure(name: str, spec: dict, axis: str) -> dict:
-    """One workload in this process (``--one``)."""
+def measure(name: str, spec: dict, axis: str, started: float | None = None) -> dict:
+    """One workload in this process (``--one``); ``started``: the parent's ``time.time()``
+    just before it started this process (for ``first_block_s``)."""
     import jax
 
     t = time.perf_counter()
@@ -145,6 +149,8 @@ def measure(name: str, spec: dict, axis: str) -> dict:
     state = jax.block_until_ready(sim.run(state, 0))
     row["compile_s"] = time.perf_counter() - t
     state = jax.block_until_ready(sim.run(state, spec["rounds"]))  # warm-up block
+    if started is not None:  # what a user waits for: process start to a first block of rounds
+        row["first_block_s"] = time.time() - started
     times = []
     for _ in range(spec["blocks"]):
         t = time.perf_counter()
@@ -162,8 +168,9 @@ def measure(name: str, spec: dict, axis: str) -> dict:
 
 
 def table(rows: list[dict], peak: float) -> str:
-    head = ("| workload | axis | setup s | compile s | rounds/s | updates/s | examples/s | "
-            "GFLOP/s | % of matmul peak | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| workload | axis | setup s | compile s | first block s | process s | rounds/s | "
+            "updates/s | examples/s | GFLOP/s | % of matmul peak | peak GiB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     torch_cols = any("torch_rounds_per_s" in r for r in rows)
     if torch_cols:
         head = head.replace(" peak GiB |\n", " peak GiB | PyTorch rounds/s | vs PyTorch |\n")
@@ -175,11 +182,15 @@ def table(rows: list[dict], peak: float) -> str:
             continue
         lines.append(
             f"| {r['workload']} | {r['axis']} | {r['setup_s']:.1f} | {r['compile_s']:.1f} | "
-            f"{r['rounds_per_s']:.2f} | {r['updates_per_s']:,.0f} | {r['examples_per_s']:,.0f} | "
+            f"{_secs(r, 'first_block_s')} | {_secs(r, 'process_s')} | {r['rounds_per_s']:.2f} | {r['updates_per_s']:,.0f} | {r['examples_per_s']:,.0f} | "
             f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | {r['peak_gib']:.2f} |"
             + (f" {r['torch_rounds_per_s']:.3f} | {r['rounds_per_s'] / r['torch_rounds_per_s']:.2f}x |"
                if "torch_rounds_per_s" in r else " - | - |" if torch_cols else ""))
     return "\n".join(lines)
+
+
+def _secs(row: dict, key: str) -> str:
+    return f"{row[key]:.1f}" if key in row else "-"
 
 
 def torch_row(name: str, quick: bool) -> dict:
@@ -208,6 +219,7 @@ def main(argv=None) -> None:
     p.add_argument("--torch", action="store_true",
                    help="also each workload through torch_loop.py (the bench extra)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one workload, JSON on stdout
+    p.add_argument("--started", type=float, help=argparse.SUPPRESS)  # internal: parent's clock
     args = p.parse_args(argv)
     specs = {k: {**v, **(QUICK[k] if args.quick else {})} for k, v in WORKLOADS.items()}
     specs["W5"]["storage"] = args.storage
@@ -217,7 +229,8 @@ def main(argv=None) -> None:
         if value is not None:
             specs["W5"][key] = value
     if args.one:
-        print("ROW " + json.dumps(measure(args.one, specs[args.one], args.axis)), flush=True)
+        print("ROW " + json.dumps(measure(args.one, specs[args.one], args.axis, args.started)),
+              flush=True)
         return
     import jax
 
@@ -229,9 +242,13 @@ def main(argv=None) -> None:
         cmd += [f"--clients={args.clients}"] if args.clients else []
         cmd += [f"--per-round={args.per_round}"] if args.per_round else []
         cmd += [f"--storage={args.storage}", f"--cpu-fusions={args.cpu_fusions}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        started = time.time()
+        done = subprocess.run(cmd + [f"--started={started!r}"], capture_output=True, text=True,
+                              env=dict(os.environ))
+        process_s = time.time() - started  # process start to its row written, every block
         found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-        rows.append(json.loads(found[0]) if found and done.returncode == 0 else
+        rows.append({**json.loads(found[0]), "process_s": process_s}
+                    if found and done.returncode == 0 else
                     {"workload": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})
         if args.torch and "error" not in rows[-1]:
             rows[-1].update(torch_row(name, args.quick))
