@@ -96,14 +96,15 @@ class RoundPieces:
         sent, transform_state, out = self.transform.update(shared, transform_state, info)
         return delta, sent, stats, transform_state, out
 
-    def sample_cohort(self, key: jax.Array, members: jax.Array | None = None
-                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def sample_cohort(self, key: jax.Array, members: jax.Array | None = None,
+                      round: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(ids, valid, overflow)``: ``clients_per_round`` distinct clients, or under
-        client-level DP with Poisson sampling each client with probability ``q`` in a buffer.
-        ``members``: a sub-federation's ``[num_clients]`` 0/1 mask (the run's
+        client-level DP with Poisson sampling each client with probability ``q`` in a buffer,
+        or the privacy mechanism's scheduled cohort of round ``round`` (DP-FTRL's cyclic
+        groups). ``members``: a sub-federation's ``[num_clients]`` 0/1 mask (the run's
         ``hparams["members"]``): only these sites are sampled."""
         own = None if self.privacy is None else self.privacy.sample_cohort(
-            key, self.num_clients)  # e.g. a Poisson cohort
+            key, self.num_clients, round)  # e.g. a Poisson cohort
         if own is not None:
             return own
         if members is not None:  # uniform among members (Gumbel top-k); fewer: the rest invalid

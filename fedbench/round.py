@@ -34,7 +34,7 @@ def federated_round(sim, state, data):
     alg = sim.algorithm
     sample_key, clients_key = sim.round_keys(state)
     members = hparams.get(state.hparams, "members", None)  # a sub-federation's 0/1 mask
-    ids, valid, overflow = sim.sample_cohort(sample_key, members)
+    ids, valid, overflow = sim.sample_cohort(sample_key, members, state.round)
     counts = data.train_counts[ids]
     # The run's hyper-parameters, passed explicitly to every piece: its own (a sweep
     # replica's) values where the state carries them, else the settings' constants.

@@ -131,7 +131,7 @@ class ClientDP(Mechanism):
     def transforms(self) -> tuple:
         return (clip_by_norm(),)  # first: what any later transform (a compressor) sees is clipped
 
-    def sample_cohort(self, key, num_clients: int):
+    def sample_cohort(self, key, num_clients: int, round=None):
         if self.sampling != "poisson":
             return None  # fixed-size: the simulator's uniform cohort
         ids, valid, count = poisson_cohort(key, num_clients, self.rate, self.buffer)

@@ -16,7 +16,8 @@ Flower's DP strategy wrappers):
                      aggregates under a mechanism (``Algorithm.dp_aggregate``)
 ``bind``             fix what depends on the run (the expected share of reports under dropped
                      stragglers)
-``sample_cohort``    its own cohort sampling (Poisson), or None for the simulator's
+``sample_cohort``    its own cohort (Poisson sampling, or a schedule of the round index: DP-FTRL's
+                     cyclic groups), or None for the simulator's
 ``transforms``       what every client applies to its update before it leaves (the clip)
 ``estimator``        a client's private gradient (DP-SGD), or None
 ``round_info``       what the clients' transforms see this round (the clip bound)
@@ -114,7 +115,9 @@ class Mechanism:
     def estimator(self, apply_fn, batch_size: int, loss_fn, noise_salt):
         return None
 
-    def sample_cohort(self, key, num_clients: int):
+    def sample_cohort(self, key, num_clients: int, round=None):
+        """``(ids, valid, overflow)`` of its own cohort, or None for the simulator's;
+        ``round``: the round's index (traced), for cohorts fixed in advance."""
         return None
 
     def init_state(self, state, num_clients: int):
