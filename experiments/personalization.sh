@@ -24,9 +24,9 @@
 #     hydra.run.dir=multirun/personalization/synthetic/pfedme
 #
 # then `python experiments/collect_personalization.py` writes results/personalization/.
-# Runs one after another. Measured on 2 CPU cores shared with other jobs (load 6-8): 21 min in
-# all, 7.4 of them synthetic/local (it trains all 100 devices every round); times per run in
-# results/personalization/README.md.
+# Runs one after another. Measured on 2 CPU cores shared with other jobs (load 4-9), the rerun of
+# 2026-12-07 from commit 9e72953: 23 min in all, 8.7 of them synthetic/local (it trains all 100
+# devices every round); compile + run seconds per run in results/personalization/README.md.
 #
 # Usage: experiments/personalization.sh [rotated|synthetic ...]   (no argument: both)
 set -euo pipefail
