@@ -11,14 +11,15 @@
 # runs with uncommitted changes to fedbench/ or conf/), then
 #   python experiments/collect_ifca_rotated.py --runs multirun/ifca_rotated --log ifca_rotated.log
 # A row whose summary.json says completed is skipped, so the script can be run again after an
-# interruption. Run time on an idle 2-core VM: about 20 min in all.
+# interruption. Run time on a 2-core VM: see results/ifca_rotated/README.md.
 set -euo pipefail
 set -f  # no globbing of the [200] in the overrides
 OUT=${OUT:-multirun/ifca_rotated}
 # mnist5k: 5,000 images split IID over m clients, 20% of each client held out as its test split,
-# so m = 80 / 40 / 20 gives n = 50 / 100 / 200 training images per client (disjoint images; the
-# four groups of m/4 clients are rotated). batch_size 256 >= n: one full batch per local step.
-COMMON="dataset=mnist5k partition=rotated model=mlp model.hidden=[200] local_steps=10 batch_size=256 lr=0.1 rounds=300 eval_every=10 seeds=3 checkpoint_every=0"
+# so m = 80 / 40 / 20 gives n = 50-51 / 100 / 200 training images per client (disjoint images;
+# the four groups of m/4 clients are rotated). batch_size = the largest client's n: one full
+# batch per local step (a larger batch would be right too, but pads every step's product).
+COMMON="dataset=mnist5k partition=rotated model=mlp model.hidden=[200] local_steps=10 lr=0.1 rounds=300 eval_every=10 seeds=3 checkpoint_every=0"
 
 run() {  # run NAME OVERRIDES...
   local name=$1; shift
@@ -29,9 +30,9 @@ run() {  # run NAME OVERRIDES...
   /usr/bin/time -f "$name wall %e s" fedbench $COMMON "$@" hydra.run.dir="$OUT/$name" > /dev/null
 }
 
-for mn in 80:50 40:100 20:200; do
-  m=${mn%:*} n=${mn#*:}
-  M="dataset.num_clients=$m num_clients=$m clients_per_round=$m"
+for row in 80:50:51 40:100:100 20:200:200; do  # m : n (its name) : the largest client's n
+  IFS=: read -r m n largest <<< "$row"
+  M="dataset.num_clients=$m num_clients=$m clients_per_round=$m batch_size=$largest"
   run "n${n}_ifca"   $M algorithm=ifca algorithm.clusters=4
   run "n${n}_global" $M algorithm=fedavg
   run "n${n}_local"  $M algorithm=local
