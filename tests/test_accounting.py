@@ -227,3 +227,33 @@ def test_bad_input_raises_config_error_naming_the_key(call, key):
     with pytest.raises(ConfigError) as err:
         call()
     assert err.value.key == key
+
+
+def test_repeated_questions_are_answered_from_the_memo_and_equal_a_fresh_accountant():
+    """A sweep's replicas that share an event are accounted once (fedbench/privacy/events.py):
+    the memo's answer equals dp-accounting's own for the same event, a nearby but different
+    event is not served the stale answer, and a composed event (unhashable) is keyed too."""
+    from fedbench.privacy import events
+
+    def event(z):
+        return dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(z)), 50)
+
+    orders = np.asarray(acc.DEFAULT_RDP_ORDERS, float)
+    events._EPSILON_MEMO.clear()
+    first = events._epsilon_and_order(event(1.3), 1e-5, "pld", orders, 1e-4)
+    assert len(events._EPSILON_MEMO) == 1
+    again = events._epsilon_and_order(event(1.3), 1e-5, "pld", orders, 1e-4)
+    assert again == first and len(events._EPSILON_MEMO) == 1
+    pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    pld.compose(event(1.3))
+    assert first[0] == pld.get_epsilon(1e-5)
+    nearby = events._epsilon_and_order(event(1.3 + 1e-9), 1e-5, "pld", orders, 1e-4)
+    assert len(events._EPSILON_MEMO) == 2 and nearby[0] <= first[0]
+    other_delta = events._epsilon_and_order(event(1.3), 1e-6, "pld", orders, 1e-4)
+    assert other_delta[0] > first[0]
+    composed = dp_accounting.ComposedDpEvent([event(1.3), event(2.0)])
+    rdp = dp_accounting.rdp.RdpAccountant(list(orders))
+    rdp.compose(composed)
+    assert events._epsilon_and_order(composed, 1e-5, "rdp", orders, 1e-4) == \
+        pytest.approx(rdp.get_epsilon_and_optimal_order(1e-5))

@@ -349,6 +349,14 @@ def _accountant_for(
 # Epsilon
 
 
+#: Answers of :func:`_epsilon_and_order` in this process, keyed by the event's ``repr`` (exact:
+#: dp-accounting's events are attrs classes whose repr spells every field, and a float's repr
+#: round-trips) and the accountant's settings. A sweep's replicas that share an event (seeds of
+#: one epsilon; the calibration's last probe and the run's own report) are accounted once.
+_EPSILON_MEMO: dict[tuple, tuple[float, float | None]] = {}
+_EPSILON_MEMO_SIZE = 4096
+
+
 def _epsilon_and_order(
     event: dp_accounting.DpEvent,
     delta: float,
@@ -357,7 +365,27 @@ def _epsilon_and_order(
     pld_discretization: float,
 ) -> tuple[float, float | None]:
     """``(epsilon, optimal RDP order or None)`` of ``event`` from a fresh dp-accounting
-    accountant (inputs already validated)."""
+    accountant (inputs already validated); a repeated question is answered from
+    :data:`_EPSILON_MEMO` (a pure function of its inputs)."""
+    orders_arr = np.asarray(orders, dtype=float)
+    key = (repr(event), float(delta), accountant, orders_arr.tobytes(), float(pld_discretization))
+    hit = _EPSILON_MEMO.get(key)
+    if hit is None:
+        hit = _fresh_epsilon_and_order(event, delta, accountant, orders_arr, pld_discretization)
+        if len(_EPSILON_MEMO) >= _EPSILON_MEMO_SIZE:
+            _EPSILON_MEMO.pop(next(iter(_EPSILON_MEMO)))  # the oldest entry
+        _EPSILON_MEMO[key] = hit
+    return hit
+
+
+def _fresh_epsilon_and_order(
+    event: dp_accounting.DpEvent,
+    delta: float,
+    accountant: str,
+    orders: np.ndarray,
+    pld_discretization: float,
+) -> tuple[float, float | None]:
+    """:func:`_epsilon_and_order` computed by a fresh dp-accounting accountant."""
     acc = _accountant_for(event, accountant, orders, pld_discretization)
     if _is_non_private(event):
         return math.inf, None
