@@ -149,7 +149,7 @@ def test_partial_participation_and_unknown_settings_are_refused():
     with pytest.raises(ConfigError) as error:
         build_simulator({**base, "clients_per_round": 3, "privacy": privacy})
     assert error.value.key == "clients_per_round"
-    for key, value in (("matrix", "blt"), ("bands", 0), ("noise", "secure")):
+    for key, value in (("matrix", "toeplitz"), ("bands", 0), ("noise", "secure")):
         with pytest.raises(ConfigError) as error:
             build_simulator({**base, "privacy": {**privacy, key: value}})
         assert error.value.key == f"privacy.{key}"
@@ -253,12 +253,14 @@ def test_cyclic_correlated_noise_has_lower_prefix_error_than_independent(b):
     k = -(-T // b)
     independent = k * (T + 1) / 2  # C = I: sens sqrt(k), ||A||_F^2 = T (T + 1) / 2
     got = {m: _mse(dp_ftrl.strategy(m, T, b, b), dp_ftrl.schema_sensitivity(m, T, b, b))
-           for m in ("banded", "dense")}
-    assert got["banded"] < independent / 2 and got["dense"] < independent / 2, got
-    assert got["dense"] <= got["banded"] * 1.001, got  # dense: optimal for these patterns
+           for m in ("banded", "blt", "dense")}
+    assert all(got[m] < independent / 2 for m in got), got
+    # dense: optimal for these patterns
+    assert got["dense"] <= got["banded"] * 1.001 and got["dense"] <= got["blt"] * 1.001, got
     # The module's error and the numbers its docstring and docs/privacy.md record.
-    table = {4: (52.5, 21.0, 19.4), 5: (42.0, 15.4, 14.3)}[b]
-    np.testing.assert_allclose((independent, got["banded"], got["dense"]), table, atol=0.06)
+    table = {4: (52.5, 21.0, 24.1, 19.4), 5: (42.0, 15.4, 17.6, 14.3)}[b]
+    np.testing.assert_allclose((independent, got["banded"], got["blt"], got["dense"]), table,
+                               atol=0.06)
     assert dp_ftrl.prefix_error(np.eye(T), dp_ftrl.cyclic_sensitivity(np.eye(T), b)) == (
         pytest.approx(independent))
 
@@ -291,9 +293,10 @@ def test_cyclic_settings_are_refused_with_the_keys_named():
         assert error.value.key == key, (top, own, error.value)
 
 
-def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise():
+@pytest.mark.parametrize("matrix", ["banded", "blt"])
+def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise(matrix):
     z, clip, n, b, rounds = 0.7, 0.5, 4, 2, 4
-    _, _, built = _run("banded", z, clip, n, rounds, cycle=b)
+    _, _, built = _run(matrix, z, clip, n, rounds, cycle=b)
     sim = built.sim
     state = sim.init()
     start, moved = _flat(state.params), []
@@ -304,8 +307,13 @@ def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise()
         np.testing.assert_array_equal(took_part, (np.arange(n) % b == t % b).astype(int))
         moved.append(_flat(state.params) - start)
     np.testing.assert_array_equal(np.asarray(state.participation), rounds // b)
-    C = dp_ftrl.strategy("banded", rounds, 2, b)
-    sigma = z * clip * np.sqrt(rounds // b)  # banded, bands <= b: sqrt(k)
+    C = dp_ftrl.strategy(matrix, rounds, 2, b)
+    if matrix == "banded":
+        sigma = z * clip * np.sqrt(rounds // b)  # banded, bands <= b: sqrt(k)
+    else:  # C >= 0, so C^T C >= 0: the worst cyclic group's sum of its block (Eq. 5)
+        X = C.T @ C
+        sigma = z * clip * max(np.sqrt(X[np.ix_(P, P)].sum())
+                               for P in (range(g, rounds, b) for g in range(b)))
     assert built.privacy.mechanism.stddev == pytest.approx(sigma, rel=1e-5)
     B = np.tril(np.ones((rounds, rounds))) @ np.linalg.inv(C)
     Z = np.stack([_flat(jax.tree.map(lambda x, i=i: x[i], state.dp_noise))
@@ -313,3 +321,31 @@ def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise()
     np.testing.assert_allclose(np.stack(moved), sigma / (n // b) * (B @ Z), rtol=1e-4,
                                atol=1e-5)
     jax.clear_caches()
+
+
+def test_blt_is_the_buffered_toeplitz_closed_form_and_its_cyclic_sensitivity_the_worst_group():
+    """McMahan, Xu, Zhang et al. 2024: a BLT's C is lower-triangular Toeplitz with ones on the
+    diagonal and C_ij = sum_l w_l theta_l^(i - j - 1) below it, for the buffers' decays theta
+    and output scales w; with C >= 0 the cyclic sensitivity is the worst group's
+    sqrt(sum of its block of C^T C) (Choquette-Choo et al. 2023b, Eq. 5)."""
+    from jax_privacy.matrix_factorization import buffered_toeplitz
+
+    T, b = 12, 3
+    k = -(-T // b)
+    C = dp_ftrl.strategy("blt", T, 4, b)
+    blt = buffered_toeplitz.optimize(n=T, min_sep=b, max_participations=k, error="mean")
+    theta, w = np.asarray(blt.buf_decay), np.asarray(blt.output_scale)
+    assert len(theta) >= 1 and np.all((theta > 0) & (theta < 1)) and np.all(w > 0)
+    want = np.eye(T)
+    for i in range(T):
+        for j in range(i):
+            want[i, j] = np.sum(w * theta ** (i - j - 1))
+    np.testing.assert_allclose(C, want, rtol=1e-6, atol=1e-9)
+    X = C.T @ C
+    groups = [list(range(g, T, b)) for g in range(b)]
+    worst = max(np.sqrt(X[np.ix_(P, P)].sum()) for P in groups)
+    assert dp_ftrl.schema_sensitivity("blt", T, 4, b) == pytest.approx(worst, rel=1e-6)
+    assert worst > np.sqrt(k)  # correlated columns: above independent noise's sqrt(k)
+    assert dp_ftrl.min_sep_sensitivity(C, b) >= worst * (1 - 1e-6)
+    # Every site every round: the optimum the library finds is independent noise.
+    np.testing.assert_allclose(dp_ftrl.strategy("blt", 8, 4, 1), np.eye(8), atol=1e-6)
