@@ -157,6 +157,8 @@ def run_reference(
       example-weighted mean (``examples``); ``w <- w + eta_g Delta x``, ``c <- c + sum dc_i / N``;
     * FedNova (Wang et al. 2020, Eq. 6-7): ``w <- w + eta tau_eff sum_i p_i delta_i / tau_i``;
     * FedAvgM (Hsu et al. 2019): ``v <- beta v - Delta``, ``w <- w - eta v``;
+    * FedExP (Jhunjhunwala et al. 2023, Algorithm 1): ``w <- w + eta_g Delta`` with
+      ``eta_g = max(1, sum_i p_i ||delta_i||^2 / (2 (||Delta||^2 + epsilon)))``;
     * FedDyn (Acar et al. 2021, Algorithm 1): per-client ``g_k``, server ``h``, uniform mean of
       the participants' models;
     * stragglers (:func:`straggler_draw`): a dropped straggler's update never arrives.
@@ -282,6 +284,16 @@ def run_reference(
             delta = _combine(p, deltas, params)
             velocity = jax.tree.map(lambda v, d: beta * v - d, velocity, delta)
             w = jax.tree.map(lambda w, v: w - server_lr * v, w, velocity)
+        elif name == "fedexp":  # Jhunjhunwala et al. 2023, Algorithm 1, weights p_i
+            delta = _combine(p, deltas, params)
+
+            def sq(tree):
+                return sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(tree))
+
+            spread = sum(pi * sq(d) for pi, d in zip(p, deltas))
+            eta = max(1.0, spread / (2.0 * (sq(delta) + float(settings["epsilon"]))))
+            entry["eta_g"] = eta
+            w = jax.tree.map(lambda w, d: w + eta * d, w, delta)
         elif name in SGD_SERVERS:
             w = jax.tree.map(lambda w, d: w + server_lr * d, w, _combine(p, deltas, params))
         else:

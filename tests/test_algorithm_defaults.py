@@ -60,6 +60,9 @@ def test_building_from_the_name_gives_the_yaml_settings(path):
     if name == "feddyn":  # no server optimiser: w <- mean model - h / alpha (Acar et al. 2021)
         assert algorithm.settings["alpha"] == pytest.approx(settings["alpha"])
         return
+    if name == "fedexp":  # no server optimiser: w <- w + eta_g Delta (Jhunjhunwala et al. 2023)
+        assert algorithm.settings["epsilon"] == pytest.approx(settings["epsilon"])
+        return
     g = np.array([0.3, -2.0, 1e-4], np.float32)
     opt = algorithm.server_optimizer
     step, _ = opt.update(g, opt.init(np.zeros_like(g)), np.zeros_like(g))

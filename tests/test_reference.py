@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, make_uneven_data
 
 from fedbench.algorithm import build_algorithm
+from fedbench.dataset.federated import from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.model import MLP
 from reference import client_sgd, run_reference, straggler_draw
@@ -71,6 +72,8 @@ CASES = [
     ({"name": "scaffold", "server_lr": 0.5, "weighting": "examples"}, None),
     ({"name": "scaffold", "server_lr": 0.5}, Stragglers(0.4, "drop")),
     ({"name": "fedavgm", "server_lr": 0.5, "momentum": 0.5}, None),
+    ({"name": "fedexp", "epsilon": 0.001}, None),
+    ({"name": "fedexp", "epsilon": 0.001}, Stragglers(0.5, "drop")),
 ]
 
 
@@ -144,3 +147,27 @@ def test_scaffold_weighting_is_checked():
     with pytest.raises(ConfigError) as err:
         build_algorithm({"name": "scaffold", "weighting": "size"})
     assert err.value.key == "algorithm.weighting"
+
+
+def test_fedexp_extrapolates_where_the_clients_disagree_as_its_reference():
+    """FedExP's eta_g exceeds 1 only when the clients' deltas disagree (sum p_i ||d_i||^2 > 2
+    ||Delta||^2): clients that each hold one class pull the output layer apart, and the
+    simulator must equal the reference there, with eta_g > 1 in every round."""
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(12, 4)).astype(np.float32) for _ in range(3)]
+    ys = [np.full(12, c, np.int32) for c in range(3)]  # client c holds class c only
+    data = from_client_arrays(xs, ys, [x[:3] for x in xs], [y[:3] for y in ys], 3)
+    cfg = {"name": "fedexp", "epsilon": 0.001}
+    sim = sim_for(data, cfg)
+    state = sim.init()
+    expected, history = run_reference(
+        sim.apply_fn, bare(sim.algorithm), data, state.params, state.key, 3,
+        clients_per_round=3, lr=0.1, local_epochs=2, batch_size=4)
+    assert min(h["eta_g"] for h in history) > 1.2, [h["eta_g"] for h in history]
+    close(sim.run(state, 3).params, expected)
+    # eta_g = 1 (FedAvg) would land elsewhere: the check can fail.
+    fedavg, _ = run_reference(
+        sim.apply_fn, bare(build_algorithm({"name": "fedavg"})), data, state.params, state.key,
+        3, clients_per_round=3, lr=0.1, local_epochs=2, batch_size=4)
+    with pytest.raises(AssertionError):
+        close(expected, fedavg)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedbench.algorithm import (
-    apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fednova, fedopt,
+    apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fedexp, fednova, fedopt,
     personalised, pfedme, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
@@ -56,6 +56,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fedyogi": fedopt.fedyogi,
     "fedadagrad": fedopt.fedadagrad,
     "fedavgm": fedavgm.fedavgm,
+    "fedexp": fedexp.fedexp,
     "scaffold": scaffold.scaffold,
     "fednova": fednova.fednova,
     "feddyn": feddyn.feddyn,
