@@ -14,14 +14,15 @@ seeds with a min-max band, one panel per n), then re-renders README.md. Needs ma
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import statistics
 from pathlib import Path
 
 from fedbench.provenance import study_provenance
-from fedbench.study_readme import fmt, markdown_table, mean_sd, paired_t, render_file
+from fedbench.study_readme import (
+    fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times, write_rows,
+)
 
 ALGORITHMS = {"ifca": "IFCA (K = 4)", "global": "global model (FedAvg)", "local": "local models"}
 #: Ghosh et al. 2020, Table 1, rotated MNIST, test accuracy in % (mean ± sd over 5 runs) for
@@ -31,17 +32,6 @@ ALGORITHMS = {"ifca": "IFCA (K = 4)", "global": "global model (FedAvg)", "local"
 #: points over the global model".
 PUBLISHED = {50: (94.20, 86.74, 63.32), 100: (95.05, 88.65, 73.66), 200: (95.25, 89.73, 80.17)}
 PAPER_M = {50: 4800, 100: 2400, 200: 1200}
-
-
-def wall_times(logs: list[Path]) -> dict[str, float]:
-    """Each program's wall seconds (``/usr/bin/time``'s ``NAME wall S s`` lines)."""
-    out = {}
-    for log in logs:
-        for line in log.read_text().splitlines():
-            m = re.fullmatch(r"(\S+) wall ([0-9.]+) s", line.strip())
-            if m:
-                out[m[1]] = float(m[2])
-    return out
 
 
 def collect(runs: Path, walls: dict[str, float]) -> tuple[list[dict], list[dict]]:
@@ -79,18 +69,6 @@ def collect(runs: Path, walls: dict[str, float]) -> tuple[list[dict], list[dict]
                 "program_wall_seconds": walls.get(row.name, ""),
             })
     return metrics, final
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def plot(metrics: list[dict], path: Path) -> None:
@@ -135,7 +113,7 @@ def plot(metrics: list[dict], path: Path) -> None:
 
 def readme_values(folder: Path) -> dict[str, str]:
     """Every table and number results/ifca_rotated/README.md quotes (fedbench/study_readme.py)."""
-    final = _read(folder / "final.csv")
+    final = read_rows(folder / "final.csv")
     acc: dict[tuple[int, str], dict[int, float]] = {}
     for r in final:
         acc.setdefault((int(r["n"]), r["algorithm"]), {})[int(r["seed"])] = \
@@ -214,7 +192,7 @@ def readme_values(folder: Path) -> dict[str, str]:
         f"{sum(int(r['n']) == n and r['algorithm'] == 'ifca' for r in final)}" for n in ns)
     # Is each IFCA run's ARI the same at every evaluation after round 0 (metrics.csv)?
     series: dict[tuple, list[tuple[int, float]]] = {}
-    for r in _read(folder / "metrics.csv"):
+    for r in read_rows(folder / "metrics.csv"):
         if r["algorithm"] == "ifca" and int(r["round"]) > 0:
             series.setdefault((r["n"], r["seed"]), []).append((int(r["round"]),
                                                                float(r["cluster_ari"])))
@@ -244,8 +222,8 @@ def main() -> None:
     for r in final:  # every local step must be one full batch, as the authors' code
         if int(r["batch_size"]) < int(r["largest_client"]):
             raise SystemExit(f"{r['row']}: batch_size below the largest client")
-    write_csv(args.out / "metrics.csv", metrics)
-    write_csv(args.out / "final.csv", final)
+    write_rows(args.out / "metrics.csv", metrics)
+    write_rows(args.out / "final.csv", final)
     plot(metrics, args.out / "accuracy.png")
     render_file(args.out)
     for r in final:

@@ -15,15 +15,15 @@ Needs matplotlib (``pip install -e ".[analysis]"``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
 from fedbench.provenance import ProvenanceError, write_study_provenance
-from fedbench.study_readme import markdown_table, paired_t, render_file
+from fedbench.study_readme import (
+    markdown_table, paired_t, read_rows, render_file, wall_times, write_rows,
+)
 
 #: Target test accuracy per model, fixed before the study from a one-seed pilot (README).
 TARGET = {"mlp": 0.90, "cnn": 0.93}
@@ -63,18 +63,6 @@ def replica_summaries(runs: Path) -> list[Path]:
     for row in sorted(p for p in runs.iterdir() if (p / "summary.json").exists()):
         names = json.loads((row / "summary.json").read_text()).get("replicas")
         out += [row / n / "summary.json" for n in names] if names else [row / "summary.json"]
-    return out
-
-
-def wall_times(logs: list[Path]) -> dict[str, float]:
-    """Each row's wall seconds from the script's logs (``/usr/bin/time``'s ``NAME wall S s``
-    lines; the last one of a name wins)."""
-    out = {}
-    for log in logs:
-        for line in log.read_text().splitlines():
-            m = re.fullmatch(r"(\S+) wall ([0-9.]+) s", line.strip())
-            if m:
-                out[m[1]] = float(m[2])
     return out
 
 
@@ -120,18 +108,6 @@ def collect(runs: Path, walls: dict[str, float]
             "run_seconds": round(t["run_seconds"], 1),
             "wall_seconds": walls.get(row_dir.name, "")})
     return metrics, reached, rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def plot(metrics: list[dict], path: Path) -> None:
@@ -183,8 +159,8 @@ def plot(metrics: list[dict], path: Path) -> None:
 
 def readme_values(folder: Path) -> dict[str, str]:
     """Every table and number results/mcmahan_mnist/README.md quotes (fedbench/study_readme.py)."""
-    rounds = _read(folder / "rounds.csv")
-    rows = _read(folder / "rows.csv")
+    rounds = read_rows(folder / "rounds.csv")
+    rows = read_rows(folder / "rows.csv")
     per: dict[tuple, dict[int, float | None]] = {}
     cap: dict[tuple, int] = {}
     for r in rounds:
@@ -385,9 +361,9 @@ def main() -> None:
         if "B=inf" in r["method"] and int(r["batch_size"]) < int(r["largest_client"]):
             raise SystemExit(f"{r['row']}: batch_size below the largest client")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "metrics.csv", metrics)
-    write_csv(args.out / "rounds.csv", reached)
-    write_csv(args.out / "rows.csv", rows)
+    write_rows(args.out / "metrics.csv", metrics)
+    write_rows(args.out / "rounds.csv", reached)
+    write_rows(args.out / "rows.csv", rows)
     plot(metrics, args.out / "accuracy.png")
     render_file(args.out)  # the README's numbers from the files just written
     for r in reached:

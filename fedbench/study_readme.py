@@ -184,6 +184,36 @@ def compare(name_a: str, name_b: str, a: Sequence[float], b: Sequence[float], di
             f"(difference {fmt(mean, digits, True)}, {span}, {n})")
 
 
+def write_rows(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """``rows`` (dicts with the same keys, in order) as a CSV file with a header."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts of strings (what :func:`write_rows` wrote)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wall_times(logs: Sequence[Path]) -> dict[str, float]:
+    """Each program's wall seconds from a study script's logs: ``/usr/bin/time -f "NAME wall %e
+    s"`` lines (the last one of a name wins)."""
+    out = {}
+    for log in logs:
+        for line in Path(log).read_text().splitlines():
+            m = re.fullmatch(r"(\S+) wall ([0-9.]+) s", line.strip())
+            if m:
+                out[m[1]] = float(m[2])
+    return out
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
                    align: str | None = None) -> str:
     """A Markdown table; ``align`` one character per column (``l`` or ``r``, default: first
