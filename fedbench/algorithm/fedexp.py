@@ -30,19 +30,12 @@ import optax
 from fedbench.algorithm.base import Algorithm, positive, weighted_mean
 
 
-def _sum_squares(tree) -> jax.Array:
-    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
-
-
 def _aggregate(uploads, weights, stats, valid, num_clients):
     """The weighted mean delta and the weighted mean of the clients' squared delta norms."""
     del stats, valid, num_clients
     deltas = uploads["delta"]
-    total = jnp.sum(weights)
-    p = weights.astype(jnp.float32) / jnp.where(total > 0, total, 1)
-    per_client = sum(jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1)
-                     for d in jax.tree.leaves(deltas))  # [clients]
-    return {"delta": weighted_mean(deltas, weights), "sq_norm": jnp.sum(p * per_client)}
+    per_client = jax.vmap(lambda d: optax.tree_utils.tree_norm(d, squared=True))(deltas)
+    return {"delta": weighted_mean(deltas, weights), "sq_norm": weighted_mean(per_client, weights)}
 
 
 def fedexp(cfg: Mapping[str, Any]) -> Algorithm:
@@ -51,7 +44,8 @@ def fedexp(cfg: Mapping[str, Any]) -> Algorithm:
     def server_update(params, opt_state, server_state, aggregates, optimizer, hp=None):
         del optimizer, hp
         delta = aggregates["delta"]
-        eta = jnp.maximum(1.0, aggregates["sq_norm"] / (2.0 * (_sum_squares(delta) + epsilon)))
+        spread = optax.tree_utils.tree_norm(delta, squared=True)
+        eta = jnp.maximum(1.0, aggregates["sq_norm"] / (2.0 * (spread + epsilon)))
         return jax.tree.map(lambda w, d: w + eta * d, params, delta), opt_state, server_state
 
     return Algorithm(

@@ -166,16 +166,15 @@ def strategy(matrix: str, rounds: int, bands: int, cycle: int = 1) -> np.ndarray
         return tree_strategy(rounds)
     from jax_privacy.matrix_factorization import banded, buffered_toeplitz, dense
 
+    k = participations(rounds, cycle)
     with jax.ensure_compile_time_eval():  # concrete even when first asked inside a trace
         if matrix == "banded":
             C = banded.optimize(rounds, bands=min(bands, rounds)).materialize()
         elif matrix == "blt":
-            k = participations(rounds, cycle)
             blt = buffered_toeplitz.optimize(n=rounds, min_sep=cycle, max_participations=k,
                                              error="mean")
             C = blt.materialize(rounds)
         else:
-            k = participations(rounds, cycle)
             C = dense.optimize(k * cycle, epochs=k)[:rounds, :rounds]
         return np.asarray(C, np.float64)
 

@@ -367,25 +367,17 @@ def _epsilon_and_order(
     """``(epsilon, optimal RDP order or None)`` of ``event`` from a fresh dp-accounting
     accountant (inputs already validated); a repeated question is answered from
     :data:`_EPSILON_MEMO` (a pure function of its inputs)."""
-    orders_arr = np.asarray(orders, dtype=float)
-    key = (repr(event), float(delta), accountant, orders_arr.tobytes(), float(pld_discretization))
-    hit = _EPSILON_MEMO.get(key)
-    if hit is None:
-        hit = _fresh_epsilon_and_order(event, delta, accountant, orders_arr, pld_discretization)
+    orders = np.asarray(orders, dtype=float)
+    key = (repr(event), float(delta), accountant, orders.tobytes(), float(pld_discretization))
+    if key not in _EPSILON_MEMO:
         if len(_EPSILON_MEMO) >= _EPSILON_MEMO_SIZE:
             _EPSILON_MEMO.pop(next(iter(_EPSILON_MEMO)))  # the oldest entry
-        _EPSILON_MEMO[key] = hit
-    return hit
+        _EPSILON_MEMO[key] = _computed(event, delta, accountant, orders, pld_discretization)
+    return _EPSILON_MEMO[key]
 
 
-def _fresh_epsilon_and_order(
-    event: dp_accounting.DpEvent,
-    delta: float,
-    accountant: str,
-    orders: np.ndarray,
-    pld_discretization: float,
-) -> tuple[float, float | None]:
-    """:func:`_epsilon_and_order` computed by a fresh dp-accounting accountant."""
+def _computed(event, delta, accountant, orders, pld_discretization) -> tuple[float, float | None]:
+    """The answer of a fresh dp-accounting accountant."""
     acc = _accountant_for(event, accountant, orders, pld_discretization)
     if _is_non_private(event):
         return math.inf, None
