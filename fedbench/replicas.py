@@ -178,6 +178,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     for t, h in zip(trackers, histories):
         for row in h:
             t.log(row, row["round"])
+    stopped: dict[int, Any] = {}  # replica -> its state when it diverged (not across a resume)
     while done < rounds and "completed" in statuses:
         block = checkpoints.next_stop(done, rounds, eval_every) - done
         compiled_before, _ = CompileCounter.snapshot()
@@ -196,6 +197,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
             write_jsonl(dirs[i] / "metrics.jsonl", histories[i])
             if not (_finite(state) and _loss_finite(histories[i][-1])):
                 statuses[i] = "diverged"
+                stopped[i] = state  # where its separate job stops: its summary's state
                 print(f"fedbench: replica {names[i]} diverged by round {done}", file=sys.stderr,
                       flush=True)
         if checkpoints.due(done, rounds, evaluated, finished="completed" not in statuses):
@@ -226,7 +228,7 @@ def run_replicas(cfg, out_dir: Path, sim, replicas, plans, make_evaluate, partit
     if payload is not None:
         timing["replica_data_mb"] = payload_mb(payload)
     for i in range(count):
-        state = sim.replica(states, i)
+        state = stopped[i] if i in stopped else sim.replica(states, i)
         summary = _run_summary(statuses[i], histories[i][-1], configs[i], timing,
                                stats[i], views[i], state, plans[i])
         write_json(dirs[i] / "summary.json", summary)

@@ -13,6 +13,7 @@ import pytest
 from conftest import compose
 
 from fedbench.errors import ConfigError
+from fedbench.privacy.mechanism import mechanism_class, registry
 from fedbench.run import run_experiment
 
 SMALL = ["rounds=4", "eval_every=2", "clients_per_round=5", "checkpoint_every=0"]
@@ -79,8 +80,18 @@ def test_client_dp_noise_multipliers_equal_separate_jobs(tmp_path):
     assert eps[0] > eps[1]  # less noise, more epsilon spent
 
 
-def test_target_epsilons_are_calibrated_per_replica(tmp_path):
-    dp = ["privacy=dp_client", "privacy.clip=1.0"]
+#: what a mechanism needs beyond SMALL: DP-FTRL takes a fixed group of sites per round (20
+#: sites in 4 groups of 5); a smaller clip keeps its noise from diverging at epsilon 2
+MECHANISM_BASE = {"dp_ftrl": ["privacy.matrix=blt", "privacy.participation=cyclic",
+                              "privacy.cycle=4", "privacy.clip=0.1"]}
+
+
+@pytest.mark.parametrize("mechanism", [m for m in registry()
+                                       if "target_epsilon" in mechanism_class(m).hyperparameters])
+def test_target_epsilons_are_calibrated_per_replica(tmp_path, mechanism):
+    """Every registered mechanism that declares ``target_epsilon`` sweepable joins by
+    registering: each replica's calibration, noise and epsilon are its separate job's."""
+    dp = [f"privacy={mechanism}", "privacy.clip=1.0"] + MECHANISM_BASE.get(mechanism, [])
     check_against_separate_jobs(tmp_path, dp + ["sweep.target_epsilon=[2,20]"], {
         f"target_epsilon={e:g},seed=0": dp + [f"privacy.target_epsilon={e}", "partition.seed=0"]
         for e in (2, 20)
@@ -133,3 +144,17 @@ def test_every_replica_value_is_checked_not_only_the_first(tmp_path, overrides, 
     with pytest.raises(ConfigError) as err:
         run_experiment(compose(SMALL + overrides), tmp_path, progress=None)
     assert err.value.key == key
+
+
+def test_a_diverged_replica_reports_what_its_separate_job_spent(tmp_path):
+    """The job of a replica that diverges stops there: its summary's rounds, participation and
+    epsilon are those of that round, not of the round the other replicas reached."""
+    dp = ["privacy=dp_client", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.5",
+          "privacy.clip=1.0"]  # lr 1e9 overflows to a NaN delta, which clipping keeps NaN
+    summary = check_against_separate_jobs(tmp_path, dp + ["sweep.lr=[0.05,1e9]"], {
+        f"lr={lr:g},seed=0": dp + [f"lr={lr}", "partition.seed=0"] for lr in (0.05, 1e9)
+    })
+    diverged = json.loads((tmp_path / "job" / "lr=1e+09,seed=0" / "summary.json").read_text())
+    finished = json.loads((tmp_path / "job" / "lr=0.05,seed=0" / "summary.json").read_text())
+    assert diverged["status"] == "diverged" and finished["status"] == "completed"
+    assert diverged["privacy"]["steps"] < finished["privacy"]["steps"] == 4

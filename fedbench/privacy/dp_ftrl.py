@@ -270,6 +270,8 @@ class DPFTRL(Mechanism):
 
     name = "dp_ftrl"
     unit = "client"
+    hyperparameters = ("noise_multiplier", "clip", "target_epsilon")
+    alternatives = (("target_epsilon", "noise_multiplier"),)  # either one sets the noise
     bounds_messages = True
     identity = {"matrix": "tree", "clip": 1e6, "target_epsilon": None, "noise_multiplier": 0}
 
