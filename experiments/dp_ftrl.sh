@@ -42,18 +42,18 @@ run() {  # run NAME OVERRIDES...
 
 for fed in tcga digits cyclic; do
   case $fed in
-    tcga)   C="$TCGA clients_per_round=6";  SAMPLED="clients_per_round=3"; BANDS=4; FTRL="" ;;
-    digits) C="$DIGITS clients_per_round=20"; SAMPLED="clients_per_round=10"; BANDS=4; FTRL="" ;;
-    cyclic) C="$DIGITS clients_per_round=4"; SAMPLED=""; BANDS=5
+    tcga)   C=$TCGA;   ALL=clients_per_round=6;  SAMPLED=clients_per_round=3;  BANDS=4; FTRL="" ;;
+    digits) C=$DIGITS; ALL=clients_per_round=20; SAMPLED=clients_per_round=10; BANDS=4; FTRL="" ;;
+    cyclic) C=$DIGITS; ALL=clients_per_round=4;  SAMPLED=clients_per_round=4;  BANDS=5
             FTRL="privacy.participation=cyclic privacy.cycle=5" ;;
   esac
-  run "$fed/ftrl_blt"    $C privacy=dp_ftrl privacy.matrix=blt $FTRL "$EPS"
-  run "$fed/ftrl_banded" $C privacy=dp_ftrl privacy.matrix=banded privacy.bands=$BANDS $FTRL "$EPS"
-  run "$fed/ftrl_dense"  $C privacy=dp_ftrl privacy.matrix=dense $FTRL "$EPS"
+  run "$fed/ftrl_blt"    $C $ALL privacy=dp_ftrl privacy.matrix=blt $FTRL "$EPS"
+  run "$fed/ftrl_banded" $C $ALL privacy=dp_ftrl privacy.matrix=banded privacy.bands=$BANDS $FTRL "$EPS"
+  run "$fed/ftrl_dense"  $C $ALL privacy=dp_ftrl privacy.matrix=dense $FTRL "$EPS"
   if [ "$fed" != cyclic ]; then
-    run "$fed/fedavg_q1" $C privacy=dp_client 'sweep.target_epsilon=[1,2,4,8,inf]'
+    run "$fed/fedavg_q1" $C $ALL privacy=dp_client 'sweep.target_epsilon=[1,2,4,8,inf]'
   else  # independent noise, no sampling: the groups' cyclic DP-FedAvg (C = I, 1 band)
-    run "$fed/ftrl_independent" $C privacy=dp_ftrl privacy.matrix=banded privacy.bands=1 \
+    run "$fed/ftrl_independent" $C $ALL privacy=dp_ftrl privacy.matrix=banded privacy.bands=1 \
       $FTRL 'sweep.target_epsilon=[1,2,4,8,inf]'
   fi
   run "$fed/fedavg_sampled" $C $SAMPLED privacy=dp_client "$EPS"
