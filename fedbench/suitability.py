@@ -7,7 +7,7 @@ measure each of them, and says which way each points (:mod:`fedbench.suitability
 1. Data sensitivity: what an honest-but-curious server recovers without DP
    (:func:`fedbench.audit.run.run_audit`: gradient-inversion quality, label recovery,
    membership-inference AUC) and the accuracy cost of the epsilon the user names (a run with
-   ``privacy=dp_client privacy.target_epsilon=<epsilon>`` against the non-private run).
+   ``privacy=<mechanism> privacy.target_epsilon=<epsilon>`` against the non-private run).
 2. Dataset size asymmetry: the partition statistics (``summary.json``'s ``partition_stats``),
    the largest site's share and the sites' Shapley values
    (:func:`fedbench.contribution.contribution`; exact up to 10 sites, truncated Monte-Carlo
@@ -15,7 +15,11 @@ measure each of them, and says which way each points (:mod:`fedbench.suitability
 3. Communication infrastructure: seconds per round and hours to a target accuracy on the
    scenario's link profiles (``links=profiles``; ``metrics.jsonl``'s ``simulated_seconds``),
    dense and with a compressor (default: top-1% with error feedback), plus what-if profiles.
-4. Regulatory environment: the epsilon and delta the user names, and what they cost.
+4. Regulatory environment: the epsilon and delta the user names, and what they cost under the
+   client-level mechanism that fits the federation (``suitability.mechanism``, :func:`mechanism`):
+   DP-FTRL (``privacy=dp_ftrl``) when every site takes part in every round, so no sampling
+   amplifies privacy (Kairouz et al. 2021), DP-FedAvg (``privacy=dp_client``, Poisson cohorts)
+   when sites are sampled (McMahan et al. 2018).
 
 Plus the FL vs local vs pooled verdicts of :func:`fedbench.compare.compare`, whose federated
 run is also the dense non-private run of dimensions 1, 3 and 4.
@@ -44,6 +48,7 @@ class Settings:
 
     epsilon: float = 8.0
     delta: float | None = None
+    mechanism: str = "auto"
     target: float | None = None
     max_cost: float = 0.05
     max_hours: float = 24.0
@@ -85,6 +90,9 @@ def parse_settings(raw: Mapping[str, Any] | None, links_cfg: Mapping[str, Any] |
             raise ConfigError(f"suitability.{key}", raw[key], "a key of conf/suitability/"
                               "default.yaml: " + ", ".join(sorted(fields)))
     eps = _number(raw.get("epsilon", base.epsilon), "epsilon", 0.0)
+    mech = raw.get("mechanism", base.mechanism)
+    if mech not in MECHANISMS:
+        raise ConfigError("suitability.mechanism", mech, "one of: " + ", ".join(MECHANISMS))
     delta = _number(raw.get("delta"), "delta", 0.0, 1.0, allow_none=True)
     if delta is not None and delta >= 1:
         raise ConfigError("suitability.delta", delta, "a number in (0, 1) or null")
@@ -124,8 +132,35 @@ def parse_settings(raw: Mapping[str, Any] | None, links_cfg: Mapping[str, Any] |
     audit = raw.get("audit") or {}
     if not isinstance(audit, Mapping):
         raise ConfigError("suitability.audit", audit, "a mapping of conf/audit keys")
-    return Settings(eps, delta, target, max_cost, max_hours, dominance, tuple(profiles),
+    return Settings(eps, delta, mech, target, max_cost, max_hours, dominance, tuple(profiles),
                     compressor, dict(audit), contrib, comp, bool(raw.get("render", True)))
+
+
+#: ``suitability.mechanism``: ``auto`` picks by participation (:func:`mechanism`)
+MECHANISMS = ("auto", "dp_client", "dp_ftrl")
+
+
+def mechanism(setting: str, base: Mapping[str, Any]) -> str:
+    """The client-level mechanism of the regulatory run. ``auto``: ``dp_ftrl`` when every site
+    takes part in every round (``clients_per_round == num_clients``, no straggler dropped):
+    sampling amplifies nothing there, and DP-FTRL's correlated noise is never worse than
+    independent noise for the same epsilon (results/dp_ftrl); ``dp_client`` otherwise (Poisson
+    cohorts at rate ``clients_per_round / num_clients``). ``dp_ftrl`` for a sampled cohort is
+    refused (it has no sampling; ``privacy.participation=cyclic`` is for ``fedbench``).
+
+    Raises:
+      ConfigError: naming ``suitability.mechanism``.
+    """
+    every_round = (int(base["clients_per_round"]) == int(base["num_clients"])
+                   and not float((base.get("stragglers") or {}).get("fraction") or 0))
+    if setting == "auto":
+        return "dp_ftrl" if every_round else "dp_client"
+    if setting == "dp_ftrl" and not every_round:
+        raise ConfigError("suitability.mechanism", setting,
+                          f"dp_client or auto for clients_per_round={base['clients_per_round']} "
+                          f"of num_clients={base['num_clients']} (dp_ftrl takes every site in "
+                          "every round, without stragglers)")
+    return setting
 
 
 def _links_default() -> dict[str, Any]:
@@ -271,6 +306,7 @@ def suitability(cfg: Mapping[str, Any], out_dir: str | Path, progress: bool = Tr
     out = Path(out_dir)
     base = base_config(cfg)
     settings = parse_settings(cfg.get("suitability"), base["links"])
+    private_name = mechanism(settings.mechanism, base)  # refused before any work
     alg, seed = base["algorithm"]["name"], int(base["seed"])
     say("FL vs local vs pooled (fedbench-compare; its federated run is the dense baseline)")
     compare(base, out / "compare", None, [seed], n_boot=int(settings.compare["bootstrap"]),
@@ -297,14 +333,16 @@ def suitability(cfg: Mapping[str, Any], out_dir: str | Path, progress: bool = Tr
             out / f"profile={name}" / "compressed")
         links.append(link_row(f"all {name}, {comp_name}", out / f"profile={name}" / "compressed",
                               key, target))
-    say(f"regulatory: client-level DP at epsilon {settings.epsilon:g}")
-    dp_cfg = {**base, "privacy": {**_privacy_default(), "target_epsilon": settings.epsilon,
-                                  "delta": settings.delta}}
+    say(f"regulatory: client-level DP ({private_name}) at epsilon {settings.epsilon:g}")
+    dp_cfg = {**base, "privacy": {**_privacy_default(private_name),
+                                  "target_epsilon": settings.epsilon, "delta": settings.delta}}
     dp_summary = run(dp_cfg, out / "dp", allow=("completed", "diverged"))
     dp_rows = [r for r in read_metrics(out / "dp") if r.get(key) is not None]
     diverged = dp_summary["status"] == "diverged"
     private = dp_summary.get("privacy") or {}
     regulatory = {
+        "mechanism": private_name, "matrix": private.get("matrix"),
+        "sensitivity": private.get("sensitivity"),
         "epsilon_required": settings.epsilon, "delta_required": settings.delta,
         "delta_used": private.get("delta"), "epsilon_spent": private.get("epsilon"),
         "noise_multiplier": private.get("noise_multiplier"), "clip": private.get("clip"),
@@ -337,12 +375,12 @@ def suitability(cfg: Mapping[str, Any], out_dir: str | Path, progress: bool = Tr
     return result
 
 
-def _privacy_default() -> dict[str, Any]:
+def _privacy_default(name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from fedbench.paths import CONF_DIR
 
-    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "privacy" / "dp_client.yaml"))
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "privacy" / f"{name}.yaml"))
 
 
 def with_group(overrides: Sequence[str]) -> list[str]:

@@ -236,6 +236,7 @@ def markdown(r: dict[str, Any]) -> str:
         ["delta required (input)", "fedbench default" if s["delta"] is None else str(s["delta"])],
         ["delta used", str(g["delta_used"])],
         ["epsilon spent by the DP run (to its last round)", g["epsilon_spent"]],
+        ["mechanism", _mechanism_words(g)],
         ["noise multiplier", g["noise_multiplier"]], ["clip", g["clip"]],
         [f"{m}, no DP", g["non_private"]], [f"{m}, DP", g["private"]],
         ["cost", _cost(g)], ["site mean, no DP", g["client_mean_non_private"]],
@@ -244,9 +245,8 @@ def markdown(r: dict[str, Any]) -> str:
         ["DP run reaches the target", "yes" if g["private_reaches_target"] else "no"]]),
         "![privacy_cost](privacy_cost.png)",
         f"Points {d['regulatory'][0]}. A guarantee of epsilon {s['epsilon']:g} per site "
-        f"(client-level DP-FedAvg, delta {g['delta_used']}) needs noise "
-        f"{_f(g['noise_multiplier'], 2)} "
-        f"times the clip on the summed update; " + (
+        f"({_mechanism_words(g)}, delta {g['delta_used']}) needs noise multiplier "
+        f"{_f(g['noise_multiplier'], 2)}{_noise_words(g)}; " + (
             "with it, training diverged (non-finite parameters) with this schedule"
             if g["cost"] is None else
             f"it costs {_cost(g)} {m} on the pooled test set ({_f(g['non_private'])} -> "
@@ -310,3 +310,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _mechanism_words(g: dict) -> str:
+    """The regulatory run's mechanism in words (older reports have none: DP-FedAvg)."""
+    if g.get("mechanism", "dp_client") == "dp_client":
+        return "client-level DP-FedAvg, Poisson-sampled sites"
+    return (f"client-level DP-FTRL, every site every round, {g.get('matrix')} "
+            "factorisation")
+
+
+def _noise_words(g: dict) -> str:
+    if g.get("mechanism", "dp_client") == "dp_client":
+        return " (noise std that times the clip on each round's summed update)"
+    return (f" (one Gaussian mechanism over the whole run: noise std that times the clip "
+            f"times the factorisation's sensitivity {_f(g.get('sensitivity'), 2)}, correlated "
+            "across rounds)")

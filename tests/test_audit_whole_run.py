@@ -274,3 +274,29 @@ def test_the_one_round_check_is_never_read_against_the_claim(tmp_path, one_round
     text = " ".join(verdict(_result(_dp_sample_eps(one_round_bound, run), "dp_sample")))
     assert "showed epsilon at least 0.20, consistent with the claim" in text
     assert f"{one_round_bound:.2f}" not in text and "one round" not in text
+
+
+def test_canaries_under_dp_ftrl_stay_below_the_gaussian_mechanisms_epsilon():
+    """DP-FTRL (BLT), 100 sites every round, 3 rounds, z = 1: the whole run is one Gaussian
+    mechanism, so the claim is the analytic Gaussian epsilon of 1-GDP at delta 1e-5 (Balle and
+    Wang 2018, Theorem 8, solved here with scipy: about 4.377). The last 80 sites are canaries
+    of the clip's norm: in each of 3 runs the bound stays below it, and they are seen."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    cfg = compose(["model=logreg", "partition=iid", "dataset.num_clients=100",
+                   "clients_per_round=100", "rounds=3", "local_steps=1", "batch_size=4",
+                   "privacy=dp_ftrl", "privacy.matrix=blt", "privacy.noise_multiplier=1.0",
+                   "privacy.target_epsilon=null"])
+    out = canary_scores(cfg, 80, [0, 1, 2])
+    delta = out["delta"]
+    analytic = brentq(lambda e: norm.cdf(0.5 - e) - np.exp(e) * norm.cdf(-0.5 - e) - delta,
+                      0.01, 50)
+    claim = out["claimed_epsilon"]
+    assert delta == 1e-5 and claim == pytest.approx(analytic, rel=1e-3)
+    assert out["scale"] == "the clip"
+    bounds = [audit_scores(r["in"], r["out"], delta) for r in out["runs"]]
+    assert all(b["epsilon_one_run_fdp"] <= claim and b["epsilon_one_run"] <= claim
+               for b in bounds)
+    pooled = [np.concatenate([r[k] for r in out["runs"]]) for k in ("in", "out")]
+    assert audit_scores(*pooled, delta)["auroc"] > 0.6

@@ -81,6 +81,10 @@ def test_privacy_numbers_match_runs_and_audit(report):
     g = result["regulatory"]
     assert g["cost"] == pytest.approx(dense[-1]["test_accuracy"] - dp[-1]["test_accuracy"])
     assert g["epsilon_spent"] == pytest.approx(4, abs=0.01)
+    # every site in every round: DP-FTRL (suitability.mechanism=auto), what the DP run used
+    spent = json.loads((out / "dp" / "summary.json").read_text())["privacy"]
+    assert g["mechanism"] == spent["mechanism"] == "dp_ftrl"
+    assert g["sensitivity"] == spent["sensitivity"] > 0
     audit = json.loads((out / "audit/audit.json").read_text())
     assert result["sensitivity"]["membership_auc"]["loss_threshold"] == pytest.approx(
         audit["membership"]["loss_threshold"]["auc"])
@@ -96,9 +100,12 @@ def test_privacy_numbers_match_runs_and_audit(report):
     ("suitability.epsilon=-1", "suitability.epsilon"),
     ("suitability.profiles=[moon]", "suitability.profiles"),
     ("links.profile=moon", "links.profile"),
+    ("suitability.mechanism=dp_sample", "suitability.mechanism"),
+    ("suitability.mechanism=dp_ftrl", "suitability.mechanism"),  # 4 of 8 sites a round
 ])
 def test_bad_input_is_one_line_naming_the_key(override, key, capsys, tmp_path):
-    assert main(["links=profiles", override, "--out", str(tmp_path)]) == 2
+    assert main(["links=profiles", "num_clients=8", "clients_per_round=4", override,
+                 "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err
     assert not (tmp_path / "compare").exists()
