@@ -143,7 +143,7 @@ MECHANISMS = ("auto", "dp_client", "dp_ftrl")
 def mechanism(setting: str, base: Mapping[str, Any]) -> str:
     """The client-level mechanism of the regulatory run. ``auto``: ``dp_ftrl`` when every site
     takes part in every round (``clients_per_round == num_clients``, no straggler dropped):
-    sampling amplifies nothing there, and DP-FTRL's correlated noise is never worse than
+    sampling amplifies nothing there, and DP-FTRL's default BLT noise is never more than
     independent noise for the same epsilon (results/dp_ftrl); ``dp_client`` otherwise (Poisson
     cohorts at rate ``clients_per_round / num_clients``). ``dp_ftrl`` for a sampled cohort is
     refused (it has no sampling; ``privacy.participation=cyclic`` is for ``fedbench``).

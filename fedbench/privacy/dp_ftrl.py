@@ -403,7 +403,7 @@ def calibrate(target: float, delta: float, accountant: str) -> float:
 def check(cfg: Mapping[str, Any], accountant: str) -> None:
     """``matrix``, ``bands``, ``participation``, ``cycle``; no sampling; no secure noise (the
     noise state is checkpointed)."""
-    matrix = cfg.get("matrix", "banded")
+    matrix = cfg.get("matrix", "blt")
     if matrix not in MATRICES:
         raise ConfigError("privacy.matrix", matrix, "one of: " + ", ".join(MATRICES))
     bands = cfg.get("bands", 4)
@@ -462,7 +462,7 @@ def check_cyclic_cohort(num_clients: int, clients_per_round: int, cycle: int,
 
 
 def build(cfg: Mapping[str, Any], common: Mapping[str, Any], ctx: BuildContext):
-    matrix, bands = cfg.get("matrix", "banded"), int(cfg.get("bands", 4))
+    matrix, bands = cfg.get("matrix", "blt"), int(cfg.get("bands", 4))
     participation = cfg.get("participation", "every_round")
     cycle = 1 if participation == "every_round" else int(cfg["cycle"])
     if participation == "cyclic":
