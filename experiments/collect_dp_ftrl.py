@@ -111,7 +111,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.errorbar([x * (1 + 0.03 * (i - 2)) for x in xs],
                         [statistics.mean(pts[x]) for x in xs],
                         yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs],
-                        marker="o", ms=3, lw=1, capsize=2, label=MECHANISMS[mech])
+                        marker="o", ms=3, lw=1, capsize=2, color=f"C{i}", label=MECHANISMS[mech])
         ceiling = [float(r["value"]) for r in mine if math.isinf(float(r["target_epsilon"]))]
         if ceiling:
             ax.axhline(statistics.mean(ceiling), color="k", ls="--", lw=0.8,
@@ -122,7 +122,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(mine[0]["metric"].replace("_", " "))
         ax.set_title(FEDERATIONS[fed], fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -208,6 +208,16 @@ def readme_values(folder: Path) -> dict[str, str]:
          + [f"{ratio(fed, m, 'fedavg_q1' if fed != 'cyclic' else 'ftrl_independent', 0)} / "
             f"{ratio(fed, m, 'fedavg_q1' if fed != 'cyclic' else 'ftrl_independent', 1)}"
             for m in others] for fed in feds]) + "\n"
+    every = [f for f in feds if f != "cyclic"]
+    gains = [diff("cyclic", m, "ftrl_independent", e)[0] for m in ("ftrl_blt", "ftrl_banded",
+             "ftrl_dense") for e in EPSILONS] if "cyclic" in feds else [0.0]
+    v["cyclic_max_gain"] = f"{100 * max(gains):.0f}"
+    dense = [noise[(f, "ftrl_dense", e)][0] / noise[(f, "fedavg_q1", e)][0]
+             for f in every for e in EPSILONS]
+    v["dense_gain"] = f"{100 * (1 - max(dense)):.1f}-{100 * (1 - min(dense)):.1f}%"
+    sds = [statistics.stdev(value[k].values()) for k in value if k[0] == "tcga"
+           and math.isfinite(k[2])]
+    v["tcga_sd"] = f"{min(sds):.2f}-{max(sds):.2f}"
     walls = {f"{r['federation']}/{r['mechanism']}": float(r["program_wall_seconds"])
              for r in rows if r["program_wall_seconds"]}
     v["time_total"] = f"{sum(walls.values()) / 60:.1f}"
