@@ -46,6 +46,10 @@ CASES = {  # per-client store, FedBuff's clients in flight, adaptive clip, stack
     # DP-FTRL's noise state (every round's draw, ServerState.dp_noise), mid-horizon.
     "dp_ftrl": ["privacy=dp_ftrl", "privacy.matrix=tree", "privacy.target_epsilon=null",
                 "privacy.noise_multiplier=1.0", "clients_per_round=4"],
+    # the BLT's streamed noise state (its inverse's buffers), sites in 2 cyclic groups
+    "dp_ftrl_blt": ["privacy=dp_ftrl", "privacy.matrix=blt", "privacy.target_epsilon=null",
+                    "privacy.noise_multiplier=1.0", "privacy.participation=cyclic",
+                    "privacy.cycle=2"],
 }
 TIMING = ("compile_seconds", "run_seconds", "rounds_per_second")
 

@@ -316,11 +316,36 @@ def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise(m
                                for P in (range(g, rounds, b) for g in range(b)))
     assert built.privacy.mechanism.stddev == pytest.approx(sigma, rel=1e-5)
     B = np.tril(np.ones((rounds, rounds))) @ np.linalg.inv(C)
-    Z = np.stack([_flat(jax.tree.map(lambda x, i=i: x[i], state.dp_noise))
-                  for i in range(rounds)])
-    np.testing.assert_allclose(np.stack(moved), sigma / (n // b) * (B @ Z), rtol=1e-4,
-                               atol=1e-5)
+    moved = np.stack(moved)
+    if matrix == "blt":  # streamed: the draws are not kept, so their covariance is checked
+        d = moved.shape[1]
+        want = (sigma / (n // b)) ** 2 * B @ B.T
+        got = moved @ moved.T / d
+        se = np.sqrt((np.outer(np.diag(want), np.diag(want)) + want**2) / d)
+        assert np.all(np.abs(got - want) < 5 * se), (got, want)
+    else:
+        Z = np.stack([_flat(jax.tree.map(lambda x, i=i: x[i], state.dp_noise))
+                      for i in range(rounds)])
+        np.testing.assert_allclose(moved, sigma / (n // b) * (B @ Z), rtol=1e-4, atol=1e-5)
     jax.clear_caches()
+
+
+@pytest.mark.parametrize("T, b", [(12, 3), (20, 4), (16, 1)])
+def test_streamed_blt_noise_is_the_materialised_inverse_times_the_draws(T, b):
+    """The BLT's streaming state (a few buffers, float32) reproduces ``C^{-1} Z`` computed here
+    from the materialised float64 ``C`` with NumPy, row by row, and holds no per-round draw."""
+    rng = np.random.default_rng(T + b)
+    Z = rng.normal(size=(T, 7, 3))
+    stream = dp_ftrl.blt_noise_stream(T, b)
+    state = stream.init_multiply(jax.ShapeDtypeStruct((7, 3), np.float32))
+    assert state.shape[0] < T  # buffers, not rounds
+    rows = []
+    for t in range(T):
+        row, state = stream.multiply_next(np.asarray(Z[t], np.float32), state)
+        rows.append(np.asarray(row, np.float64))
+    C = dp_ftrl.strategy("blt", T, 4, b)
+    want = np.linalg.solve(C, Z.reshape(T, -1)).reshape(Z.shape)
+    np.testing.assert_allclose(np.stack(rows), want, rtol=1e-4, atol=1e-5)
 
 
 def test_blt_is_the_buffered_toeplitz_closed_form_and_its_cyclic_sensitivity_the_worst_group():
@@ -333,7 +358,8 @@ def test_blt_is_the_buffered_toeplitz_closed_form_and_its_cyclic_sensitivity_the
     T, b = 12, 3
     k = -(-T // b)
     C = dp_ftrl.strategy("blt", T, 4, b)
-    blt = buffered_toeplitz.optimize(n=T, min_sep=b, max_participations=k, error="mean")
+    with jax.enable_x64(True):  # float64, as the library requires
+        blt = buffered_toeplitz.optimize(n=T, min_sep=b, max_participations=k, error="mean")
     theta, w = np.asarray(blt.buf_decay), np.asarray(blt.output_scale)
     assert len(theta) >= 1 and np.all((theta > 0) & (theta < 1)) and np.all(w > 0)
     want = np.eye(T)

@@ -60,9 +60,9 @@ released so far).
   (McMahan, Xu, Zhang et al. 2024; lower-triangular Toeplitz, ``C_ij = sum_l w_l theta_l^(i-j-1)``
   below the diagonal, a few buffers ``l``) optimised by the library for the mean squared error of
   the prefix sums under ``b``-min-separated participation (``b = 1``, ``k = T`` under
-  ``every_round``, where the optimum the library finds is the identity: independent noise). The
-  noise state is still the ``[T, ...]`` buffer of every draw (the ``O(buffers)`` streaming form
-  is not implemented).
+  ``every_round``, where the optimum the library finds is the identity: independent noise).
+  Its noise is streamed (:func:`blt_strategy`): the state is the inverse BLT's buffers, one
+  model-sized array per buffer (none for the identity), not every round's draw.
 * ``dense``: ``jax_privacy.matrix_factorization.dense.optimize(k b, epochs=k)`` truncated to its
   leading ``T x T`` block: the dense ``C`` optimised for ``(k, b)`` fixed-epoch participation
   (Choquette-Choo et al. 2023a; ``k = T``, ``b = 1`` under ``every_round``), for short
@@ -73,7 +73,7 @@ released so far).
 
 Mean squared error of the prefix sums the model carries, per ``(z clip)^2`` and before the
 division by the cohort, ``sens(C)^2 ||B||_F^2 / T`` (:func:`prefix_error`), at ``T = 20``
-(computed by this module, float32 strategies; ``banded`` with ``bands = b``, ``bands = 4`` under
+(computed by this module; ``banded`` with ``bands = b``, ``bands = 4`` under
 ``every_round``; "independent" is ``C = I``, DP-FedAvg with ``q = 1`` on the same cohorts)::
 
     participation        independent   tree   banded    blt   dense
@@ -88,9 +88,13 @@ BLT trails banded here because the library optimises it against the ``b``-min-se
 which admits more patterns than the cyclic schedule produces, while the accounting uses the
 cyclic patterns only.
 
-The noise state (every round's draw ``Z_t``, ``[T, ...]`` per parameter) is
-``ServerState.dp_noise``, saved in checkpoints, so a resumed run is bit-exact; it costs ``T``
-times the model's memory (a streaming buffer for banded/BLT ``C`` is not implemented). Any
+The factorisations are optimised in float64 (``jax.enable_x64``, as jax_privacy requires). The
+noise state is ``ServerState.dp_noise``, saved in checkpoints, so a resumed run is bit-exact:
+for ``blt`` the streaming state of ``C^{-1}`` (jax_privacy's
+``BufferedToeplitz.inverse_as_streaming_matrix``, its parameters cast to float32: ``C^{-1}`` of
+a BLT is a BLT, so round ``t``'s noise ``(C^{-1} Z)_t`` needs only ``Z_t`` and a few buffers,
+McMahan, Xu, Zhang et al. 2024, Sec. 3); for ``tree``, ``banded`` and ``dense`` every round's
+draw ``Z_t`` (``[T, ...]`` per parameter, ``T`` times the model's memory). Any
 server optimiser (FedAdam's, momentum) is post-processing of the released updates, so privacy
 holds for all algorithms ``check_client_dp`` accepts; the prefix-sum noise ``B Z`` is what the
 model carries only under plain server SGD (DP-FTRL with momentum, DP-FTRLM, is not modelled).
@@ -156,6 +160,30 @@ def tree_strategy(rounds: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def blt_strategy(rounds: int, cycle: int = 1):
+    """The BLT (``jax_privacy``'s ``BufferedToeplitz``, float64 parameters) optimised for
+    ``b = cycle``-min-separated participation, ``k = ceil(T / b)`` times, mean error."""
+    from jax_privacy.matrix_factorization import buffered_toeplitz
+
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        return buffered_toeplitz.optimize(n=rounds, min_sep=cycle,
+                                          max_participations=participations(rounds, cycle),
+                                          error="mean")
+
+
+@functools.lru_cache(maxsize=16)
+def blt_noise_stream(rounds: int, cycle: int = 1):
+    """``C^{-1}`` of :func:`blt_strategy` as a jax_privacy ``StreamingMatrix`` in float32:
+    ``init_multiply(shapes)`` gives the buffers, ``multiply_next(Z_t, buffers)`` returns
+    ``((C^{-1} Z)_t, buffers)``."""
+    blt = blt_strategy(rounds, cycle)
+    with jax.ensure_compile_time_eval():  # concrete parameters even inside the round's trace
+        f32 = blt.replace(buf_decay=jnp.asarray(np.asarray(blt.buf_decay), jnp.float32),
+                          output_scale=jnp.asarray(np.asarray(blt.output_scale), jnp.float32))
+        return f32.inverse_as_streaming_matrix()
+
+
+@functools.lru_cache(maxsize=16)
 def strategy(matrix: str, rounds: int, bands: int, cycle: int = 1) -> np.ndarray:
     """The strategy matrix ``C`` (float64 ``[T, T]``) of ``privacy.matrix`` for a site in every
     ``cycle``-th round (``cycle = 1``: every round; module docstring). ``tree`` and ``banded``
@@ -164,16 +192,15 @@ def strategy(matrix: str, rounds: int, bands: int, cycle: int = 1) -> np.ndarray
     ``dense.optimize(k cycle, epochs=k)``'s leading ``T x T`` block."""
     if matrix == "tree":
         return tree_strategy(rounds)
-    from jax_privacy.matrix_factorization import banded, buffered_toeplitz, dense
+    from jax_privacy.matrix_factorization import banded, dense
 
     k = participations(rounds, cycle)
-    with jax.ensure_compile_time_eval():  # concrete even when first asked inside a trace
+    # float64 as the library requires; concrete even when first asked inside a trace
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
         if matrix == "banded":
             C = banded.optimize(rounds, bands=min(bands, rounds)).materialize()
         elif matrix == "blt":
-            blt = buffered_toeplitz.optimize(n=rounds, min_sep=cycle, max_participations=k,
-                                             error="mean")
-            C = blt.materialize(rounds)
+            C = blt_strategy(rounds, cycle).materialize(rounds)
         else:
             C = dense.optimize(k * cycle, epochs=k)[:rounds, :rounds]
         return np.asarray(C, np.float64)
@@ -191,7 +218,8 @@ def cyclic_sensitivity(C: np.ndarray, cycle: int) -> float:
     k = participations(rounds, cycle)
     X = np.zeros((k * cycle, k * cycle))
     X[:rounds, :rounds] = C.T @ C
-    return float(sensitivity.fixed_epoch_sensitivity_for_X(jnp.asarray(X), k))
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        return float(sensitivity.fixed_epoch_sensitivity_for_X(jnp.asarray(X), k))
 
 
 def min_sep_sensitivity(C: np.ndarray, cycle: int) -> float:
@@ -201,8 +229,9 @@ def min_sep_sensitivity(C: np.ndarray, cycle: int) -> float:
     from jax_privacy.matrix_factorization import sensitivity
 
     rounds = C.shape[0]
-    return float(sensitivity.get_min_sep_sensitivity_upper_bound(
-        jnp.asarray(C), min_sep=cycle, max_participations=participations(rounds, cycle)))
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        return float(sensitivity.get_min_sep_sensitivity_upper_bound(
+            jnp.asarray(C), min_sep=cycle, max_participations=participations(rounds, cycle)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -328,29 +357,47 @@ class DPFTRL(Mechanism):
     def round_info(self, state) -> dict[str, Any]:
         return {"clip": hparams.get(state.hparams, "clip", self.clip)}
 
+    @property
+    def streamed(self) -> bool:
+        """``blt``: the noise state is the inverse BLT's buffers (module docstring)."""
+        return self.matrix == "blt"
+
     def init_state(self, state, num_clients: int):
+        if self.streamed:
+            shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), state.params)
+            buffers = blt_noise_stream(self.rounds, self.cycle).init_multiply(shapes)
+            return state.replace(dp_noise=buffers)
         zeros = jax.tree.map(lambda p: jnp.zeros((self.rounds, *p.shape), p.dtype), state.params)
         return state.replace(dp_noise=zeros)
 
+    def _correlated(self, state, key):
+        """This round's ``(C^{-1} Z)_t`` per parameter (unit variance draws ``Z_t``, one key per
+        leaf) and the next noise state."""
+        leaves, treedef = jax.tree.flatten(state.params)
+        keys = jax.random.split(key, len(leaves))
+        draws = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype)
+                                             for p, k in zip(leaves, keys)])
+        if self.streamed:
+            return blt_noise_stream(self.rounds, self.cycle).multiply_next(draws, state.dp_noise)
+        t = state.round
+        row = jnp.asarray(self.noise_rows(), jnp.float32)[t]  # [T], zero beyond t
+        stored = jax.tree.map(lambda buf, z: buf.at[t].set(z), state.dp_noise, draws)
+        noise = jax.tree.map(lambda buf: jnp.tensordot(row.astype(buf.dtype), buf, axes=1),
+                             stored)
+        return noise, stored
+
     def aggregate(self, state, uploads, infos, valid, key, algorithm):
-        """``(sum of clipped deltas + sigma (C^{-1} Z)_t) / cohort`` and the noise state
-        with this round's draw ``Z_t`` stored at row ``t = state.round``. A site an audit
+        """``(sum of clipped deltas + sigma (C^{-1} Z)_t) / cohort`` and the next noise state
+        (:meth:`_correlated`: this round's draw stored at row ``t = state.round``, or the BLT's
+        buffers moved on). A site an audit
         marks ``absent`` counts as not taking part (it sends a zero update)."""
         if "absent" in infos:
             valid = valid & ~infos["absent"]
         stddev = hparams.get(state.hparams, "noise_std", self.stddev)
-        t = state.round
-        row = jnp.asarray(self.noise_rows(), jnp.float32)[t]  # [T], zero beyond t
         weights = valid.astype(jnp.float32)
         total = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), uploads["delta"])
-        leaves, treedef = jax.tree.flatten(state.dp_noise)
-        keys = jax.random.split(key, len(leaves))
-        drawn = [buf.at[t].set(jax.random.normal(k, buf.shape[1:], buf.dtype))
-                 for buf, k in zip(leaves, keys)]
-        noise_state = jax.tree.unflatten(treedef, drawn)
-        mean = jax.tree.map(
-            lambda s, buf: (s + stddev * jnp.tensordot(row.astype(buf.dtype), buf, axes=1))
-            / self.cohort, total, noise_state)
+        noise, noise_state = self._correlated(state, key)
+        mean = jax.tree.map(lambda s, n: (s + stddev * n) / self.cohort, total, noise)
         post = algorithm.dp_aggregate
         return ({"delta": mean} if post is None else post({"delta": mean})), {
             "dp_noise": noise_state}
