@@ -159,6 +159,9 @@ def run_reference(
     * FedAvgM (Hsu et al. 2019): ``v <- beta v - Delta``, ``w <- w - eta v``;
     * FedExP (Jhunjhunwala et al. 2023, Algorithm 1): ``w <- w + eta_g Delta`` with
       ``eta_g = max(1, sum_i p_i ||delta_i||^2 / (2 (||Delta||^2 + epsilon)))``;
+    * q-FedAvg (Li et al. 2020, Algorithm 2): ``F_k`` the client's mean training cross-entropy
+      at ``w`` (float64, NumPy), ``L = 1 / lr``, ``Delta w_k = L (w - wbar_k)``,
+      ``h_k = q F_k^(q-1) ||Delta w_k||^2 + L F_k^q``, ``w <- w - sum F_k^q Delta w_k / sum h_k``;
     * FedDyn (Acar et al. 2021, Algorithm 1): per-client ``g_k``, server ``h``, uniform mean of
       the participants' models;
     * stragglers (:func:`straggler_draw`): a dropped straggler's update never arrives.
@@ -212,11 +215,16 @@ def run_reference(
         epochs, keep = straggler_draw(
             jax.random.fold_in(round_key, 0x57A6), len(ids), local_epochs, stragglers
         )
-        kept, deltas, sizes, steps = [], [], [], []
+        kept, deltas, sizes, steps, losses = [], [], [], [], []
         for j, (key, c) in enumerate(zip(keys, ids)):
             if not keep[j]:
                 continue  # a dropped straggler's update never arrives
             x, y = data.client_train(c)
+            if name == "qffl":  # F_k(w^t): mean cross-entropy of the received model, float64
+                out = np.asarray(apply_fn(params, x), np.float64)
+                out = out - out.max(axis=1, keepdims=True)
+                logp = out - np.log(np.exp(out).sum(axis=1, keepdims=True))
+                losses.append(float(-np.mean(logp[np.arange(len(y)), np.asarray(y)])))
             correction, mu = None, prox_mu
             if name == "feddyn":  # grad - g_k + alpha (w - w_server)
                 mu = alpha
@@ -294,6 +302,18 @@ def run_reference(
             eta = max(1.0, spread / (2.0 * (sq(delta) + float(settings["epsilon"]))))
             entry["eta_g"] = eta
             w = jax.tree.map(lambda w, d: w + eta * d, w, delta)
+        elif name == "qffl":  # Li et al. 2020, Algorithm 2 (q-FedAvg)
+            q, big_l = float(settings["q"]), 1.0 / lr
+
+            def sq(tree):
+                return sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(tree))
+
+            fq = [f**q for f in losses]
+            dws = [jax.tree.map(lambda d: -big_l * d, d) for d in deltas]  # L (w - wbar_k)
+            hs = [q * f ** (q - 1) * sq(dw) + big_l * f**q if q > 0 else big_l * f**q
+                  for f, dw in zip(losses, dws)]
+            step = _combine([a / sum(hs) for a in fq], dws, params)
+            w = jax.tree.map(lambda w, s: w - s, w, step)
         elif name in SGD_SERVERS:
             w = jax.tree.map(lambda w, d: w + server_lr * d, w, _combine(p, deltas, params))
         else:

@@ -95,13 +95,14 @@ def test_compact_store_dtype(uneven_data):
 # What each privacy mode allows, from the algorithms' papers and DP-FedAvg's analysis:
 # client-level DP privatises one clipped delta per client in a synchronous round; SCAFFOLD also
 # releases control deltas, FedNova rescales clipped deltas by data-dependent step ratios, FedDyn
-# keeps a server state of raw deltas; FedPer stores heads relative to the global head the noise
+# keeps a server state of raw deltas; q-FFL also sends loss-dependent scalars, its loss computed
+# outside DP-SGD; FedPer stores heads relative to the global head the noise
 # would perturb (Ditto and finetune release only FedAvg's delta); FedBuff and the baselines have
 # no synchronous release.
 REFUSED = {
     "dp_client": {"scaffold", "fednova", "feddyn", "fedexp", "fedper", "fedrep", "ifca", "cfl",
-                  "fedbuff", "centralized", "local"},
-    "dp_sample": {"fedrep", "apfl", "pfedme", "ifca", "fedbuff", "centralized", "local"},
+                  "qffl", "fedbuff", "centralized", "local"},
+    "dp_sample": {"fedrep", "apfl", "pfedme", "ifca", "qffl", "fedbuff", "centralized", "local"},
     "none": set(),
 }
 TINY = ["dataset=breast_cancer", "partition=iid", "model=logreg", "num_clients=4",

@@ -74,6 +74,8 @@ CASES = [
     ({"name": "fedavgm", "server_lr": 0.5, "momentum": 0.5}, None),
     ({"name": "fedexp", "epsilon": 0.001}, None),
     ({"name": "fedexp", "epsilon": 0.001}, Stragglers(0.5, "drop")),
+    ({"name": "qffl", "q": 2.0}, None),
+    ({"name": "qffl", "q": 0.0}, Stragglers(0.5, "drop")),
 ]
 
 

@@ -29,6 +29,7 @@ References:
   APFL: Y. Deng, M. M. Kamani, M. Mahdavi, arXiv:2003.13461, 2020, Algorithm 1.
   IFCA: A. Ghosh, J. Chung, D. Yin, K. Ramchandran, NeurIPS 2020, Algorithm 2.
   CFL: F. Sattler, K.-R. Müller, W. Samek, IEEE TNNLS 32(8), 2021, Algorithm 3.
+  q-FFL (q-FedAvg): T. Li, M. Sanjabi, A. Beirami, V. Smith, ICLR 2020, Algorithm 2.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 
 from fedbench.algorithm import (
     apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fedexp, fednova, fedopt,
-    personalised, pfedme, scaffold,
+    personalised, pfedme, qffl, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
 from fedbench.algorithm.fednova import fednova_mean
@@ -57,6 +58,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fedadagrad": fedopt.fedadagrad,
     "fedavgm": fedavgm.fedavgm,
     "fedexp": fedexp.fedexp,
+    "qffl": qffl.qffl,
     "scaffold": scaffold.scaffold,
     "fednova": fednova.fednova,
     "feddyn": feddyn.feddyn,
