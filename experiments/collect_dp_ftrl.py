@@ -21,7 +21,6 @@ divided by the expected cohort ``q n``, so ``z sqrt((T + 1) / 2) / (q n)``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -29,7 +28,8 @@ from pathlib import Path
 
 from fedbench.provenance import study_provenance
 from fedbench.study_readme import (
-    fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times, write_rows,
+    collect_arguments, fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times,
+    write_rows,
 )
 
 FEDERATIONS = {"tcga": "Fed-TCGA-BRCA, 6 regions, every round",
@@ -225,14 +225,7 @@ def readme_values(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("multirun/dp_ftrl"))
-    parser.add_argument("--out", type=Path, default=Path("results/dp_ftrl"))
-    parser.add_argument("--log", type=Path, nargs="*", default=[],
-                        help="logs of experiments/dp_ftrl.sh (its 'NAME wall S s' lines)")
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="collect runs not from one clean commit (PROVENANCE.json says so)")
-    args = parser.parse_args()
+    args = collect_arguments("dp_ftrl", __doc__.splitlines()[0])
     study_provenance(args.runs, args.out, args.allow_dirty)  # before any write
     rows = collect(args.runs, wall_times(args.log))
     if not rows:

@@ -13,7 +13,6 @@ seeds with a min-max band, one panel per n), then re-renders README.md. Needs ma
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from fedbench.provenance import study_provenance
 from fedbench.study_readme import (
-    fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times, write_rows,
+    collect_arguments, fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times,
+    write_rows,
 )
 
 ALGORITHMS = {"ifca": "IFCA (K = 4)", "global": "global model (FedAvg)", "local": "local models"}
@@ -207,14 +207,7 @@ def readme_values(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("multirun/ifca_rotated"))
-    parser.add_argument("--out", type=Path, default=Path("results/ifca_rotated"))
-    parser.add_argument("--log", type=Path, nargs="*", default=[],
-                        help="logs of experiments/ifca_rotated.sh (its 'NAME wall S s' lines)")
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="collect runs not from one clean commit (PROVENANCE.json says so)")
-    args = parser.parse_args()
+    args = collect_arguments("ifca_rotated", __doc__.splitlines()[0])
     study_provenance(args.runs, args.out, args.allow_dirty)  # before any write
     metrics, final = collect(args.runs, wall_times(args.log))
     if not final:

@@ -14,7 +14,6 @@ Needs matplotlib (``pip install -e ".[analysis]"``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from fedbench.provenance import ProvenanceError, write_study_provenance
 from fedbench.study_readme import (
-    markdown_table, paired_t, read_rows, render_file, wall_times, write_rows,
+    collect_arguments, markdown_table, paired_t, read_rows, render_file, wall_times, write_rows,
 )
 
 #: Target test accuracy per model, fixed before the study from a one-seed pilot (README).
@@ -337,15 +336,7 @@ def readme_values(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("multirun/mcmahan_mnist"))
-    parser.add_argument("--out", type=Path, default=Path("results/mcmahan_mnist"))
-    parser.add_argument("--log", type=Path, nargs="*", default=[],
-                        help="logs of experiments/mcmahan_mnist.sh (its 'NAME wall S s' lines)")
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="collect runs that are not from one clean commit (exploration; "
-                             "PROVENANCE.json says so)")
-    args = parser.parse_args()
+    args = collect_arguments("mcmahan_mnist", __doc__.splitlines()[0])
     # Results only from one clean commit (fedbench/provenance.py): checked before any write.
     # Not study_provenance(runs, out): it reads every summary.json under runs, and the program
     # summary of a seeds=3 row (runs/<row>/summary.json) records no provenance, only its

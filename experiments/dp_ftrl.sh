@@ -31,14 +31,7 @@ SITES='partition.sites=[{size:150},{size:100},{size:80},{size:60},{size:40},{siz
 TCGA="dataset=tcga_brca rounds=20 local_steps=25 eval_every=20 privacy.clip=0.1 seeds=5 checkpoint_every=0"
 DIGITS="dataset=digits partition=prevalence $SITES num_clients=20 model=logreg rounds=50 local_epochs=1 batch_size=10 lr=0.1 eval_every=50 privacy.clip=0.1 seeds=5 checkpoint_every=0"
 
-run() {  # run NAME OVERRIDES...
-  local name=$1; shift
-  if [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "completed"' "$OUT/$name/summary.json"; then
-    echo "skip $name (done)"; return
-  fi
-  echo "== $name"
-  /usr/bin/time -f "$name wall %e s" fedbench "$@" hydra.run.dir="$OUT/$name" > /dev/null
-}
+source "$(dirname "$0")/study_run.sh"  # run NAME OVERRIDES...
 
 for fed in tcga digits cyclic; do
   case $fed in

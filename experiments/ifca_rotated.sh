@@ -21,19 +21,12 @@ OUT=${OUT:-multirun/ifca_rotated}
 # batch per local step (a larger batch would be right too, but pads every step's product).
 COMMON="dataset=mnist5k partition=rotated model=mlp model.hidden=[200] local_steps=10 lr=0.1 rounds=300 eval_every=10 seeds=3 checkpoint_every=0"
 
-run() {  # run NAME OVERRIDES...
-  local name=$1; shift
-  if [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "completed"' "$OUT/$name/summary.json"; then
-    echo "skip $name (done)"; return
-  fi
-  echo "== $name"
-  /usr/bin/time -f "$name wall %e s" fedbench $COMMON "$@" hydra.run.dir="$OUT/$name" > /dev/null
-}
+source "$(dirname "$0")/study_run.sh"  # run NAME OVERRIDES...
 
 for row in 80:50:51 40:100:100 20:200:200; do  # m : n (its name) : the largest client's n
   IFS=: read -r m n largest <<< "$row"
   M="dataset.num_clients=$m num_clients=$m clients_per_round=$m batch_size=$largest"
-  run "n${n}_ifca"   $M algorithm=ifca algorithm.clusters=4
-  run "n${n}_global" $M algorithm=fedavg
-  run "n${n}_local"  $M algorithm=local
+  run "n${n}_ifca"   $COMMON $M algorithm=ifca algorithm.clusters=4
+  run "n${n}_global" $COMMON $M algorithm=fedavg
+  run "n${n}_local"  $COMMON $M algorithm=local
 done

@@ -17,20 +17,14 @@ COMMON="dataset=mnist5k dataset.num_clients=100 num_clients=100 clients_per_roun
 # the collect script checks batch_size >= the largest client).
 BINF=40
 
-run() {  # run NAME OVERRIDES...
-  local name=$1; shift
-  if [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "completed"' "$OUT/$name/summary.json"; then
-    echo "skip $name (done)"; return
-  fi
-  echo "== $name"
-  /usr/bin/time -f "$name wall %e s" fedbench $COMMON "$@" hydra.run.dir="$OUT/$name"
-}
+source "$(dirname "$0")/study_run.sh"  # run NAME OVERRIDES...
+export STUDY_VERBOSE=1
 
 if [ "$which" = mlp ] || [ "$which" = all ]; then
   # 2NN (784-200-200-10), client lr 0.1, target 0.90, evaluated every round. FedSGD also at
   # lr 0.3 (in-program lr sweep: the paper tuned lr per row, and a one-seed pilot had FedSGD
   # reach the target sooner at 0.3). Caps: FedSGD 500 (IID) / 300 (non-IID), FedAvg 200.
-  M="model=mlp lr=0.1 eval_every=1"
+  M="$COMMON model=mlp lr=0.1 eval_every=1"
   run mlp_iid_fedsgd    $M partition=iid    algorithm=fedsgd 'sweep.lr=[0.1,0.3]' rounds=500
   run mlp_shards_fedsgd $M partition=shards algorithm=fedsgd 'sweep.lr=[0.1,0.3]' rounds=300
   for part in iid shards; do
@@ -46,7 +40,7 @@ if [ "$which" = cnn ] || [ "$which" = all ]; then
   # shared 2-core VM, so only FedAvg E=5 B=10 on both splits was run; FedSGD, E=5 B=inf and
   # E=1 B=10 were cut for time (README). The IID row (cap 10 rounds) is the 3-seed pilot that fixed
   # the target, run with exactly this command.
-  C="model=cnn lr=0.1 eval_every=1"
+  C="$COMMON model=cnn lr=0.1 eval_every=1"
   run cnn_iid_e5b10    $C partition=iid    algorithm=fedavg local_epochs=5 batch_size=10 rounds=10
   run cnn_shards_e5b10 $C partition=shards algorithm=fedavg local_epochs=5 batch_size=10 rounds=30
 fi

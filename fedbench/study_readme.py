@@ -214,6 +214,21 @@ def wall_times(logs: Sequence[Path]) -> dict[str, float]:
     return out
 
 
+def collect_arguments(study: str, description: str,
+                      argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """A collect script's command line: ``--runs`` (default ``multirun/<study>``), ``--out``
+    (``results/<study>``), ``--log`` (the study script's logs, :func:`wall_times`) and
+    ``--allow-dirty`` (collect runs not from one clean commit; ``PROVENANCE.json`` says so)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=Path, default=Path("multirun") / study)
+    parser.add_argument("--out", type=Path, default=Path("results") / study)
+    parser.add_argument("--log", type=Path, nargs="*", default=[],
+                        help=f"logs of experiments/{study}.sh (its 'NAME wall S s' lines)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="collect runs not from one clean commit (PROVENANCE.json says so)")
+    return parser.parse_args(argv)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
                    align: str | None = None) -> str:
     """A Markdown table; ``align`` one character per column (``l`` or ``r``, default: first
