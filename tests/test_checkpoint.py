@@ -50,6 +50,10 @@ CASES = {  # per-client store, FedBuff's clients in flight, adaptive clip, stack
     "dp_ftrl_blt": ["privacy=dp_ftrl", "privacy.matrix=blt", "privacy.target_epsilon=null",
                     "privacy.noise_multiplier=1.0", "privacy.participation=cyclic",
                     "privacy.cycle=2"],
+    # every site every round: the BLT is the identity, no noise state at all
+    "dp_ftrl_blt_every_round": ["privacy=dp_ftrl", "privacy.matrix=blt",
+                                "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0",
+                                "clients_per_round=4"],
 }
 TIMING = ("compile_seconds", "run_seconds", "rounds_per_second")
 

@@ -362,7 +362,15 @@ class DPFTRL(Mechanism):
         """``blt``: the noise state is the inverse BLT's buffers (module docstring)."""
         return self.matrix == "blt"
 
+    @property
+    def independent(self) -> bool:
+        """A BLT without buffers: ``C = I``, each round's draw is its noise, no state (the
+        optimum every round; zero-size arrays have no place in a checkpoint)."""
+        return self.streamed and blt_strategy(self.rounds, self.cycle).buf_decay.shape[0] == 0
+
     def init_state(self, state, num_clients: int):
+        if self.independent:
+            return state.replace(dp_noise=None)
         if self.streamed:
             shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), state.params)
             buffers = blt_noise_stream(self.rounds, self.cycle).init_multiply(shapes)
@@ -377,6 +385,8 @@ class DPFTRL(Mechanism):
         keys = jax.random.split(key, len(leaves))
         draws = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype)
                                              for p, k in zip(leaves, keys)])
+        if self.independent:
+            return draws, None
         if self.streamed:
             return blt_noise_stream(self.rounds, self.cycle).multiply_next(draws, state.dp_noise)
         t = state.round
