@@ -97,12 +97,13 @@ class Evaluator:
         ``local`` its per-client stack), the algorithm's ``client_models`` stack, or the
         global model after ``finetune_steps`` local SGD steps at every client (client lr and
         batch size, key ``fold_in(fold_in(run_key, round), 0xF17E)``; the client lr is the run's
-        own, ``state.hparams["lr"]`` when it carries one: a sweep replica's)."""
+        own, ``state.hparams["lr"]`` when it carries one: a sweep replica's; the algorithm's
+        ``finetune_lr`` instead when it has one, Per-FedAvg's ``alpha``)."""
         alg = self.algorithm
         if alg.client_models is None and alg.finetune_steps == 0:
             return state.params
         store = None if state.store is None else state.store["algorithm"]
-        lr = hparams.get(state.hparams, "lr", None)
+        lr = None if alg.finetune_lr is not None else hparams.get(state.hparams, "lr", None)
         return self._client_models(state.params, state.server, store, state.key, state.round,
                                    self.data, None if lr is None else {"lr": lr})
 
@@ -148,8 +149,9 @@ class Evaluator:
         steps = alg.finetune_steps
         smallest = int(np.min(np.asarray(self.data.train_counts)))  # host-side, a shape constant
         batch = self.batch_size
+        lr = self.lr if alg.finetune_lr is None else alg.finetune_lr
         update = make_local_update(
-            self.apply_fn, lr=self.lr, batch_size=batch, local_steps=steps,
+            self.apply_fn, lr=lr, batch_size=batch, local_steps=steps,
             local_epochs=epochs_for_steps(steps, smallest, batch), loss_fn=batch_loss_fn(data.task),
         )
         keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, round_), 0xF17E),

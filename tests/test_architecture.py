@@ -102,7 +102,8 @@ def test_compact_store_dtype(uneven_data):
 REFUSED = {
     "dp_client": {"scaffold", "fednova", "feddyn", "fedexp", "fedper", "fedrep", "ifca", "cfl",
                   "qffl", "fedbuff", "centralized", "local"},
-    "dp_sample": {"fedrep", "apfl", "pfedme", "ifca", "qffl", "fedbuff", "centralized", "local"},
+    "dp_sample": {"fedrep", "apfl", "pfedme", "perfedavg", "ifca", "qffl", "fedbuff",
+                  "centralized", "local"},
     "none": set(),
 }
 TINY = ["dataset=breast_cancer", "partition=iid", "model=logreg", "num_clients=4",

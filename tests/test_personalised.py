@@ -1,5 +1,5 @@
-"""Personalised FL (fedbench.algorithm.personalised, apfl, pfedme): Ditto, FedPer, FedRep,
-APFL, pFedMe, finetune.
+"""Personalised FL (fedbench.algorithm.personalised, apfl, pfedme, perfedavg): Ditto, FedPer,
+FedRep, APFL, pFedMe, Per-FedAvg, finetune.
 
 * Ditto's global model is FedAvg's exactly (its global objective is FedAvg's); its personal
   update equals a plain-JAX loop of ``v <- v - lr (grad L_k(v) + lambda (v - w^t))`` written
@@ -16,7 +16,9 @@ APFL, pFedMe, finetune.
 * APFL's ``w``, ``v`` and adaptive ``alpha`` over two rounds equal a plain-JAX loop of Deng et
   al.'s Algorithm 1; each client is evaluated with ``alpha v + (1 - alpha) w``.
 * pFedMe's server and personalised models equal a plain-JAX loop of Dinh et al.'s Algorithm 1.
-* FedRep, APFL, pFedMe: ``vmap`` over the cohort equals ``lax.map``.
+* Per-FedAvg's FO, HF and exact-Hessian variants and its one-step personalised models equal a
+  plain-JAX loop of Fallah et al.'s Algorithm 1 (the exact one with an explicit Hessian matrix).
+* FedRep, APFL, pFedMe, Per-FedAvg: ``vmap`` over the cohort equals ``lax.map``.
 """
 
 from __future__ import annotations
@@ -357,11 +359,72 @@ def test_pfedme_equals_a_plain_loop_of_algorithm_1(uneven_data):
         _close(_row(models, c), personal.get(c, state1.params))
 
 
+@pytest.mark.parametrize("variant", ["fo", "hf", "exact"])
+def test_perfedavg_equals_a_plain_loop_of_algorithm_1(uneven_data, variant):
+    """Fallah et al. 2020, Algorithm 1 written out (full batch, so D = D' = D''): the inner
+    step, the meta step with the Hessian left out (fo), as a finite difference (hf) or as the
+    explicit Hessian matrix times the vector (exact); the example-weighted mean of the local
+    models; each client evaluated after one gradient step at alpha from the new model."""
+    from jax.flatten_util import ravel_pytree
+
+    epochs, alpha, delta = 2, 0.3, 0.01
+    cfg = {"name": "perfedavg", "alpha": alpha, "variant": variant, "delta": delta}
+    sim = _sim(uneven_data, cfg, clients_per_round=3, local_epochs=epochs)
+    state1 = sim.run(state0 := sim.init(), 1)
+    w0 = state0.params
+    sampled = [int(c) for c in np.flatnonzero(np.asarray(state1.participation))]
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+    grad = jax.grad(_loss)
+
+    def axpy(a, x, y):  # a x + y
+        return jax.tree.map(lambda u, v: a * u + v, x, y)
+
+    local = {}
+    for c in sampled:
+        x, y = _client(uneven_data, c)
+        w = w0
+        for _ in range(epochs):  # one meta step per epoch (full batch)
+            g = grad(axpy(-alpha, grad(w, x, y), w), x, y)
+            if variant == "hf":
+                hg = axpy(-1.0, grad(axpy(-delta, g, w), x, y), grad(axpy(delta, g, w), x, y))
+                g = axpy(-alpha / (2 * delta), hg, g)
+            elif variant == "exact":
+                flat, unravel = ravel_pytree(w)
+                hess = jax.hessian(lambda f: _loss(unravel(f), x, y))(flat)
+                g = axpy(-alpha, unravel(hess @ ravel_pytree(g)[0]), g)
+            w = axpy(-LR, g, w)
+        local[c] = w
+    weights = counts[sampled] / counts[sampled].sum()
+    mean = jax.tree.map(lambda *m: sum(n * x for n, x in zip(weights, m)),
+                        *[local[c] for c in sampled])
+    _close(state1.params, mean, atol=5e-5)
+    models = sim.evaluated_params(state1)
+    for c in range(uneven_data.num_clients):
+        x, y = _client(uneven_data, c)
+        _close(_row(models, c), axpy(-alpha, grad(state1.params, x, y), state1.params), atol=5e-5)
+
+
+def test_perfedavg_hessian_free_approaches_the_exact_product(uneven_data):
+    """Per-FedAvg (HF) with a small delta ends where the exact Hessian-vector product does
+    (minibatches of 4, two epochs; the ReLU's kinks make larger deltas, 0.01-0.1, land 0.08-0.37
+    away), while the first-order step ends about 0.04 away."""
+    from jax.flatten_util import ravel_pytree
+
+    runs = {}
+    for variant, delta in (("exact", 1e-3), ("hf", 1e-3), ("fo", 1e-3)):
+        sim = _sim(uneven_data, {"name": "perfedavg", "alpha": 0.5, "variant": variant,
+                                 "delta": delta}, 3, 2, 4)
+        runs[variant] = np.asarray(ravel_pytree(sim.run(sim.init(), 1).params)[0])
+    gap = float(np.max(np.abs(runs["hf"] - runs["exact"])))
+    assert gap < 1e-4 and float(np.max(np.abs(runs["fo"] - runs["exact"]))) > 1e-2
+
+
 def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):
     from fedbench.algorithm.base import check_sample_dp
     from fedbench.privacy.dp_sample import SampleDP
 
-    for name, reason in (("fedrep", "head"), ("apfl", "retraces"), ("pfedme", "inner")):
+    for name, reason in (("fedrep", "head"), ("apfl", "retraces"), ("pfedme", "inner"),
+                         ("perfedavg", "meta gradient")):
         with pytest.raises(ConfigError) as err:  # at construction, before any training
             Simulator(MLP(hidden=(8,), num_classes=3), build_algorithm({"name": name}),
                       uneven_data, Settings(3, 1, 4, LR), seed=0, privacy=SampleDP(1.0, 1.0, 8))
@@ -369,7 +432,7 @@ def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):
     check_sample_dp(build_algorithm({"name": "ditto"}))
     with pytest.raises(ConfigError, match="head"):
         check_client_dp(build_algorithm({"name": "fedrep"}))
-    for name in ("apfl", "pfedme"):
+    for name in ("apfl", "pfedme", "perfedavg"):
         check_client_dp(build_algorithm({"name": name}))
 
 
@@ -380,6 +443,8 @@ def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):
     ({"name": "apfl", "mixing": "yes"}, "algorithm.mixing"),
     ({"name": "pfedme", "inner_steps": 0}, "algorithm.inner_steps"),
     ({"name": "pfedme", "lam": 0}, "algorithm.lam"),
+    ({"name": "perfedavg", "variant": "so"}, "algorithm.variant"),
+    ({"name": "perfedavg", "alpha": -1}, "algorithm.alpha"),
     ({"name": "fedrep", "head_layers": 3}, "algorithm.head_layers"),  # MLP(8): 2 Dense layers
 ])
 def test_bad_settings_name_the_key(uneven_data, cfg, key):
@@ -392,6 +457,7 @@ def test_bad_settings_name_the_key(uneven_data, cfg, key):
     {"name": "fedrep", "head_steps": 2},
     {"name": "apfl", "mixing": "adaptive"},
     {"name": "pfedme", "lam": 1.0, "inner_steps": 2},
+    {"name": "perfedavg", "variant": "hf"},
 ], ids=lambda c: c["name"])
 def test_vmap_equals_map(uneven_data, cfg):
     sims = [_sim(uneven_data, cfg, 3, 2, 4, axis) for axis in ("map", "vmap")]

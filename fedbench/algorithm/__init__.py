@@ -42,7 +42,7 @@ from typing import Any
 
 from fedbench.algorithm import (
     apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fedexp, fednova, fedopt,
-    personalised, pfedme, qffl, scaffold,
+    perfedavg, personalised, pfedme, qffl, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
 from fedbench.algorithm.fednova import fednova_mean
@@ -69,6 +69,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fedrep": personalised.fedrep,
     "semifed": personalised.semifed,
     "pfedme": pfedme.pfedme,
+    "perfedavg": perfedavg.perfedavg,
     "apfl": apfl.apfl,
     "ifca": clustered.ifca,
     "cfl": clustered.cfl,

@@ -29,7 +29,8 @@ Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pi
 * ``client_models(params, store) -> [num_clients, ...] params``: the model each client is
   evaluated with (default ``None``: the global model for everyone);
 * ``finetune_steps``: evaluate each client with the global model after that many local SGD
-  steps on its own training data;
+  steps on its own training data (at ``finetune_lr``, default the client learning rate;
+  Per-FedAvg: one step at its ``alpha``);
 * ``estimator(apply_fn, local_epochs=, batch_size=, loss_fn=) -> GradientEstimator``: the
   gradient of one local step (default: the task loss of a minibatch; pFedMe: its Moreau
   envelope's, :mod:`fedbench.algorithm.pfedme`);
@@ -172,7 +173,8 @@ class Algorithm:
         evaluation scores each client with its own.
       releases: what each client sends the server.
       dp_client: why client-level DP cannot privatise this algorithm's releases (None: it can).
-      client_start, shared, personal_pass, client_models, finetune_steps: personalisation
+      client_start, shared, personal_pass, client_models, finetune_steps, finetune_lr:
+        personalisation
         (see the module docstring; :mod:`fedbench.algorithm.personalised`).
       estimator, client_prepare, init_models, client_clusters: a custom local gradient, a
         per-client choice before training, several server models, reported clusters.
@@ -211,6 +213,7 @@ class Algorithm:
     personal_pass: PersonalPass | None = None
     client_models: Callable[[Params, Any], Params] | None = None
     finetune_steps: int = 0
+    finetune_lr: float | None = None
     estimator: Callable | None = None
     dp_sample: str | None = None
     client_prepare: Callable[[Params, Any, Callable], Any] | None = None
