@@ -16,6 +16,7 @@ from fedbench.errors import ConfigError
 from fedbench.partition import heterogeneity_stats, partition
 from fedbench.partition.feature_shift import shift_clients, shift_plan
 from fedbench.partition.panels import apply_panels
+from fedbench.partition.acquisition import apply_acquisition
 from fedbench.partition.groups import SCENARIOS, apply_groups
 
 
@@ -101,6 +102,8 @@ def build_federated(
     if partition_cfg.get("name") in SCENARIOS:  # client groups: rotated images, swapped labels
         train_x, test_x, train_t, test_t, groups = apply_groups(
             partition_cfg, train_x, test_x, train_t, test_t, raw.num_classes, raw.task, seed)
+    if partition_cfg.get("name") == "acquisition":  # each site's scanner: its images' protocol
+        train_x, test_x, groups = apply_acquisition(partition_cfg, train_x, test_x, seed)
     train_x, (test_x,) = impute_median(train_x, [test_x])
     train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
     train_x, test_x, panels = apply_panels(  # sites' lab panels (fedbench/partition/panels.py)
@@ -116,7 +119,8 @@ def build_federated(
     test_y = test_t if groups is not None else [raw.y[i] for i in test_idx]
     stats = heterogeneity_stats(train_y, raw.num_classes)
     if groups is not None:
-        stats["groups"] = groups  # client_groups, group_sizes, angles | label_permutations
+        stats["groups"] = groups  # client_groups, group_sizes, angles | label_permutations |
+        # protocols (acquisition)
     if any(s["kind"] != "none" for s in shifts):
         stats["feature_shift"] = shifts  # per client: {"kind", "value"}
     if partition_cfg.get("name") == "natural" and raw.client_names is not None:

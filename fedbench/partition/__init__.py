@@ -25,7 +25,8 @@ from fedbench.errors import ConfigError
 from fedbench.partition.stats import heterogeneity_stats  # noqa: F401  (public here)
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural", "prevalence", "rotated",
-              "label_swap")  # the last two: iid, then client groups (groups.py)
+              "label_swap", "acquisition")  # rotated, label_swap: iid, then client groups
+# (groups.py); acquisition: iid or dirichlet, then each site's scanner (acquisition.py)
 _SITE_KEYS = ("size", "classes", "shift")
 _MAX_RESAMPLES = 10_000  # NIID-Bench redraws without limit; we stop and say so
 #: NIID-Bench's minimum client size: its label- and quantity-skew draws are repeated until every
@@ -340,9 +341,15 @@ def partition(
         return prevalence(labels, prevalence_counts(cfg.get("sites"), labels, num_clients), rng)
     if num_clients > n:
         raise ConfigError("num_clients", num_clients, f"<= {n}, the number of examples")
+    if name == "acquisition":  # the scanners' transforms: fedbench/partition/acquisition.py
+        from fedbench.partition.acquisition import check
+
+        check(cfg, num_clients)
+        if cfg.get("labels", "iid") == "iid":
+            return iid(labels, num_clients, rng)
     if name in ("iid", "rotated", "label_swap"):  # groups' transforms: fedbench/partition/groups.py
         return iid(labels, num_clients, rng)
-    if name in ("dirichlet", "quantity"):
+    if name in ("dirichlet", "quantity", "acquisition"):
         alpha = cfg.get("alpha")
         if alpha is None or not float(alpha) > 0:
             raise ConfigError("partition.alpha", alpha, "> 0 (Dirichlet concentration)")
