@@ -98,6 +98,7 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
             data_digest=digest,
             # release_metrics=false also withholds what non-DP per-client models score
             per_client_models=evaluates_own_models(algorithm),
+            num_params=sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"])),
         )
 
     privacy = plan_for(cfg)
@@ -203,6 +204,8 @@ def run_experiment(
                 spent = privacy.report(int(state.round), np.asarray(state.participation),
                                        steps=_dp_steps(state))
                 metrics["epsilon"] = spent["epsilon"]
+                if state.wraps is not None:  # privacy=ddp: the modular sums' wrapped coordinates
+                    metrics["modular_wraps"] = int(state.wraps)
                 # privacy.release_metrics=false: only what epsilon covers and the pooled test set.
                 metrics = privacy.released(metrics)
             return metrics

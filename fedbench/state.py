@@ -76,6 +76,7 @@ class ServerState:
     bits_up: Any = None  # bits the clients' compressed uploads took (fedbench.compression.traffic)
     dp_steps: Any = None  # [num_clients] int32 under DP-SGD: steps taken in updates that arrived
     dp_noise: Any = None  # DP-FTRL's noise state: every round's draw, [rounds, ...] per parameter
+    wraps: Any = None  # privacy=ddp: coordinates of the modular sums that wrapped, all rounds
     hparams: Any = None  # in-program sweeps: this replica's lr, mu, clip, ... (fedbench.hparams)
 
     @property

@@ -39,12 +39,15 @@ MODEL_VERDICTS = ("membership", "personal", "sites", "epsilon bound")
 UNIT_WORDS = {"client": "one hospital (a client: all of its records together)",
               "example": "one record of one hospital (one training example of one client)"}
 #: dp-accounting's neighbouring relations (``neighboring_relation``) in the report's words.
-RELATION_SHORT = {"add_or_remove_one": "add/remove-one", "replace_one": "replace-one"}
+RELATION_SHORT = {"add_or_remove_one": "add/remove-one", "replace_one": "replace-one",
+                  "zero_out": "zero-out"}
 RELATION_WORDS = {
     ("add_or_remove_one", "client"): "add/remove-one (adding or removing one hospital's data)",
     ("replace_one", "client"): "replace-one (replacing one hospital's data by another's)",
     ("add_or_remove_one", "example"): "add/remove-one (adding or removing one record)",
     ("replace_one", "example"): "replace-one (replacing one record by another)",
+    ("zero_out", "client"): "zero-out (one hospital's update replaced by zeros, the hospital "
+                            "still adding its share of the noise)",
 }
 
 

@@ -54,7 +54,8 @@ class BuildContext:
     Attributes:
       num_clients: sites in the federation; clients_per_round: the cohort (or expected cohort);
       rounds: rounds configured; local_epochs, batch_size: each client's schedule;
-      client_sizes: ``[C]`` training examples per client.
+      client_sizes: ``[C]`` training examples per client; num_params: the model's parameters
+      (None where unknown).
     """
 
     num_clients: int
@@ -63,6 +64,7 @@ class BuildContext:
     local_epochs: int
     batch_size: int
     client_sizes: Any
+    num_params: int | None = None
 
 
 class Mechanism:
@@ -71,6 +73,9 @@ class Mechanism:
 
     name: ClassVar[str] = ""
     unit: ClassVar[str] = "client"  # the neighbouring relation: one client | one example
+    #: The neighbouring relation when the mechanism fixes it (``ddp``: ``zero_out``, one unit's
+    #: update replaced by zeros); None: dp-accounting's for the sampling.
+    relation: ClassVar[str | None] = None
     hyperparameters: ClassVar[tuple[str, ...]] = ()
     #: Hyper-parameters that set the same thing in two ways (a target epsilon or a noise
     #: multiplier): a replica that sets one gets the others null, and one sweep may vary only

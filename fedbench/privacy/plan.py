@@ -134,6 +134,8 @@ class PrivacyPlan:
         """dp-accounting's neighbouring relation for this plan's sampling, as its report names
         it (``add_or_remove_one``: Poisson; ``replace_one``: fixed-size cohorts), taken from
         the accountant's own rule for the event (:func:`fedbench.privacy.events.dp_event`)."""
+        if self.mechanism.relation is not None:  # a mechanism's own (ddp: zero-out)
+            return self.mechanism.relation
         sampling = "fixed" if self.sampling == "fixed" else "poisson"  # or none: no sampling
         event = dp_event(1.0, None, 1, sampling, population=max(self.num_clients, 1),
                          cohort=max(min(self.clients_per_round, self.num_clients), 1))
@@ -286,13 +288,15 @@ def build_privacy(
     client_sizes: np.ndarray,
     data_digest: str | None = None,
     per_client_models: bool = False,
+    num_params: int | None = None,
 ) -> PrivacyPlan | None:
     """Validates the ``privacy`` group and calibrates the mechanism before training.
 
     ``per_client_models``: the run's evaluation scores each client with its own model
     (:func:`~fedbench.privacy.release.evaluates_own_models` of its algorithm), so that
     ``release_metrics=false`` withholds the pooled test metrics too
-    (:meth:`PrivacyPlan.released`).
+    (:meth:`PrivacyPlan.released`). ``num_params``: the model's parameter count (``ddp``'s
+    rotation size).
 
     Raises:
       ConfigError: unknown name, DP on a non-federated baseline, ``clip <= 0``, ``epsilon <=
@@ -312,7 +316,7 @@ def build_privacy(
     module, cfg = checked["module"], cfg or {}
     clip, accountant, target, noise = (checked[k] for k in ("clip", "accountant", "target", "noise"))
     ctx = BuildContext(num_clients, clients_per_round, rounds, local_epochs, batch_size,
-                       np.asarray(client_sizes))
+                       np.asarray(client_sizes), num_params)
     units = module.population(ctx)
     delta = default_delta(units) if checked["delta"] is None else checked["delta"]
     switches, noise_mode, name = checked["switches"], checked["noise_mode"], checked["name"]

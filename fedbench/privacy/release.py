@@ -40,10 +40,13 @@ def relation_words(relation: str, unit: str) -> str:
     words, for ``unit`` (``Mechanism.unit``): what two neighbouring datasets differ by.
 
     Raises:
-      ValueError: a relation other than ``add_or_remove_one`` and ``replace_one``.
+      ValueError: a relation other than ``add_or_remove_one``, ``replace_one`` and
+        ``zero_out``.
     """
     if relation == "add_or_remove_one":
         return f"adding or removing {UNITS.get(unit, 'one ' + unit)}"
+    if relation == "zero_out":  # distributed DP: the site stays, its noise share with it
+        return f"replacing the update of {UNITS.get(unit, 'one ' + unit)} by zeros"
     if relation == "replace_one":
         return ("replacing one client's data by another's" if unit == "client" else
                 f"replacing {UNITS.get(unit, 'one ' + unit)} by another")
