@@ -54,6 +54,10 @@ CASES = {  # per-client store, FedBuff's clients in flight, adaptive clip, stack
     "dp_ftrl_blt_every_round": ["privacy=dp_ftrl", "privacy.matrix=blt",
                                 "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0",
                                 "clients_per_round=4"],
+    # distributed DP: its count of wrapped coordinates (ServerState.wraps); 6 bits and a
+    # headroom of half a std, so that it moves
+    "ddp": ["privacy=ddp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0",
+            "privacy.bits=6", "privacy.k_stddevs=0.5", "clients_per_round=4"],
 }
 TIMING = ("compile_seconds", "run_seconds", "rounds_per_second")
 
