@@ -10,6 +10,8 @@
 * The mechanism: the decoded mean's noise has the variance of ``n`` shares; without noise it is
   the clipped mean up to the rounding; the scale chosen for the bits keeps the modular sum from
   wrapping, and a too-small headroom makes it wrap (counted).
+* Bytes up and down are secure aggregation's messages, counted by hand (SecAgg and SecAgg+);
+  compressors are refused (the mechanism quantises).
 * Bad settings name their key; a partial cohort is refused.
 """
 
@@ -142,6 +144,8 @@ def test_the_scale_for_the_bits_keeps_the_sum_in_range():
     ("privacy.k_stddevs=0", "privacy.k_stddevs"),
     ("privacy.sampling=poisson", "privacy.sampling"),
     ("clients_per_round=2", "clients_per_round"),
+    ("privacy.secagg=secagg_plus", "privacy.secagg_degree"),
+    ("privacy.secagg=shamir", "privacy.secagg"),
 ])
 def test_bad_settings_name_the_key(override, key):
     base = TINY + ["num_clients=3", "clients_per_round=3", "privacy=ddp"]
@@ -159,3 +163,37 @@ def test_a_run_reports_zero_out_and_its_wraps(tmp_path):
     privacy = summary["privacy"]
     assert privacy["neighboring_relation"] == "zero_out" and privacy["epsilon"] <= 4.0
     assert privacy["distributed"]["bits"] == 12 and "modular_wraps" in summary["final"]
+
+
+@pytest.mark.parametrize("protocol, degree", [("secagg", None), ("secagg_plus", 2)])
+def test_bytes_are_secure_aggregations_messages(tmp_path, protocol, degree):
+    """Each site's upload per round: its masked vector of d coordinates of b bits plus the
+    protocol's keys (2K), encrypted share pairs routed to d neighbours (d (I + 2I + 2F + E)) and
+    unmasking shares (d + 1)(I + F); its download adds d (I + 2K) + d (3I + 2F + E) + d I
+    (Bonawitz et al. 2017; K = 32, F = 16, I = 4, E = 28 bytes; d = n - 1 or SecAgg+'s k)."""
+    from fedbench.run import run_experiment
+
+    sites, bits, rounds = 4, 12, 2
+    extra = [] if degree is None else [f"privacy.secagg_degree={degree}"]
+    cfg = compose(TINY + [f"num_clients={sites}", f"clients_per_round={sites}", "privacy=ddp",
+                          f"rounds={rounds}", f"privacy.bits={bits}", f"privacy.secagg={protocol}",
+                          "privacy.target_epsilon=8"] + extra)
+    plain = compose(TINY + [f"num_clients={sites}", f"clients_per_round={sites}",
+                            f"rounds={rounds}"])
+    got = run_experiment(cfg, tmp_path / "ddp", progress=None)["final"]
+    dense = run_experiment(plain, tmp_path / "plain", progress=None)["final"]
+    d = sites - 1 if degree is None else degree
+    model = dense["bytes_up"] // (sites * rounds)  # logreg on breast_cancer: 62 float32
+    padded = 64
+    up = -(-padded * bits // 8) + 2 * 32 + d * (4 + 2 * 4 + 2 * 16 + 28) + (d + 1) * (4 + 16)
+    down = model + d * (4 + 2 * 32) + d * (3 * 4 + 2 * 16 + 28) + d * 4
+    assert model == 62 * 4
+    assert got["bytes_up"] == sites * rounds * up
+    assert got["bytes_down"] == sites * rounds * down
+
+
+def test_compressors_are_refused():
+    with pytest.raises(ConfigError) as err:
+        build_simulator(compose(TINY + ["num_clients=3", "clients_per_round=3", "privacy=ddp",
+                                        "compression=topk"]))
+    assert err.value.key == "compression.name" and "ddp" in str(err.value)

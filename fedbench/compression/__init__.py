@@ -204,6 +204,10 @@ def build_compression(
     from fedbench.privacy.mechanism import mechanism_class
 
     mechanism = mechanism_class(privacy or "none")
+    if mechanism is not None and mechanism.encodes_messages:
+        raise ConfigError("compression.name", name,
+                          f"none with privacy={privacy}: it sends each update as integers of "
+                          "privacy.bits bits through secure aggregation itself (its quantisation)")
     if mechanism is not None and mechanism.bounds_messages:
         # The mechanism's noise is calibrated to each message's clip (its declaration); each
         # piece declares whether it can raise the clipped norm.

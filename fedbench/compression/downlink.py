@@ -70,9 +70,11 @@ def broadcast(sim, params, state):
 def download_bits(sim) -> int:
     """Bits of one client's download: its algorithm's declared ``down`` messages
     (:class:`~fedbench.algorithm.base.Messages`), the first (the server model or models)
-    quantised with a downlink compressor, else dense; the others dense."""
+    quantised with a downlink compressor, else dense; the others dense; plus what the privacy
+    mechanism's protocol sends each client (``Mechanism.protocol_down_bits``)."""
     from fedbench.compression.traffic import declared_messages, tree_bits
 
     (first, model), *others = declared_messages(sim.param_shapes(), sim.algorithm).down.items()
     bits = tree_bits(model) if sim.downlink is None else sim.downlink.message_bits(model)
-    return bits + sum(tree_bits(m) for _, m in others)
+    protocol = 0 if sim.privacy is None else sim.privacy.protocol_down_bits()  # secure sums
+    return bits + sum(tree_bits(m) for _, m in others) + protocol

@@ -52,9 +52,10 @@ from fedbench.privacy import ddp_accounting as acc
 from fedbench.privacy import discrete
 from fedbench.privacy.mechanism import BuildContext, Mechanism, every_site_every_round
 from fedbench.privacy.mechanisms import clip_to_norm
-from fedbench.transforms import clip_by_norm
+from fedbench.transforms import UpdateTransform, clip_by_norm
 
 DISTRIBUTIONS = ("dgauss", "skellam")
+SECAGG = ("secagg", "secagg_plus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,9 @@ class DistributedDP(Mechanism):
       num_clients: the sites, all of them in every round.
       dim: parameters of the model; padded: ``d``.
       beta: the conditional rounding's failure probability per try.
+      secagg: ``secagg`` (Bonawitz et al. 2017: every pair of sites masks) or ``secagg_plus``
+        (Bell et al. 2020: the edges of a ``degree``-regular graph).
+      degree: SecAgg+'s ``k`` (None under SecAgg: ``n - 1``).
     """
 
     clip: float
@@ -80,11 +84,14 @@ class DistributedDP(Mechanism):
     num_clients: int
     dim: int
     beta: float = discrete.DEFAULT_BETA
+    secagg: str = "secagg"
+    degree: int | None = None
 
     name = "ddp"
     unit = "client"
     relation = "zero_out"
     bounds_messages = True  # the sensitivity is the clip: every message keeps it
+    encodes_messages = True  # integers modulo 2^b: no compressor composes with it
     # No noise, 32 bits, a clip no update of the matrix's tiny runs reaches: the clipped mean
     # up to the rounding (1 / scale per coordinate of the sum).
     identity = {"clip": 100.0, "target_epsilon": None, "noise_multiplier": 0, "bits": 32}
@@ -109,8 +116,27 @@ class DistributedDP(Mechanism):
                                "dropouts are not accounted")
         return self
 
+    def protocol(self) -> dict[str, dict[str, int]]:
+        """Secure aggregation's bytes and messages per phase for one round of the ``n`` sites
+        and ``d`` coordinates of ``bits`` bits, none dropping
+        (:func:`fedbench.secagg.costs.closed_form`)."""
+        from fedbench.secagg.costs import closed_form
+
+        return closed_form(self.num_clients, self.padded, self.bits, self.degree)
+
     def transforms(self) -> tuple:
-        return (clip_by_norm(),)
+        """The clip, then the exact size of what the site sends: secure aggregation's four
+        upload messages, its masked vector of ``d`` coordinates of ``bits`` bits included."""
+        sent = 8 * self.protocol()["total"]["client_up"]
+
+        def update(delta, state, round_info):
+            return delta, state, {"bits": jnp.asarray(sent, jnp.int32)}
+
+        return (clip_by_norm(), UpdateTransform(lambda params: (), update))
+
+    def protocol_down_bits(self) -> int:
+        """Secure aggregation's three replies to each site (keys, shares, survivors)."""
+        return 8 * self.protocol()["total"]["client_down"]
 
     def round_info(self, state) -> dict[str, Any]:
         return {"clip": self.clip}
@@ -162,6 +188,8 @@ class DistributedDP(Mechanism):
         return {"distributed": {
             "distribution": self.distribution, "bits": self.bits, "scale": self.scale,
             "local_std": self.local_std, "padded_dim": self.padded,
+            "secure_aggregation": {"protocol": self.secagg, "degree": self.degree,
+                                   **self.protocol()["total"]},
             "trust": "the server sees only the modular sum of the sites' noised updates "
                      "(secure aggregation simulated, not cryptographic)"}}
 
@@ -188,6 +216,14 @@ def check(cfg: Mapping[str, Any], accountant: str) -> None:
         raise ConfigError("privacy.accountant", accountant,
                           "rdp with privacy=ddp (the distributed discrete Gaussian's and "
                           "Skellam's bounds are RDP)")
+    if cfg.get("secagg", "secagg") not in SECAGG:
+        raise ConfigError("privacy.secagg", cfg.get("secagg"), "one of: " + ", ".join(SECAGG))
+    degree = cfg.get("secagg_degree")
+    if cfg.get("secagg", "secagg") == "secagg_plus" and (
+            isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
+        raise ConfigError("privacy.secagg_degree", degree,
+                          "an integer >= 1 with privacy.secagg=secagg_plus (the graph's k; "
+                          "Bell et al. take k = O(log n))")
     if cfg.get("sampling", "fixed") != "fixed":
         raise ConfigError("privacy.sampling", cfg.get("sampling"),
                           "fixed with privacy=ddp (every site every round)")
@@ -215,7 +251,10 @@ def build(cfg: Mapping[str, Any], common: Mapping[str, Any], ctx: BuildContext
             local = acc.calibrate(kind, common["target"], ctx.rounds, common["delta"],
                                   clip_units=clip * scale, sites=n, dim=padded, beta=beta)
             model_std = local / scale
-    mech = DistributedDP(clip, kind, bits, scale, local, n, dim, beta)
+    plus = cfg.get("secagg", "secagg") == "secagg_plus"
+    mech = DistributedDP(clip, kind, bits, scale, local, n, dim, beta,
+                         "secagg_plus" if plus else "secagg",
+                         int(cfg["secagg_degree"]) if plus else None)
     return mech, {"sampling": "none"}
 
 
@@ -226,7 +265,7 @@ def population(ctx: BuildContext) -> int:
 MECHANISM = DistributedDP
 
 
-def bits_table(num_params: int = 55_050, sites: int = 20, rounds: int = 100,
+def bits_table(num_params: int = 55_210, sites: int = 20, rounds: int = 100,
                target: float = 8.0, delta: float = 1e-5, bits=(20, 18, 16, 14, 12, 10)
                ) -> list[tuple[int, str, float]]:
     """``(bits, distribution, noise multiplier of the sum)`` calibrated to ``target`` over

@@ -82,6 +82,9 @@ class Mechanism:
     #: one of them.
     alternatives: ClassVar[tuple[tuple[str, ...], ...]] = ()
     bounds_messages: ClassVar[bool] = False
+    #: The mechanism encodes each upload itself (``ddp``: integers modulo ``2^b`` through
+    #: secure aggregation), so no compressor composes with it.
+    encodes_messages: ClassVar[bool] = False
     #: ``privacy.<key>`` settings under which the mechanism adds no noise and clips nothing, so
     #: that a run equals the run without it (the generated matrix, tests/test_combinations.py).
     identity: ClassVar[dict[str, Any]] = {}
@@ -136,6 +139,11 @@ class Mechanism:
 
     def carried(self) -> dict[str, float]:
         return {}
+
+    def protocol_down_bits(self) -> int:
+        """Bits each participating client receives per round besides the algorithm's messages
+        (``ddp``: secure aggregation's keys, shares and survivor lists)."""
+        return 0
 
     def describe(self) -> dict[str, Any]:
         """Settings reported beside the epsilon (e.g. adaptive clipping's)."""
