@@ -96,12 +96,12 @@ def test_compact_store_dtype(uneven_data):
 # client-level DP privatises one clipped delta per client in a synchronous round; SCAFFOLD also
 # releases control deltas, FedNova rescales clipped deltas by data-dependent step ratios, FedDyn
 # keeps a server state of raw deltas; q-FFL also sends loss-dependent scalars, its loss computed
-# outside DP-SGD; FedPer stores heads relative to the global head the noise
-# would perturb (Ditto and finetune release only FedAvg's delta); FedBuff and the baselines have
-# no synchronous release.
+# outside DP-SGD; FedPer (and FedBN, its normalisation layers) store heads relative to the
+# global head the noise would perturb (Ditto and finetune release only FedAvg's delta); FedBuff
+# and the baselines have no synchronous release.
 REFUSED = {
-    "dp_client": {"scaffold", "fednova", "feddyn", "fedexp", "fedper", "fedrep", "ifca", "cfl",
-                  "qffl", "fedbuff", "centralized", "local"},
+    "dp_client": {"scaffold", "fednova", "feddyn", "fedexp", "fedper", "fedbn", "fedrep", "ifca",
+                  "cfl", "qffl", "fedbuff", "centralized", "local"},
     "dp_sample": {"fedrep", "apfl", "pfedme", "perfedavg", "ifca", "qffl", "fedbuff",
                   "centralized", "local"},
     "none": set(),
@@ -124,6 +124,8 @@ def test_each_mechanism_refuses_exactly_the_listed_algorithms_before_any_work(pr
     refused = set()
     for algorithm in sorted(ALGORITHMS):
         overrides = [*TINY, f"algorithm={algorithm}", f"privacy={privacy}"]
+        if algorithm == "fedbn":  # it needs normalisation layers
+            overrides += ["model=mlp", "model.norm=layer"]
         if privacy != "none":
             overrides += ["privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]
         try:

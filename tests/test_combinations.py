@@ -49,7 +49,8 @@ TINY = ["dataset=breast_cancer", "partition=iid", "num_clients=6", "clients_per_
         "checkpoint_every=0", "partition.seed=0"]
 #: Per-algorithm settings that keep a tiny run meaningful (the rest from its config file).
 EXTRA = {"fedbuff": ["algorithm.buffer_size=2", "algorithm.concurrency=3"],
-         "ifca": ["algorithm.clusters=2"], "cfl": []}
+         "ifca": ["algorithm.clusters=2"], "cfl": [],
+         "fedbn": ["model.norm=layer"]}  # FedBN needs normalisation layers
 
 
 def _declared(name: str) -> tuple[str, ...]:
@@ -126,7 +127,9 @@ def _sites(sizes=(12, 7, 15, 9, 11), features=4, classes=3, seed=1):
 def _simulator(name, arrays, members_count):
     xs, ys, txs, tys, classes = arrays
     data = from_client_arrays(xs, ys, txs, tys, classes)
-    model = build_model({"name": "mlp", "hidden": [8]}, data.feature_shape, classes, data.task)
+    norm = {"norm": "layer"} if name == "fedbn" else {}  # FedBN needs normalisation layers
+    model = build_model({"name": "mlp", "hidden": [8], **norm}, data.feature_shape, classes,
+                        data.task)
     settings = Settings(clients_per_round=members_count, local_epochs=2, batch_size=16, lr=0.1,
                         client_axis="map")
     extra = {"clusters": 2} if name == "ifca" else {}

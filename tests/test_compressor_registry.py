@@ -49,6 +49,13 @@ FEDERATED = tuple(n for n in BUILDERS if build_algorithm({"name": n, **(
     {"clusters": 2} if n == "ifca" else {})}, 4).kind == "federated")
 #: Per-algorithm settings a tiny run needs (the rest from its config file).
 EXTRA = {"ifca": {"clusters": 2}}
+#: Model settings an algorithm needs (FedBN: normalisation layers to keep at the site).
+MODEL_EXTRA = {"fedbn": {"norm": "layer"}}
+
+
+def _model(data, algorithm_name: str):
+    return build_model({"name": "mlp", "hidden": [5], **MODEL_EXTRA.get(algorithm_name, {})},
+                       data.feature_shape, data.num_classes, data.task)
 ROUNDS, CLIENTS = 2, 4
 
 
@@ -193,8 +200,7 @@ def test_bytes_up_equal_the_declared_messages(algorithm_name, compression):
                                 CLIENTS)
     compressor = build_compression(cfg, None, algorithm.kind)
     data = _data()
-    model = build_model({"name": "mlp", "hidden": [5]}, data.feature_shape, data.num_classes,
-                        data.task)
+    model = _model(data, algorithm_name)
     settings = Settings(clients_per_round=CLIENTS, local_epochs=1, batch_size=16, lr=0.1,
                         client_axis="map")
     sim = Simulator(model, algorithm, data, settings, seed=0,
@@ -223,8 +229,6 @@ def test_every_algorithm_sends_its_declared_messages_at_the_pieces_bits(name):
     declared bits, and the rest of the upload (SCAFFOLD's control variate) is counted dense."""
     cfg = {**compression_defaults(name), "name": name}
     data = _data()
-    model = build_model({"name": "mlp", "hidden": [5]}, data.feature_shape, data.num_classes,
-                        data.task)
     settings = Settings(clients_per_round=CLIENTS, local_epochs=1, batch_size=16, lr=0.1,
                         client_axis="map")
     key = jax.random.PRNGKey(3)
@@ -232,7 +236,7 @@ def test_every_algorithm_sends_its_declared_messages_at_the_pieces_bits(name):
         algorithm = build_algorithm({"name": algorithm_name, **EXTRA.get(algorithm_name, {})},
                                     CLIENTS)
         compressor = build_compression(cfg, None, algorithm.kind)
-        sim = Simulator(model, algorithm, data, settings, seed=0,
+        sim = Simulator(_model(data, algorithm_name), algorithm, data, settings, seed=0,
                         transforms=(compressor.transform(),))
         shapes = sim.param_shapes()
         sent = _sent(shapes, algorithm)

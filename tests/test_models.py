@@ -203,3 +203,34 @@ def test_hybrid_conv_gradients_equal_autodiff_of_the_xla_convolution(x_shape, k_
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="odd kernel"):
         hybrid_conv(x, jnp.zeros((4, 4) + k_shape[2:]))
+
+
+def test_group_norm_mlp_equals_a_numpy_forward_pass():
+    """model.norm=group (Wu & He 2018): each example's features in ``groups`` groups, each
+    group centred and scaled by its own mean and (biased) variance, eps 1e-5 (flax's default),
+    then the learned scale and bias; before the ReLU."""
+    model = build_model({"name": "mlp", "hidden": [8], "norm": "group", "groups": 2}, (5,), 3)
+    params = _random_params(model, (5,))["params"]
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    h = x @ np.asarray(params["Dense_0"]["kernel"]) + np.asarray(params["Dense_0"]["bias"])
+    g = h.reshape(4, 2, 4)
+    g = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5)
+    h = g.reshape(4, 8) * np.asarray(params["GroupNorm_0"]["scale"]) + np.asarray(
+        params["GroupNorm_0"]["bias"])
+    want = np.maximum(h, 0) @ np.asarray(params["Dense_1"]["kernel"]) + np.asarray(
+        params["Dense_1"]["bias"])
+    got = model.apply({"params": params}, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_norm_settings_name_the_key():
+    for cfg, key in (({"name": "mlp", "norm": "batch"}, "model.norm"),
+                     ({"name": "mlp", "norm": "instance"}, "model.norm"),
+                     ({"name": "mlp", "hidden": [200, 200], "norm": "group", "groups": 3},
+                      "model.groups"),
+                     ({"name": "cnn", "norm": "group", "groups": 5}, "model.groups")):
+        with pytest.raises(ConfigError) as err:
+            build_model(cfg, (8, 8, 1), 10)
+        assert err.value.key == key
+    cnn = build_model({"name": "cnn", "norm": "layer", "conv_impl": "lax"}, (8, 8, 1), 10)
+    assert sum(k.startswith("LayerNorm_") for k in _init_shapes(cnn, (8, 8, 1))["params"]) == 3

@@ -16,6 +16,8 @@ FedRep, APFL, pFedMe, Per-FedAvg, finetune.
 * APFL's ``w``, ``v`` and adaptive ``alpha`` over two rounds equal a plain-JAX loop of Deng et
   al.'s Algorithm 1; each client is evaluated with ``alpha v + (1 - alpha) w``.
 * pFedMe's server and personalised models equal a plain-JAX loop of Dinh et al.'s Algorithm 1.
+* FedBN's global model and each client's own LayerNorm equal a plain-JAX loop of Li et al.'s
+  Algorithm 1 (the normalisation layer never averaged); without norm layers it is refused.
 * Per-FedAvg's FO, HF and exact-Hessian variants and its one-step personalised models equal a
   plain-JAX loop of Fallah et al.'s Algorithm 1 (the exact one with an explicit Hessian matrix).
 * FedRep, APFL, pFedMe, Per-FedAvg: ``vmap`` over the cohort equals ``lax.map``.
@@ -417,6 +419,56 @@ def test_perfedavg_hessian_free_approaches_the_exact_product(uneven_data):
         runs[variant] = np.asarray(ravel_pytree(sim.run(sim.init(), 1).params)[0])
     gap = float(np.max(np.abs(runs["hf"] - runs["exact"])))
     assert gap < 1e-4 and float(np.max(np.abs(runs["fo"] - runs["exact"]))) > 1e-2
+
+
+def test_fedbn_equals_a_plain_loop_with_local_normalisation(uneven_data):
+    """Li et al. 2021, Algorithm 1 with LayerNorm written out: each sampled client trains the
+    whole model from (global weights, its own normalisation layer) by full-batch gradient
+    steps; the server averages the other parameters' deltas by examples and never moves the
+    normalisation layer; each client is scored with the new global weights and its own layer
+    (the initial one if never sampled)."""
+    epochs = 3
+    settings = Settings(clients_per_round=3, local_epochs=epochs, batch_size=32, lr=LR)
+    sim = Simulator(MLP(hidden=(8,), num_classes=3, norm="layer"),
+                    build_algorithm({"name": "fedbn"}), uneven_data, settings, seed=0)
+    state1 = sim.run(state0 := sim.init(), 1)
+    w0 = state0.params
+    assert set(w0) == {"Dense_0", "LayerNorm_0", "Dense_1"}
+
+    def loss(p, x, y):  # Dense, LayerNorm (eps 1e-6, biased variance), ReLU, Dense
+        h = x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+        h = (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-6)
+        h = jax.nn.relu(h * p["LayerNorm_0"]["scale"] + p["LayerNorm_0"]["bias"])
+        logits = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+    sampled = [int(c) for c in np.flatnonzero(np.asarray(state1.participation))]
+    counts = np.asarray(uneven_data.train_counts, np.float32)
+    trained = {}
+    for c in sampled:
+        x, y = _client(uneven_data, c)
+        p = w0
+        for _ in range(epochs):
+            p = jax.tree.map(lambda a, g: a - LR * g, p, jax.grad(loss)(p, x, y))
+        trained[c] = p
+    weights = counts[sampled] / counts[sampled].sum()
+    want = {k: jax.tree.map(lambda w, *t: w + sum(n * (a - w) for n, a in zip(weights, t)),
+                            w0[k], *[trained[c][k] for c in sampled])
+            for k in ("Dense_0", "Dense_1")}
+    want["LayerNorm_0"] = w0["LayerNorm_0"]  # never averaged, never moved by the server
+    _close(state1.params, want)
+    models = sim.evaluated_params(state1)
+    for c in range(uneven_data.num_clients):
+        own = trained[c]["LayerNorm_0"] if c in trained else w0["LayerNorm_0"]
+        _close(_row(models, c), {**want, "LayerNorm_0": own})
+
+
+def test_fedbn_needs_normalisation_layers(uneven_data):
+    with pytest.raises(ConfigError) as err:
+        _sim(uneven_data, {"name": "fedbn"})  # MLP without norm
+    assert err.value.key == "model.norm"
+    with pytest.raises(ConfigError, match="normalisation layers"):
+        check_client_dp(build_algorithm({"name": "fedbn"}))
 
 
 def test_dp_sample_refuses_what_dp_sgd_does_not_cover(uneven_data):

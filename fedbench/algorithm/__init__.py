@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedbench.algorithm import (
-    apfl, baselines, clustered, fedavg, fedavgm, fedbuff, feddyn, fedexp, fednova, fedopt,
+    apfl, baselines, clustered, fedavg, fedavgm, fedbn, fedbuff, feddyn, fedexp, fednova, fedopt,
     perfedavg, personalised, pfedme, qffl, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
@@ -65,6 +65,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "fedbuff": fedbuff.fedbuff,
     "ditto": personalised.ditto,
     "fedper": personalised.fedper,
+    "fedbn": fedbn.fedbn,
     "finetune": personalised.finetune,
     "fedrep": personalised.fedrep,
     "semifed": personalised.semifed,

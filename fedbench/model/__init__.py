@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from fedbench.errors import ConfigError
 
 MODELS = ("logreg", "mlp", "cnn", "cox", "semi")
+#: ``model.norm``: a normalisation layer after every hidden layer (before its ReLU), or none.
+NORMS = ("none", "group", "layer")
 CONV_IMPLS = ("auto", "lax", "im2col", "hybrid")
 #: Models added at run time by :func:`register`: ``model.name`` ->
 #: ``builder(cfg, feature_shape, num_classes, task) -> flax.linen.Module``.
@@ -65,17 +67,33 @@ class Cox(nn.Module):
         )
 
 
+def normalise(x: jax.Array, norm: str, groups: int) -> jax.Array:
+    """``x`` through a fresh normalisation layer (``model.norm``): ``layer`` (LayerNorm over
+    the features; Ba, Kiros, Hinton 2016), ``group`` (GroupNorm, ``groups`` groups of the last
+    axis, statistics over them and the spatial axes; Wu & He, ECCV 2018), ``none``. Both are
+    per example, so a record's output never depends on the others in its batch (DP-SGD's
+    per-example gradients stay per example), and both have a learned scale and bias."""
+    if norm == "layer":
+        return nn.LayerNorm()(x)
+    if norm == "group":
+        return nn.GroupNorm(num_groups=groups)(x)
+    return x
+
+
 class MLP(nn.Module):
-    """McMahan et al.'s 2NN: ``hidden`` ReLU layers (default two of 200) then a linear head."""
+    """McMahan et al.'s 2NN: ``hidden`` ReLU layers (default two of 200) then a linear head;
+    ``norm``: a normalisation layer before each ReLU (:func:`normalise`)."""
 
     num_classes: int
     hidden: Sequence[int] = (200, 200)
+    norm: str = "none"
+    groups: int = 8
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.relu(normalise(nn.Dense(width)(x), self.norm, self.groups))
         return nn.Dense(self.num_classes)(x)
 
 
@@ -130,19 +148,47 @@ class Conv5x5(nn.Module):
 
 
 class CNN(nn.Module):
-    """McMahan et al.'s MNIST CNN for any ``[H, W, C]`` input with ``H, W >= 4``."""
+    """McMahan et al.'s MNIST CNN for any ``[H, W, C]`` input with ``H, W >= 4``; ``norm``: a
+    normalisation layer after each convolution and the hidden dense layer, before the ReLU (the
+    places of the FedBN paper's BatchNorm layers; :func:`normalise`)."""
 
     num_classes: int
     conv_impl: str = "lax"
+    norm: str = "none"
+    groups: int = 8
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim == 3:
             x = x[..., None]
-        x = max_pool_2x2(nn.relu(Conv5x5(32, self.conv_impl)(x)))
-        x = max_pool_2x2(nn.relu(Conv5x5(64, self.conv_impl)(x)))
-        x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
+        for width in (32, 64):
+            x = Conv5x5(width, self.conv_impl)(x)
+            x = max_pool_2x2(nn.relu(normalise(x, self.norm, self.groups)))
+        x = nn.Dense(512)(x.reshape(x.shape[0], -1))
+        x = nn.relu(normalise(x, self.norm, self.groups))
         return nn.Dense(self.num_classes)(x)
+
+
+def check_norm(cfg: Mapping[str, Any], widths: Sequence[int]) -> tuple[str, int]:
+    """``(norm, groups)`` of a model config whose normalised layers have ``widths`` features.
+
+    Raises:
+      ConfigError: an unknown ``model.norm`` (``batch`` with the reason it is not offered), or
+        ``model.groups`` that does not divide every width under ``group``.
+    """
+    norm, groups = cfg.get("norm", "none"), cfg.get("groups", 8)
+    if norm == "batch":
+        raise ConfigError("model.norm", norm,
+                          "one of: " + ", ".join(NORMS) + " (BatchNorm's running statistics "
+                          "are mutable state the simulator does not carry yet; group is the "
+                          "per-example, DP-compatible choice)")
+    if norm not in NORMS:
+        raise ConfigError("model.norm", norm, "one of: " + ", ".join(NORMS))
+    if norm == "group" and (isinstance(groups, bool) or not isinstance(groups, int)
+                            or groups < 1 or any(w % groups for w in widths)):
+        raise ConfigError("model.groups", groups,
+                          f"an integer >= 1 dividing every normalised width {list(widths)}")
+    return norm, int(groups)
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -193,7 +239,7 @@ def build_model(
         hidden = tuple(int(h) for h in cfg.get("hidden", (200, 200)))
         if any(h < 1 for h in hidden):
             raise ConfigError("model.hidden", list(hidden), "positive layer widths")
-        return MLP(num_classes, hidden)
+        return MLP(num_classes, hidden, *check_norm(cfg, hidden))
     if len(feature_shape) not in (2, 3) or min(feature_shape[:2]) < 4:
         raise ConfigError(
             "model.name",
@@ -201,4 +247,5 @@ def build_model(
             f"a model for this data: cnn needs images [H, W] or [H, W, C] with H, W >= 4, "
             f"but the dataset's inputs have shape {list(feature_shape)}; use logreg or mlp",
         )
-    return CNN(num_classes, resolve_conv_impl(cfg.get("conv_impl", "auto")))
+    return CNN(num_classes, resolve_conv_impl(cfg.get("conv_impl", "auto")),
+               *check_norm(cfg, (32, 64, 512)))

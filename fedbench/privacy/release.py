@@ -119,6 +119,9 @@ NOISE_SALT_IGNORED_IF_NULL = ("members",)
 #: ``dataset.`` keys likewise left out while null (Synthetic's size and generator options).
 NOISE_SALT_IGNORED_DATASET_IF_NULL = ("size_mean", "size_sigma", "size_offset", "generator")
 NOISE_SALT_IGNORED_PRIVACY = ("shared_noise", "release_metrics", "noise")
+#: ``model.`` keys left out at these values (their defaults): a model without normalisation
+#: layers keeps the noise it drew before ``model.norm`` existed.
+NOISE_SALT_IGNORED_MODEL_AT = {"norm": "none", "groups": 8}
 #: What ``summary.json`` and every report say about reproducible noise.
 REGENERABLE = ("this run's DP noise can be regenerated from its config, seed and training data "
                "(privacy.noise=reproducible): anyone holding them can subtract it from the "
@@ -154,7 +157,8 @@ def data_digest(data) -> str:
 
 def noise_salt(cfg: Mapping[str, Any], data: str | None = None) -> int:
     """A 32-bit integer from the SHA-256 of the resolved config's canonical JSON and ``data``,
-    the training data's :func:`data_digest` (None: the config alone).
+    the training data's :func:`data_digest` (None: the config alone); ``model.`` keys at the
+    values of :data:`NOISE_SALT_IGNORED_MODEL_AT` left out.
 
     Folded into every DP noise key (client-level noise and DP-SGD's per-step noise, never the
     sampling keys): runs that differ in any setting draw independent noise, an identical config
@@ -172,6 +176,10 @@ def noise_salt(cfg: Mapping[str, Any], data: str | None = None) -> int:
     if isinstance(cfg.get("dataset"), Mapping):
         config["dataset"] = {k: v for k, v in cfg["dataset"].items()
                              if not (k in NOISE_SALT_IGNORED_DATASET_IF_NULL and v is None)}
+    if isinstance(cfg.get("model"), Mapping):
+        config["model"] = {k: v for k, v in cfg["model"].items()
+                           if not (k in NOISE_SALT_IGNORED_MODEL_AT
+                                   and v == NOISE_SALT_IGNORED_MODEL_AT[k])}
     privacy = cfg.get("privacy") or {}
     config["privacy"] = {k: v for k, v in privacy.items() if k not in NOISE_SALT_IGNORED_PRIVACY}
     if data is not None:  # a changed record draws new noise

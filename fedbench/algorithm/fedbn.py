@@ -1,0 +1,57 @@
+"""FedBN: the normalisation layers stay at each site.
+
+X. Li, M. Jiang, X. Zhang, M. Kamp, Q. Dou, "FedBN: Federated Learning on Non-IID Features via
+Local Batch Normalization", ICLR 2021, Algorithm 1: FedAvg of every parameter except the
+normalisation layers', which each site keeps and trains locally, so each site normalises its
+features by its own learned scale and shift (feature shift: the same content imaged by
+different scanners, :mod:`fedbench.partition.acquisition`). The server never receives them.
+
+The paper's layers are BatchNorm, whose running statistics are local too; fedbench's models
+offer GroupNorm and LayerNorm (``model.norm``, :func:`fedbench.model.normalise`), per-example
+layers without statistics, so here the local part is each normalisation layer's scale and bias
+(every top-level module named ``GroupNorm_*``, ``LayerNorm_*`` or ``BatchNorm_*``). Each site is
+evaluated with the global model and its own normalisation layers; a site never sampled with the
+initial ones. Built on FedPer's mechanism for local parts
+(:func:`fedbench.algorithm.personalised._local_parts`).
+
+Under ``privacy=dp_client`` it is refused as FedPer is (the local parts are stored relative to
+the global ones, which the noisy mean would perturb); ``dp_sample`` is allowed: every update,
+local layers included, is DP-SGD's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optax
+
+from fedbench.algorithm.base import Algorithm
+from fedbench.algorithm.personalised import _HEAD_DP, _local_parts
+from fedbench.errors import ConfigError
+
+NORM_PREFIXES = ("GroupNorm_", "LayerNorm_", "BatchNorm_")
+
+
+def norm_layers(params: Mapping[str, Any]) -> list[str]:
+    """The model's top-level normalisation modules.
+
+    Raises:
+      ConfigError: naming ``model.norm`` when the model has none.
+    """
+    names = [k for k in params if k.startswith(NORM_PREFIXES)]
+    if not names:
+        raise ConfigError("model.norm", "none",
+                          "group or layer with algorithm=fedbn (a model with normalisation "
+                          "layers: model=mlp or model=cnn); this model's modules: "
+                          + ", ".join(params))
+    return names
+
+
+def fedbn(cfg: Mapping[str, Any]) -> Algorithm:
+    del cfg
+    return Algorithm(
+        "fedbn", "federated", optax.sgd(1.0), settings={},
+        **_local_parts(norm_layers),
+        dp_client=_HEAD_DP.format("normalisation layers are", "ones"),
+    )
