@@ -300,3 +300,25 @@ def test_canaries_under_dp_ftrl_stay_below_the_gaussian_mechanisms_epsilon():
                for b in bounds)
     pooled = [np.concatenate([r[k] for r in out["runs"]]) for k in ("in", "out")]
     assert audit_scores(*pooled, delta)["auroc"] > 0.6
+
+
+def test_under_distributed_dp_the_verdict_does_not_say_the_server_sees_each_update():
+    """privacy=ddp: the server sees only the secure sum, so the reconstruction's observer is
+    not the server, and the client-level sentence (the server sees each update without noise)
+    is replaced by what distributed DP protects."""
+    eps = {"claimed": 4.0, "delta": 1e-5, "unit": "client", "mechanism": "ddp",
+           "neighboring_relation": "zero_out"}
+    result = _result(eps, "ddp")
+    result["inversion"]["rows"][0]["ssim"] = 0.9  # a recognisable reconstruction
+    result["inversion"]["sent"]["clip"] = 1.0
+    text = " ".join(verdict(result))
+    assert "not the coordinating server, which sees only the secure sum" in text
+    assert "still sees each hospital's update" not in text
+    assert "zero-out" in text and "Distributed differential privacy" in text
+    central = dict(eps, mechanism="dp_client", neighboring_relation="add_or_remove_one")
+    result = _result(central, "dp_client")
+    result["inversion"]["rows"][0]["ssim"] = 0.9
+    result["inversion"]["sent"]["clip"] = 1.0
+    text = " ".join(verdict(result))
+    assert "(for example the coordinating server)" in text
+    assert "still sees each hospital's update" in text

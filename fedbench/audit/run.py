@@ -223,12 +223,12 @@ def epsilon_audit_of(summary: dict[str, Any], audit: AuditSettings, seed: int,
            "noise_multiplier": privacy.get("noise_multiplier"), "unit": privacy.get("unit"),
            "noise_note": privacy.get("noise_note")}
     # What the guarantee protects and covers, as the run's summary states it.
-    for key in ("sampling", "neighboring_relation", "protected_unit", "covers",
+    for key in ("mechanism", "sampling", "neighboring_relation", "protected_unit", "covers",
                 "assumes_public", "non_private_outputs", "warnings"):
         if key in privacy:
             out[key] = privacy[key]
     sigma = privacy.get("noise_multiplier")
-    if sigma:
+    if sigma and privacy.get("mechanism") != "ddp":  # its noise is discrete: not this check
         scores = epsilon_audit.gaussian_canary_scores(jax.random.PRNGKey(seed), audit.canaries,
                                                       float(sigma))
         out["one_round"] = {

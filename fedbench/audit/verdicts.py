@@ -165,11 +165,16 @@ def verdict(result: dict[str, Any]) -> list[str]:
     inv = result["inversion"]
     sent = [r for r in inv["rows"] if r["defence"] == "as sent"]
     worst = max(sent, key=lambda r: r["ssim"])
+    distributed = eps.get("mechanism") == "ddp"  # the server sees only the secure sum
+    who = ("Someone who sees one hospital's update on its own (under distributed DP not the "
+           "coordinating server, which sees only the secure sum of all hospitals' updates)"
+           if distributed else
+           "Someone who sees this hospital's model updates (for example the coordinating "
+           "server)")
     out = []
     if worst["ssim"] >= RECOGNISABLE:
         out.append(
-            f"Someone who sees this hospital's model updates (for example the coordinating "
-            f"server) can rebuild recognisable copies of individual training images from a "
+            f"{who} can rebuild recognisable copies of individual training images from a "
             f"single update ({worst['scenario']}: similarity {worst['ssim']:.2f} on a 0-1 scale, "
             f"1 = identical), and read off the image's label in "
             f"{100 * worst['label_accuracy']:.0f}% of attempts{within}.")
@@ -184,7 +189,13 @@ def verdict(result: dict[str, Any]) -> list[str]:
     if stopped and worst["ssim"] >= RECOGNISABLE:
         out.append("These settings stopped the reconstruction in this audit: "
                    + ", ".join(stopped) + " (see the table).")
-    if inv["sent"]["clip"] is not None:
+    if distributed:
+        out.append("Distributed differential privacy: each hospital adds its share of the "
+                   "noise and the coordinating server sees only the sum of all hospitals' "
+                   "updates (secure aggregation, simulated here without real cryptography); a "
+                   "single update carries only its own share of the noise, so it is hidden "
+                   "from the server by secure aggregation, not by the noise.")
+    elif inv["sent"]["clip"] is not None:
         out.append("Client-level differential privacy adds its noise to the sum of all "
                    "hospitals' updates, so the coordinating server still sees each hospital's "
                    "update without noise: it protects the published model, not the update.")
