@@ -18,10 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
-from fedbench.provenance import study_provenance
 from fedbench.study_readme import (
-    collect_arguments, compare, fmt, markdown_table, mean_sd, read_rows, render_file, wall_times,
-    write_rows,
+    collected, compare, fmt, markdown_table, mean_sd, read_rows, render_file, write_rows,
 )
 
 BITS = (8, 10, 12, 14, 16, 20)
@@ -223,11 +221,7 @@ def readme_values(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    args = collect_arguments("distributed_dp", __doc__.splitlines()[0])
-    study_provenance(args.runs, args.out, args.allow_dirty)  # before any write
-    rows = collect(args.runs, wall_times(args.log))
-    if not rows:
-        raise SystemExit(f"no runs under {args.runs}")
+    args, rows = collected("distributed_dp", __doc__.splitlines()[0], collect)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "runs.csv", rows)
     padded = {r["padded_dim"] for r in rows if r["padded_dim"] != ""}

@@ -26,10 +26,8 @@ import math
 import statistics
 from pathlib import Path
 
-from fedbench.provenance import study_provenance
 from fedbench.study_readme import (
-    collect_arguments, fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, wall_times,
-    write_rows,
+    collected, fmt, markdown_table, mean_sd, paired_t, read_rows, render_file, write_rows,
 )
 
 FEDERATIONS = {"tcga": "Fed-TCGA-BRCA, 6 regions, every round",
@@ -225,11 +223,7 @@ def readme_values(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    args = collect_arguments("dp_ftrl", __doc__.splitlines()[0])
-    study_provenance(args.runs, args.out, args.allow_dirty)  # before any write
-    rows = collect(args.runs, wall_times(args.log))
-    if not rows:
-        raise SystemExit(f"no runs under {args.runs}")
+    args, rows = collected("dp_ftrl", __doc__.splitlines()[0], collect)
     write_rows(args.out / "runs.csv", rows)
     plot(rows, args.out / "metric.png")
     render_file(args.out)

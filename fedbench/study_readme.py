@@ -229,6 +229,22 @@ def collect_arguments(study: str, description: str,
     return parser.parse_args(argv)
 
 
+def collected(study: str, description: str, collect: Callable[[Path, dict], list],
+              argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list]:
+    """A collect script's start: its command line (:func:`collect_arguments`), the runs'
+    provenance checked and written before any other output
+    (:func:`fedbench.provenance.study_provenance`), and ``collect(runs, walls)``'s rows (``walls``:
+    :func:`wall_times` of the logs). Exits naming the runs folder when there are no rows."""
+    from fedbench.provenance import study_provenance
+
+    args = collect_arguments(study, description, argv)
+    study_provenance(args.runs, args.out, args.allow_dirty)
+    rows = collect(args.runs, wall_times(args.log))
+    if not rows:
+        raise SystemExit(f"no runs under {args.runs}")
+    return args, rows
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]],
                    align: str | None = None) -> str:
     """A Markdown table; ``align`` one character per column (``l`` or ``r``, default: first
