@@ -197,3 +197,23 @@ def test_compressors_are_refused():
         build_simulator(compose(TINY + ["num_clients=3", "clients_per_round=3", "privacy=ddp",
                                         "compression=topk"]))
     assert err.value.key == "compression.name" and "ddp" in str(err.value)
+
+
+def test_an_absent_site_is_its_zero_out_neighbour():
+    """An audit's excluded canary site (infos["absent"]) sends a zero update but still adds its
+    noise share: the two worlds differ by exactly that site's update (zero-out), so with the
+    same randomness the means differ by its rounded update over n."""
+    from types import SimpleNamespace
+
+    sites, dim = 4, 64
+    mech = _mechanism(sites, dim, bits=24, local=0.01)
+    deltas = _deltas(sites, dim, norm=0.5)
+    state = SimpleNamespace(wraps=jnp.zeros((), jnp.int32))
+    algorithm = SimpleNamespace(dp_aggregate=None)
+    valid, key = jnp.ones(sites, bool), jax.random.PRNGKey(5)
+    absent = jnp.array([False, False, True, False])
+    present, _ = mech.aggregate(state, {"delta": deltas}, {}, valid, key, algorithm)
+    zeroed, _ = mech.aggregate(state, {"delta": deltas}, {"absent": absent}, valid, key,
+                               algorithm)
+    gap = np.asarray(present["delta"]["w"] - zeroed["delta"]["w"]) * sites
+    np.testing.assert_allclose(gap, np.asarray(deltas["w"][2]), atol=4 / mech.scale)

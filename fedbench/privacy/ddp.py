@@ -145,10 +145,15 @@ class DistributedDP(Mechanism):
         return state.replace(wraps=jnp.zeros((), jnp.int32))
 
     def aggregate(self, state, uploads, infos, valid, key, algorithm):
-        """The sites' encoded updates summed modulo ``2^b``, decoded, divided by the sites."""
-        if "absent" in infos:  # an audit's excluded canary site sends nothing
-            valid = valid & ~infos["absent"]
-        mean, wrapped = self.noisy_mean(uploads["delta"], valid, key)
+        """The sites' encoded updates summed modulo ``2^b``, decoded, divided by the sites. An
+        audit's excluded canary site (``infos["absent"]``) is its zero-out neighbour: its update
+        zeroed, its noise share still added (the relation the epsilon is accounted for)."""
+        deltas = uploads["delta"]
+        if "absent" in infos:
+            gone = infos["absent"]
+            deltas = jax.tree.map(
+                lambda d: jnp.where(gone.reshape((-1,) + (1,) * (d.ndim - 1)), 0.0, d), deltas)
+        mean, wrapped = self.noisy_mean(deltas, valid, key)
         private = algorithm.dp_aggregate
         aggregates = {"delta": mean} if private is None else private({"delta": mean})
         return aggregates, {"wraps": state.wraps + wrapped}
