@@ -137,7 +137,7 @@ def parse_settings(raw: Mapping[str, Any] | None, links_cfg: Mapping[str, Any] |
 
 
 #: ``suitability.mechanism``: ``auto`` picks by participation (:func:`mechanism`)
-MECHANISMS = ("auto", "dp_client", "dp_ftrl")
+MECHANISMS = ("auto", "dp_client", "dp_ftrl", "ddp")
 
 
 def mechanism(setting: str, base: Mapping[str, Any]) -> str:
@@ -146,7 +146,8 @@ def mechanism(setting: str, base: Mapping[str, Any]) -> str:
     sampling amplifies nothing there, and DP-FTRL's default BLT noise is never more than
     independent noise for the same epsilon (results/dp_ftrl); ``dp_client`` otherwise (Poisson
     cohorts at rate ``clients_per_round / num_clients``). ``dp_ftrl`` for a sampled cohort is
-    refused (it has no sampling; ``privacy.participation=cyclic`` is for ``fedbench``).
+    refused (it has no sampling; ``privacy.participation=cyclic`` is for ``fedbench``), as is
+    ``ddp`` (distributed DP: the sites do not trust the server; every site every round).
 
     Raises:
       ConfigError: naming ``suitability.mechanism``.
@@ -155,10 +156,10 @@ def mechanism(setting: str, base: Mapping[str, Any]) -> str:
                    and not float((base.get("stragglers") or {}).get("fraction") or 0))
     if setting == "auto":
         return "dp_ftrl" if every_round else "dp_client"
-    if setting == "dp_ftrl" and not every_round:
+    if setting in ("dp_ftrl", "ddp") and not every_round:
         raise ConfigError("suitability.mechanism", setting,
                           f"dp_client or auto for clients_per_round={base['clients_per_round']} "
-                          f"of num_clients={base['num_clients']} (dp_ftrl takes every site in "
+                          f"of num_clients={base['num_clients']} ({setting} takes every site in "
                           "every round, without stragglers)")
     return setting
 

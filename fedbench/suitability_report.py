@@ -316,12 +316,15 @@ def _mechanism_words(g: dict) -> str:
     """The regulatory run's mechanism in words (older reports have none: DP-FedAvg)."""
     if g.get("mechanism", "dp_client") == "dp_client":
         return "client-level DP-FedAvg, Poisson-sampled sites"
+    if g.get("mechanism") == "ddp":
+        return ("distributed DP, every site every round: each site adds its share of discrete "
+                "noise and the server sees only the secure sum (simulated secure aggregation)")
     return (f"client-level DP-FTRL, every site every round, {g.get('matrix')} "
             "factorisation")
 
 
 def _noise_words(g: dict) -> str:
-    if g.get("mechanism", "dp_client") == "dp_client":
+    if g.get("mechanism", "dp_client") in ("dp_client", "ddp"):
         return " (noise std that times the clip on each round's summed update)"
     return (f" (one Gaussian mechanism over the whole run: noise std that times the clip "
             f"times the factorisation's sensitivity {_f(g.get('sensitivity'), 2)}, correlated "

@@ -102,6 +102,7 @@ def test_privacy_numbers_match_runs_and_audit(report):
     ("links.profile=moon", "links.profile"),
     ("suitability.mechanism=dp_sample", "suitability.mechanism"),
     ("suitability.mechanism=dp_ftrl", "suitability.mechanism"),  # 4 of 8 sites a round
+    ("suitability.mechanism=ddp", "suitability.mechanism"),  # likewise
 ])
 def test_bad_input_is_one_line_naming_the_key(override, key, capsys, tmp_path):
     assert main(["links=profiles", "num_clients=8", "clients_per_round=4", override,
@@ -123,3 +124,12 @@ def test_html_renders_with_every_image(report):
 
     assert page_width(out / "suitability.html") <= 1200  # no sideways scrolling at 1,200 px
     assert (out / "suitability.png").stat().st_size > 10_000
+
+
+def test_distributed_dp_is_a_regulatory_mechanism_in_words():
+    from fedbench.suitability import mechanism
+    from fedbench.suitability_report import _mechanism_words
+
+    assert mechanism("ddp", {"clients_per_round": 6, "num_clients": 6}) == "ddp"
+    words = _mechanism_words({"mechanism": "ddp"})
+    assert "server sees only the secure sum" in words and "every site every round" in words
