@@ -30,9 +30,12 @@ Flower's DP strategy wrappers):
 ==================  ===========================================================================
 
 Class attributes declare the rest: ``unit`` (the neighbouring relation: adding or removing one
-``client``, or one ``example`` of one client), ``hyperparameters`` (the ``privacy.<key>``
+``client``, or one ``example`` of one client), ``relation`` (the neighbouring relation when the
+mechanism fixes it: ``ddp``'s ``zero_out``), ``hyperparameters`` (the ``privacy.<key>``
 scalars an in-program sweep may set: ``sweep.<key>``), ``bounds_messages`` (every message a
 client sends must keep the clip bound, so compressors that can raise a norm are refused),
+``encodes_messages`` (the mechanism encodes each upload itself, so no compressor composes; its
+``protocol_down_bits`` counts what else each client receives: ``ddp``'s secure aggregation),
 ``identity`` (settings with no noise and no clipping: the run must equal the one without DP),
 ``assumes_public`` (what the guarantee treats as public, stated in ``summary.json``).
 :func:`register` adds a mechanism defined outside the package (``docs/examples/dp_full.py``).
