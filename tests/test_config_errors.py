@@ -202,7 +202,7 @@ def test_cli_unknown_group_option(tmp_path):
         (["rounds=[1,2"], "cannot parse the override 'rounds=[1,2'"),
         (["-m", "privacy=dp_client,none", "privacy.target_epsilon=1"],
          "unknown key 'privacy.target_epsilon' with privacy=none; "
-         "it exists with privacy=dp_client, dp_ftrl, dp_sample"),
+         "it exists with privacy=ddp, dp_client, dp_ftrl, dp_sample"),
         (["-m", "seed=0,1,x"], "seed='x' is not allowed: an integer"),
         (["+rounds=3"], "An item is already at 'rounds'"),
         (["partition.balance=3"], "partition.balance=3 is not allowed: true or false"),

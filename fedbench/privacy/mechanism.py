@@ -57,8 +57,8 @@ class BuildContext:
     Attributes:
       num_clients: sites in the federation; clients_per_round: the cohort (or expected cohort);
       rounds: rounds configured; local_epochs, batch_size: each client's schedule;
-      client_sizes: ``[C]`` training examples per client; num_params: the model's parameters
-      (None where unknown).
+      client_sizes: ``[C]`` training examples per client.
+      num_params: the model's parameter count (None where unknown).
     """
 
     num_clients: int
