@@ -217,3 +217,24 @@ def test_an_absent_site_is_its_zero_out_neighbour():
                                algorithm)
     gap = np.asarray(present["delta"]["w"] - zeroed["delta"]["w"]) * sites
     np.testing.assert_allclose(gap, np.asarray(deltas["w"][2]), atol=4 / mech.scale)
+
+
+def test_an_upload_beyond_the_int32_bit_counter_is_refused():
+    """A site's message of ``D`` coordinates of 32 bits, ``D = 2^26``, is ``2^31`` bits and
+    more: ``info["bits"]`` (int32) cannot hold it, so the build names ``privacy.bits``."""
+    from fedbench.privacy import ddp
+    from fedbench.privacy.mechanism import BuildContext
+
+    common = {"clip": 1.0, "noise": 1.0, "target": math.inf, "delta": DELTA, "accountant": "rdp"}
+    ok, _ = ddp.build({"bits": 16}, common, BuildContext(3, 3, 1, 1, 1, None, 2 ** 26))
+    assert ok.padded == 2 ** 26
+    with pytest.raises(ConfigError) as err:
+        ddp.build({"bits": 32}, common, BuildContext(3, 3, 1, 1, 1, None, 2 ** 26))
+    assert err.value.key == "privacy.bits"
+
+
+def test_an_unreachable_target_names_the_mechanism_and_distribution():
+    with pytest.raises(ConfigError) as err:
+        acc.calibrate("dgauss", 1e-4, 1000, DELTA, clip_units=1.0, sites=1, dim=2 ** 20)
+    assert err.value.key == "privacy.target_epsilon"
+    assert "privacy=ddp" in str(err.value) and "privacy.distribution=dgauss" in str(err.value)

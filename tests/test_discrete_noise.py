@@ -341,3 +341,22 @@ def test_modular_overflow_wraps_the_decoded_sum():
     z = jnp.array([[100, -3], [100, -3]], jnp.int32)
     total = dd.modular_sum(dd.wrap(z, bits), bits)
     np.testing.assert_array_equal(dd.centre(total, bits), [200 - 256, -6])
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16, 17, 24, 25, 31, 32])
+def test_wrapped_is_exact_at_the_range_edges(bits):
+    """:func:`dd.wrapped` against Python's integers: columns whose true sums sit exactly at and
+    one beside both edges of ``[-2^(b-1), 2^(b-1))``, split over four int32 summands (sums
+    above 2^24 in magnitude, where float32 cannot tell neighbours apart)."""
+    half = 1 << (bits - 1)
+    targets = [-half - 1, -half, -half + 1, half - 1, half, half + 1, 0, 2 * half - 1, -2 * half]
+    rng = np.random.default_rng(bits)
+    cols = []
+    for t in targets:
+        parts = [t // 4 + int(v) for v in rng.integers(-2 ** 27, 2 ** 27, size=3)]
+        cols.append(parts + [t - sum(parts)])
+    z = np.array(cols, dtype=np.int64).T
+    assert np.all(np.abs(z) < 2 ** 31)
+    got = np.asarray(jax.jit(dd.wrapped, static_argnums=1)(jnp.asarray(z, jnp.int32), bits))
+    expected = [not (-half <= int(sum(int(v) for v in z[:, j])) < half) for j in range(len(cols))]
+    np.testing.assert_array_equal(got, expected)

@@ -51,7 +51,6 @@ from fedbench.errors import ConfigError
 from fedbench.privacy import ddp_accounting as acc
 from fedbench.privacy import discrete
 from fedbench.privacy.mechanism import BuildContext, Mechanism, every_site_every_round
-from fedbench.privacy.mechanisms import clip_to_norm
 from fedbench.transforms import UpdateTransform, clip_by_norm
 
 DISTRIBUTIONS = ("dgauss", "skellam")
@@ -165,20 +164,18 @@ class DistributedDP(Mechanism):
         unravel = ravel_pytree(jax.tree.map(lambda d: d[0], deltas))[1]
         rotation_key, site_key = jax.random.split(key)
         keys = jax.random.split(site_key, flat.shape[0])
-        bound = discrete.rounding_bound(self.clip * self.scale, self.padded, self.beta)
+        kind = self.distribution if self.local_std > 0 else "none"
 
-        def site(x, k):
-            x, _ = clip_to_norm(x, self.clip)  # kept by the transform; exact again
-            rounded, _ = discrete.conditional_round(
-                jax.random.fold_in(k, 0), discrete.rotate(x * self.scale, rotation_key), bound)
-            kind = self.distribution if self.local_std > 0 else "none"
-            return rounded + discrete.noise(jax.random.fold_in(k, 1), kind, self.local_std,
-                                            rounded.shape)
+        def site(x, k):  # x clipped by the transform; site_integers clips again (exact)
+            return discrete.site_integers(
+                x, rotation_key, jax.random.fold_in(k, 0), jax.random.fold_in(k, 1),
+                clip=self.clip, scale=self.scale, noise_kind=kind, stddev=self.local_std,
+                beta=self.beta)[0]
 
         ints = jnp.where(valid[:, None], jax.vmap(site)(flat, keys), 0)
         total = discrete.modular_sum(discrete.wrap(ints, self.bits), self.bits)
         signed = discrete.centre(total, self.bits).astype(jnp.float32)
-        wrapped = jnp.sum(jnp.abs(jnp.sum(ints.astype(jnp.float32), 0) - signed) > 0.5)
+        wrapped = jnp.sum(discrete.wrapped(ints, self.bits))
         summed = discrete.unrotate(signed, rotation_key, self.dim) / self.scale
         return unravel(summed / self.num_clients), wrapped.astype(jnp.int32)
 
@@ -260,6 +257,11 @@ def build(cfg: Mapping[str, Any], common: Mapping[str, Any], ctx: BuildContext
     mech = DistributedDP(clip, kind, bits, scale, local, n, dim, beta,
                          "secagg_plus" if plus else "secagg",
                          int(cfg["secagg_degree"]) if plus else None)
+    sent = 8 * mech.protocol()["total"]["client_up"]
+    if sent >= 2**31:  # info["bits"] is int32 (JAX without x64)
+        raise ConfigError("privacy.bits", bits,
+                          f"fewer bits or a smaller model: one site's upload of {sent} bits "
+                          f"({padded} coordinates) exceeds the int32 bit counter (2^31)")
     return mech, {"sampling": "none"}
 
 

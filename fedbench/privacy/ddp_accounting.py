@@ -119,7 +119,8 @@ def calibrate(kind: str, target: float, rounds: int, delta: float, *, clip_units
         low, high = high, 2 * high
         if high > 1e4 * max(clip_units, 1.0):
             raise ConfigError("privacy.target_epsilon", target,
-                              f"an epsilon privacy={kind} can reach in {rounds} rounds")
+                              f"an epsilon privacy=ddp with privacy.distribution={kind} can reach "
+                              f"in {rounds} rounds")
     while high - low > rtol * high:
         mid = (low + high) / 2
         low, high = (mid, high) if spent(mid) > target else (low, mid)

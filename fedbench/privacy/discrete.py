@@ -359,7 +359,40 @@ def modular_sum(r: jax.Array, bits: int, axis: int = 0) -> jax.Array:
     return jnp.sum(jnp.asarray(r, jnp.uint32), axis=axis, dtype=jnp.uint32) & _mask(bits)
 
 
+def wrapped(ints: jax.Array, bits: int, axis: int = 0) -> jax.Array:
+    """Per coordinate, whether the true (integer) sum of ``int32`` ``ints`` along ``axis`` lies
+    outside ``[-2^(b-1), 2^(b-1))``, i.e. whether :func:`modular_sum` then :func:`centre` wrapped
+    it (modular clipping). Exact for every ``bits`` and fewer than ``2^15`` summands: each
+    integer is split into its high 16 bits (arithmetic shift) and low 16 bits, summed
+    separately in ``int32`` and carried, without the float32 rounding of sums above ``2^24``."""
+    bits = _check_bits(bits)
+    z = jnp.asarray(ints, jnp.int32)
+    low = jnp.sum(z & 0xFFFF, axis=axis)
+    high = jnp.sum(z >> 16, axis=axis) + (low >> 16)
+    low = low & 0xFFFF  # true sum = high * 2^16 + low, 0 <= low < 2^16
+    if bits >= 17:
+        edge = 1 << (bits - 17)
+        return (high >= edge) | (high < -edge)
+    half = 1 << (bits - 1)
+    below = (high == 0) & (low < half) | (high == -1) & (low >= 0x10000 - half)
+    return ~below
+
+
 # ---------------------------------------------------------------------------------- pipeline
+
+
+def site_integers(x: jax.Array, rotation_key: jax.Array, round_key: jax.Array,
+                  noise_key: jax.Array, *, clip, scale, noise_kind: str = "none", stddev=0.0,
+                  beta: float = DEFAULT_BETA, max_tries: int = 1000):
+    """Steps 1-4 of :func:`encode` before the modular reduction: ``(int32 [D], tries)``, the
+    site's clipped, scaled, rotated, conditionally rounded and noised integers. The rounding
+    draws from ``round_key`` and the noise from ``noise_key`` (both the site's own)."""
+    x = jnp.asarray(x, jnp.float32)
+    clipped, _ = clip_to_norm(x, clip)
+    rotated = rotate(clipped * scale, rotation_key)
+    bound = rounding_bound(jnp.asarray(clip, jnp.float32) * scale, rotated.shape[-1], beta)
+    rounded, tries = conditional_round(round_key, rotated, bound, max_tries)
+    return rounded + noise(noise_key, noise_kind, stddev, rounded.shape), tries
 
 
 def encode(x: jax.Array, rotation_key: jax.Array, key: jax.Array, *, clip, scale, bits: int,
@@ -371,7 +404,7 @@ def encode(x: jax.Array, rotation_key: jax.Array, key: jax.Array, *, clip, scale
     ``rotation_key`` (:func:`rotate`), conditionally rounded (:func:`conditional_round` with
     :func:`rounding_bound` of ``clip * scale`` in ``D`` dimensions), plus the site's noise of
     standard deviation ``stddev`` in integer units (:func:`noise`; the share of the total noise
-    is the caller's choice), reduced modulo ``2^bits`` (:func:`wrap`).
+    is the caller's choice) (:func:`site_integers`), reduced modulo ``2^bits`` (:func:`wrap`).
 
     ``key`` is the site's private randomness (rounding and noise); ``rotation_key`` is public
     and the same for every site of the round and the server. Returns ``uint32`` residues
@@ -380,13 +413,11 @@ def encode(x: jax.Array, rotation_key: jax.Array, key: jax.Array, *, clip, scale
     ``(x, key)`` for a cohort.
     """
     bits = _check_bits(bits)
-    x = jnp.asarray(x, jnp.float32)
-    clipped, _ = clip_to_norm(x, clip)
-    rotated = rotate(clipped * scale, rotation_key)
-    bound = rounding_bound(jnp.asarray(clip, jnp.float32) * scale, rotated.shape[-1], beta)
     k_round, k_noise = jax.random.split(key)
-    rounded, tries = conditional_round(k_round, rotated, bound, max_tries)
-    residues = wrap(rounded + noise(k_noise, noise_kind, stddev, rounded.shape), bits)
+    ints, tries = site_integers(x, rotation_key, k_round, k_noise, clip=clip, scale=scale,
+                                noise_kind=noise_kind, stddev=stddev, beta=beta,
+                                max_tries=max_tries)
+    residues = wrap(ints, bits)
     return (residues, tries) if return_tries else residues
 
 
