@@ -10,7 +10,9 @@
 #     (pFedMe's nonconvex model for Synthetic), 10 devices per round, 20 local steps of batch 20,
 #     lr 0.005 for every algorithm (pFedMe's eta), 300 rounds. pfedme (lam 15, K 5, personal lr
 #     0.01), finetune (20 steps at evaluation), ditto (lam 0.1), fedrep (head = last layer),
-#     apfl (alpha 0.25), against fedavg and local.
+#     apfl (alpha 0.25), perfedavg (first-order and Hessian-free; inner step 0.005, outer
+#     step lr 0.001, the pFedMe repository's Per-FedAvg settings for Synthetic), against fedavg
+#     and local.
 #
 # Each configuration is one command, seeds=3 (seeds 0, 1, 2 as one compiled program; they share
 # the partition of seed 0), e.g.
@@ -59,7 +61,13 @@ for study in "${studies[@]}"; do
       run synthetic finetune "${SYNTHETIC[@]}" algorithm=finetune algorithm.steps=20
       run synthetic ditto "${SYNTHETIC[@]}" algorithm=ditto
       run synthetic fedrep "${SYNTHETIC[@]}" algorithm=fedrep
-      run synthetic apfl "${SYNTHETIC[@]}" algorithm=apfl ;;
+      run synthetic apfl "${SYNTHETIC[@]}" algorithm=apfl
+      # Per-FedAvg at the pFedMe repository's Synthetic settings: inner step alpha 0.005,
+      # outer (meta) step beta 0.001 (fedbench's lr)
+      run synthetic perfedavg "${SYNTHETIC[@]/#lr=0.005/lr=0.001}" algorithm=perfedavg \
+        algorithm.alpha=0.005
+      run synthetic perfedavg_hf "${SYNTHETIC[@]/#lr=0.005/lr=0.001}" algorithm=perfedavg \
+        algorithm.alpha=0.005 algorithm.variant=hf ;;
     *) echo "unknown study: $study (rotated | synthetic)" >&2; exit 2 ;;
   esac
 done
