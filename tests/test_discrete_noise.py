@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from scipy import linalg, stats
 
 from fedbench.privacy import discrete as dd
+from fedbench.privacy import discrete_exact as dx
 from fedbench.secagg import NEVER, Settings, run_round, to_ring, to_signed
 
 P_MIN = 1e-3  # the chi-squared tests' p-value threshold (fixed seeds: deterministic)
@@ -76,7 +77,7 @@ def test_discrete_gaussian_jax_fits_its_pmf(sigma):
 
 @pytest.mark.parametrize("sigma2", [Fraction(49, 100), Fraction(9)])
 def test_discrete_gaussian_exact_fits_its_pmf(sigma2):
-    samples = dd.discrete_gaussian_exact(sigma2, 3000, seed=5)
+    samples = dx.discrete_gaussian_exact(sigma2, 3000, seed=5)
     assert chi_squared_p(samples, discrete_gaussian_pmf(math.sqrt(sigma2))) > P_MIN
 
 
@@ -94,7 +95,7 @@ def test_bernoulli_exp_exact_rates():
 
     rng = random.Random(3)
     for gamma in (Fraction(1, 3), Fraction(5, 2)):
-        draws = [dd.bernoulli_exp(gamma, rng) for _ in range(4000)]
+        draws = [dx.bernoulli_exp(gamma, rng) for _ in range(4000)]
         p = math.exp(-gamma)
         assert abs(np.mean(draws) - p) < 4 * math.sqrt(p * (1 - p) / 4000)
 
