@@ -39,7 +39,8 @@ from fedbench.study_readme import (compare, excludes_zero, fmt, markdown_table, 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = {
     "rotated": ["local", "fedavg", "ifca", "cfl"],
-    "synthetic": ["local", "fedavg", "finetune", "ditto", "fedrep", "apfl", "pfedme"],
+    "synthetic": ["local", "fedavg", "finetune", "ditto", "fedrep", "apfl", "pfedme",
+                  "perfedavg", "perfedavg_hf", "perfedavg_lr"],
 }
 TITLES = {
     "rotated": "(a) rotated digits, 4 groups of 5 clients (0/90/180/270 degrees)",
@@ -47,12 +48,14 @@ TITLES = {
 }
 NAMES = {"local": "local", "fedavg": "FedAvg", "ifca": "IFCA", "cfl": "CFL",
          "finetune": "finetune", "ditto": "Ditto", "fedrep": "FedRep", "apfl": "APFL",
-         "pfedme": "pFedMe"}
+         "pfedme": "pFedMe", "perfedavg": "Per-FedAvg (FO)", "perfedavg_hf": "Per-FedAvg (HF)",
+         "perfedavg_lr": "Per-FedAvg (FO, outer lr 0.005)"}
 #: The table rows' names, where they say more than the algorithm's name.
 ROW_NAMES = {"ifca": "IFCA (K = 4)", "finetune": "finetune (20 steps)"}
 #: partition=rotated's default angles, one per group (fedbench/partition/groups.py).
 ANGLES = (0, 90, 180, 270)
-PERSONALISED = ["finetune", "ditto", "fedrep", "apfl", "pfedme"]
+PERSONALISED = ["finetune", "ditto", "fedrep", "apfl", "pfedme", "perfedavg", "perfedavg_hf",
+                "perfedavg_lr"]
 #: The study's earlier runs (commit 679fe37, 2026-12-01), from results/personalization/summary.csv
 #: as committed in 679fe37, seeds 0, 1, 2: each configuration's final client_accuracy_mean, and
 #: pFedMe's other columns. pFedMe's personal pass then stepped at the client lr (0.005), not
@@ -131,7 +134,7 @@ def plot(sites: pd.DataFrame, out: Path) -> None:
                        color=f"C{i}", linewidth=0)
             ax.scatter(i + 1, np.mean(v), marker="D", color="k", s=18, zorder=3,
                        label="mean over clients" if i == 0 else None)
-        ax.set_xticks(range(1, len(present) + 1), present)
+        ax.set_xticks(range(1, len(present) + 1), present, rotation=30, ha="right")
         ax.set_ylabel("client's accuracy on its own test split")
         ax.set_title(TITLES[study], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -288,6 +291,21 @@ def readme_values(folder: Path) -> dict[str, str]:
                              if all(v > 0 for v in verdicts) else
                              "pFedMe is **not** ahead of every other personalised algorithm")
     values["pfedme_vs_others"] = "; ".join(cmp("synthetic", "pfedme", a) for a in others)
+    # Dinh et al.'s ordering: pFedMe > Per-FedAvg > FedAvg, each gap at least 1 point
+    order = []
+    for variant in ("perfedavg", "perfedavg_hf", "perfedavg_lr"):
+        gaps = [paired_t(col("synthetic", "pfedme"), col("synthetic", variant)),
+                paired_t(col("synthetic", variant), col("synthetic", "fedavg"))]
+        holds = all(low > 0 and mean >= 0.01 for mean, low, _ in gaps)
+        order.append(f"{NAMES[variant]}: the ordering pFedMe > Per-FedAvg > FedAvg with gaps of "
+                     f"at least 1 point is **{'reproduced' if holds else 'not reproduced'}** "
+                     f"({cmp('synthetic', 'pfedme', variant)}; "
+                     f"{cmp('synthetic', variant, 'fedavg')})")
+    values["perfedavg_order"] = ". ".join(order)
+    values["perfedavg_pooled"] = "; ".join(
+        cmp("synthetic", variant, "fedavg", "test_accuracy",
+            f"{NAMES[variant]}'s pooled test accuracy (its global model)", "FedAvg's")
+        for variant in ("perfedavg", "perfedavg_hf", "perfedavg_lr"))
     rest = [a for a in STUDIES["synthetic"] if a != "local"]
     verdicts = [ahead("synthetic", "local", a) for a in rest]
     mean = fmt(col("synthetic", "local").mean())

@@ -11,8 +11,8 @@
 #     lr 0.005 for every algorithm (pFedMe's eta), 300 rounds. pfedme (lam 15, K 5, personal lr
 #     0.01), finetune (20 steps at evaluation), ditto (lam 0.1), fedrep (head = last layer),
 #     apfl (alpha 0.25), perfedavg (first-order and Hessian-free; inner step 0.005, outer
-#     step lr 0.001, the pFedMe repository's Per-FedAvg settings for Synthetic), against fedavg
-#     and local.
+#     step lr 0.001, the pFedMe repository's Per-FedAvg settings for Synthetic; and the
+#     first-order one at the study's lr 0.005), against fedavg and local.
 #
 # Each configuration is one command, seeds=3 (seeds 0, 1, 2 as one compiled program; they share
 # the partition of seed 0), e.g.
@@ -67,7 +67,9 @@ for study in "${studies[@]}"; do
       run synthetic perfedavg "${SYNTHETIC[@]/#lr=0.005/lr=0.001}" algorithm=perfedavg \
         algorithm.alpha=0.005
       run synthetic perfedavg_hf "${SYNTHETIC[@]/#lr=0.005/lr=0.001}" algorithm=perfedavg \
-        algorithm.alpha=0.005 algorithm.variant=hf ;;
+        algorithm.alpha=0.005 algorithm.variant=hf
+      # and at the study's common lr 0.005 as the outer step
+      run synthetic perfedavg_lr "${SYNTHETIC[@]}" algorithm=perfedavg algorithm.alpha=0.005 ;;
     *) echo "unknown study: $study (rotated | synthetic)" >&2; exit 2 ;;
   esac
 done
