@@ -12,8 +12,9 @@ as error bars, one panel per federation), then re-renders README.md. Needs matpl
 The noise column, ``model_noise_per_clip``, is what the accounting implies before any training:
 the root mean square, over rounds and per coordinate, of the Gaussian noise in the server model
 after each round with server learning rate 1, in units of the clip. DP-FTRL: ``z sqrt(E) / m``
-with ``E = sens(C)^2 ||A C^-1||_F^2 / T`` (``fedbench.privacy.dp_ftrl.prefix_error``, jax_privacy's
-matrices) and ``m`` the sites per round; DP-FedAvg: independent noise ``z`` per round on the sum,
+with ``E = sens(C)^2 ||A C^-1||_F^2 / T``
+(``fedbench.privacy.factorisation.prefix_error``, jax_privacy's matrices) and ``m`` the sites
+per round; DP-FedAvg: independent noise ``z`` per round on the sum,
 divided by the expected cohort ``q n``, so ``z sqrt((T + 1) / 2) / (q n)``.
 ``final_noise_per_clip``: the same for the last round's model only (what is evaluated):
 ``z sens(C) ||(A C^-1)_T|| / m`` and ``z sqrt(T) / (q n)``.
@@ -47,14 +48,14 @@ def _noise_per_clip(privacy: dict, cfg: dict) -> tuple[float, float]:
     if privacy["mechanism"] == "dp_ftrl":
         import numpy as np
 
-        from fedbench.privacy import dp_ftrl
+        from fedbench.privacy import factorisation
 
         p = cfg["privacy"]
         cycle = 1 if p["participation"] == "every_round" else int(p["cycle"])
-        C = dp_ftrl.strategy(p["matrix"], rounds, int(p["bands"]), cycle)
+        C = factorisation.strategy(p["matrix"], rounds, int(p["bands"]), cycle)
         sens, m = float(privacy["sensitivity"]), int(cfg["num_clients"]) // cycle
         last = np.linalg.norm(np.linalg.solve(C.T, np.ones(rounds)))  # ||row T of A C^-1||
-        return (z * math.sqrt(dp_ftrl.prefix_error(C, sens)) / m, z * sens * float(last) / m)
+        return (z * math.sqrt(factorisation.prefix_error(C, sens)) / m, z * sens * float(last) / m)
     expected = float(privacy["sampling_rate"]) * int(cfg["num_clients"])
     return z * math.sqrt((rounds + 1) / 2) / expected, z * math.sqrt(rounds) / expected
 

@@ -32,7 +32,7 @@ import pytest
 from conftest import compose
 
 from fedbench.errors import ConfigError
-from fedbench.privacy import dp_ftrl
+from fedbench.privacy import dp_ftrl, factorisation
 from fedbench.run import build_simulator
 
 
@@ -62,7 +62,7 @@ def test_tree_against_kairouz_binary_tree_and_its_sensitivity(T):
     A = np.tril(np.ones((T, T)))
     np.testing.assert_array_equal(B_full @ C_full, A)
     used = list(np.flatnonzero(B_full.any(0)))  # the nodes some prefix uses
-    C = dp_ftrl.tree_strategy(T)
+    C = factorisation.tree_strategy(T)
     # The square tree is the used nodes, each placed at the round it completes.
     ends = [(j + 1) * 2**l - 1 for l, j in (nodes[i] for i in used)]
     np.testing.assert_array_equal(C[ends], C_full[used])
@@ -74,7 +74,7 @@ def test_tree_against_kairouz_binary_tree_and_its_sensitivity(T):
                                np.sqrt(np.log2(T) + 1), rtol=1e-6)
     # Every round: all used nodes, each contributing (its size)^2 (C^T C >= 0: exact).
     sizes = [2**nodes[i][0] for i in used]
-    np.testing.assert_allclose(dp_ftrl.every_round_sensitivity("tree", T, 4),
+    np.testing.assert_allclose(factorisation.every_round_sensitivity("tree", T, 4),
                                np.sqrt(np.sum(np.square(sizes))), rtol=1e-6)
 
 
@@ -106,8 +106,9 @@ def test_model_carries_the_prefix_sum_noise_B_Z_with_covariance_B_Bt(matrix):
         moved.append(_flat(state.params) - start)
     moved = np.stack(moved)  # [rounds, d]: cumulative noise after each round
     mech = built.privacy.mechanism
-    C = dp_ftrl.tree_strategy(rounds) if matrix == "tree" else dp_ftrl.strategy(matrix, rounds, 2)
-    sens = dp_ftrl.every_round_sensitivity(matrix, rounds, 2)
+    C = (factorisation.tree_strategy(rounds) if matrix == "tree"
+         else factorisation.strategy(matrix, rounds, 2))
+    sens = factorisation.every_round_sensitivity(matrix, rounds, 2)
     sigma = z * clip * sens
     assert mech.stddev == pytest.approx(sigma)
     B = np.tril(np.ones((rounds, rounds))) @ np.linalg.inv(C)
@@ -210,7 +211,7 @@ def _worst_pattern_norm(C: np.ndarray, patterns) -> tuple[float, tuple]:
 @pytest.mark.parametrize("T,b", [(8, 2), (8, 3), (9, 3)])
 def test_banded_sensitivity_with_bands_at_most_b_is_sqrt_k_by_brute_force(T, b):
     k = -(-T // b)
-    C = dp_ftrl.strategy("banded", T, b, b)
+    C = factorisation.strategy("banded", T, b, b)
     assert np.all(np.triu(C, 1) == 0) and np.all(np.tril(C, -b) == 0)  # b bands
     np.testing.assert_allclose(np.linalg.norm(C, axis=0), 1.0, rtol=1e-5)  # unit columns
     brute, worst = _worst_pattern_norm(C, _patterns(T, b))  # every b-separated pattern
@@ -221,24 +222,24 @@ def test_banded_sensitivity_with_bands_at_most_b_is_sqrt_k_by_brute_force(T, b):
     U /= np.linalg.norm(U, axis=1, keepdims=True)
     np.testing.assert_allclose(np.linalg.norm(C[:, list(worst)] @ U), np.sqrt(k), rtol=1e-5)
     # The module's accounted sensitivity and jax_privacy's b-min-separation bound agree.
-    np.testing.assert_allclose(dp_ftrl.schema_sensitivity("banded", T, b, b), np.sqrt(k),
+    np.testing.assert_allclose(factorisation.schema_sensitivity("banded", T, b, b), np.sqrt(k),
                                rtol=1e-5)
-    np.testing.assert_allclose(dp_ftrl.min_sep_sensitivity(C, b), np.sqrt(k), rtol=1e-5)
+    np.testing.assert_allclose(factorisation.min_sep_sensitivity(C, b), np.sqrt(k), rtol=1e-5)
 
 
 @pytest.mark.parametrize("matrix", ["tree", "dense"])
 def test_cyclic_sensitivity_is_the_worst_of_the_b_cyclic_patterns(matrix):
     T, b = 8, 2  # b divides T: dense is optimised for exactly these patterns
-    C = dp_ftrl.strategy(matrix, T, 2, b)
+    C = factorisation.strategy(matrix, T, 2, b)
     X = C.T @ C
     cyclic = [tuple(range(g, T, b)) for g in range(b)]
     if matrix == "tree":  # 0/1 C: X >= 0, the worst U is all equal (sqrt of the block's sum)
         want = max(np.sqrt(X[np.ix_(P, P)].sum()) for P in cyclic)
     else:  # fixed-epoch optimum: a group's columns are orthogonal (Choquette-Choo 2023a)
         want, _ = _worst_pattern_norm(C, cyclic)
-    np.testing.assert_allclose(dp_ftrl.schema_sensitivity(matrix, T, 2, b), want, rtol=1e-5)
+    np.testing.assert_allclose(factorisation.schema_sensitivity(matrix, T, 2, b), want, rtol=1e-5)
     # The library's b-min-separation bound allows more patterns: never below.
-    assert dp_ftrl.min_sep_sensitivity(C, b) >= want * (1 - 1e-6)
+    assert factorisation.min_sep_sensitivity(C, b) >= want * (1 - 1e-6)
 
 
 def _mse(C: np.ndarray, sens: float) -> float:
@@ -252,7 +253,7 @@ def test_cyclic_correlated_noise_has_lower_prefix_error_than_independent(b):
     T = 20
     k = -(-T // b)
     independent = k * (T + 1) / 2  # C = I: sens sqrt(k), ||A||_F^2 = T (T + 1) / 2
-    got = {m: _mse(dp_ftrl.strategy(m, T, b, b), dp_ftrl.schema_sensitivity(m, T, b, b))
+    got = {m: _mse(factorisation.strategy(m, T, b, b), factorisation.schema_sensitivity(m, T, b, b))
            for m in ("banded", "blt", "dense")}
     assert all(got[m] < independent / 2 for m in got), got
     # dense: optimal for these patterns
@@ -261,7 +262,8 @@ def test_cyclic_correlated_noise_has_lower_prefix_error_than_independent(b):
     table = {4: (52.5, 21.0, 24.1, 19.4), 5: (42.0, 15.4, 17.6, 14.3)}[b]
     np.testing.assert_allclose((independent, got["banded"], got["blt"], got["dense"]), table,
                                atol=0.06)
-    assert dp_ftrl.prefix_error(np.eye(T), dp_ftrl.cyclic_sensitivity(np.eye(T), b)) == (
+    eye = np.eye(T)
+    assert factorisation.prefix_error(eye, factorisation.cyclic_sensitivity(eye, b)) == (
         pytest.approx(independent))
 
 
@@ -307,7 +309,7 @@ def test_cyclic_run_takes_one_group_per_round_and_carries_the_prefix_sum_noise(m
         np.testing.assert_array_equal(took_part, (np.arange(n) % b == t % b).astype(int))
         moved.append(_flat(state.params) - start)
     np.testing.assert_array_equal(np.asarray(state.participation), rounds // b)
-    C = dp_ftrl.strategy(matrix, rounds, 2, b)
+    C = factorisation.strategy(matrix, rounds, 2, b)
     if matrix == "banded":
         sigma = z * clip * np.sqrt(rounds // b)  # banded, bands <= b: sqrt(k)
     else:  # C >= 0, so C^T C >= 0: the worst cyclic group's sum of its block (Eq. 5)
@@ -336,14 +338,14 @@ def test_streamed_blt_noise_is_the_materialised_inverse_times_the_draws(T, b):
     from the materialised float64 ``C`` with NumPy, row by row, and holds no per-round draw."""
     rng = np.random.default_rng(T + b)
     Z = rng.normal(size=(T, 7, 3))
-    stream = dp_ftrl.blt_noise_stream(T, b)
+    stream = factorisation.blt_noise_stream(T, b)
     state = stream.init_multiply(jax.ShapeDtypeStruct((7, 3), np.float32))
     assert state.shape[0] < T  # buffers, not rounds
     rows = []
     for t in range(T):
         row, state = stream.multiply_next(np.asarray(Z[t], np.float32), state)
         rows.append(np.asarray(row, np.float64))
-    C = dp_ftrl.strategy("blt", T, 4, b)
+    C = factorisation.strategy("blt", T, 4, b)
     want = np.linalg.solve(C, Z.reshape(T, -1)).reshape(Z.shape)
     np.testing.assert_allclose(np.stack(rows), want, rtol=1e-4, atol=1e-5)
 
@@ -357,7 +359,7 @@ def test_blt_is_the_buffered_toeplitz_closed_form_and_its_cyclic_sensitivity_the
 
     T, b = 12, 3
     k = -(-T // b)
-    C = dp_ftrl.strategy("blt", T, 4, b)
+    C = factorisation.strategy("blt", T, 4, b)
     with jax.enable_x64(True):  # float64, as the library requires
         blt = buffered_toeplitz.optimize(n=T, min_sep=b, max_participations=k, error="mean")
     theta, w = np.asarray(blt.buf_decay), np.asarray(blt.output_scale)
@@ -370,8 +372,8 @@ def test_blt_is_the_buffered_toeplitz_closed_form_and_its_cyclic_sensitivity_the
     X = C.T @ C
     groups = [list(range(g, T, b)) for g in range(b)]
     worst = max(np.sqrt(X[np.ix_(P, P)].sum()) for P in groups)
-    assert dp_ftrl.schema_sensitivity("blt", T, 4, b) == pytest.approx(worst, rel=1e-6)
+    assert factorisation.schema_sensitivity("blt", T, 4, b) == pytest.approx(worst, rel=1e-6)
     assert worst > np.sqrt(k)  # correlated columns: above independent noise's sqrt(k)
-    assert dp_ftrl.min_sep_sensitivity(C, b) >= worst * (1 - 1e-6)
+    assert factorisation.min_sep_sensitivity(C, b) >= worst * (1 - 1e-6)
     # Every site every round: the optimum the library finds is independent noise.
-    np.testing.assert_allclose(dp_ftrl.strategy("blt", 8, 4, 1), np.eye(8), atol=1e-6)
+    np.testing.assert_allclose(factorisation.strategy("blt", 8, 4, 1), np.eye(8), atol=1e-6)
