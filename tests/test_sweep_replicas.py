@@ -91,7 +91,10 @@ MECHANISM_BASE = {"dp_ftrl": ["privacy.matrix=blt", "privacy.participation=cycli
 def test_target_epsilons_are_calibrated_per_replica(tmp_path, mechanism):
     """Every registered mechanism that declares ``target_epsilon`` sweepable joins by
     registering: each replica's calibration, noise and epsilon are its separate job's."""
-    dp = [f"privacy={mechanism}", "privacy.clip=1.0"] + MECHANISM_BASE.get(mechanism, [])
+    # RDP: every such mechanism accepts it, and its epsilons take milliseconds where PLD's take
+    # about a second each (the PLD path's calibration: tests/test_privacy_correctness.py)
+    dp = [f"privacy={mechanism}", "privacy.clip=1.0", "privacy.accountant=rdp"
+          ] + MECHANISM_BASE.get(mechanism, [])
     check_against_separate_jobs(tmp_path, dp + ["sweep.target_epsilon=[2,20]"], {
         f"target_epsilon={e:g},seed=0": dp + [f"privacy.target_epsilon={e}", "partition.seed=0"]
         for e in (2, 20)
@@ -151,7 +154,7 @@ def test_a_diverged_replica_reports_what_its_separate_job_spent(tmp_path):
     epsilon are those of that round, not of the round the other replicas reached."""
     dp = ["privacy=dp_client", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.5",
           "privacy.clip=1.0"]  # lr 1e9 overflows to a NaN delta, which clipping keeps NaN
-    summary = check_against_separate_jobs(tmp_path, dp + ["sweep.lr=[0.05,1e9]"], {
+    check_against_separate_jobs(tmp_path, dp + ["sweep.lr=[0.05,1e9]"], {
         f"lr={lr:g},seed=0": dp + [f"lr={lr}", "partition.seed=0"] for lr in (0.05, 1e9)
     })
     diverged = json.loads((tmp_path / "job" / "lr=1e+09,seed=0" / "summary.json").read_text())
