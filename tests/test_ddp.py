@@ -238,3 +238,28 @@ def test_an_unreachable_target_names_the_mechanism_and_distribution():
         acc.calibrate("dgauss", 1e-4, 1000, DELTA, clip_units=1.0, sites=1, dim=2 ** 20)
     assert err.value.key == "privacy.target_epsilon"
     assert "privacy=ddp" in str(err.value) and "privacy.distribution=dgauss" in str(err.value)
+
+
+def test_the_wrap_count_is_exact_up_to_its_summand_limit_and_refused_beyond():
+    """``discrete.wrapped`` sums 16-bit halves in int32: exact for ``2^15 - 1`` extreme
+    summands (checked against Python's integers), refused at ``2^15`` (a ``ValueError``), and a
+    ``privacy=ddp`` federation of ``2^15`` sites is refused at build, naming ``data.num_clients``."""
+    from fedbench.privacy import ddp, discrete
+    from fedbench.privacy.mechanism import BuildContext
+
+    n = discrete.MAX_SUMMANDS - 1
+    rng = np.random.default_rng(0)
+    top, bottom = 2 ** 31 - 1, -2 ** 31
+    cols = np.stack([np.full(n, top), np.full(n, bottom), rng.choice([top, bottom], n),
+                     np.where(np.arange(n) % 2 == 0, top, bottom)], axis=1).astype(np.int64)
+    for bits in (16, 31, 32):
+        half = 1 << (bits - 1)
+        expected = [not (-half <= int(sum(map(int, cols[:, j]))) < half) for j in range(4)]
+        got = np.asarray(discrete.wrapped(jnp.asarray(cols, jnp.int32), bits))
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError):
+        discrete.wrapped(jnp.zeros((n + 1, 2), jnp.int32), 16)
+    common = {"clip": 1.0, "noise": 1.0, "target": math.inf, "delta": DELTA, "accountant": "rdp"}
+    with pytest.raises(ConfigError) as err:
+        ddp.build({"bits": 16}, common, BuildContext(n + 1, n + 1, 1, 1, 1, None, 100))
+    assert err.value.key == "data.num_clients"

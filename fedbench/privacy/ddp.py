@@ -241,6 +241,10 @@ def build(cfg: Mapping[str, Any], common: Mapping[str, Any], ctx: BuildContext
     kind, bits = cfg.get("distribution", "dgauss"), int(cfg.get("bits", 16))
     k, beta = float(cfg.get("k_stddevs", 4.0)), float(cfg.get("beta", discrete.DEFAULT_BETA))
     n, clip, dim = ctx.num_clients, common["clip"], int(ctx.num_params)
+    if n >= discrete.MAX_SUMMANDS:
+        raise ConfigError("data.num_clients", n,
+                          f"fewer than {discrete.MAX_SUMMANDS} sites with privacy=ddp (the "
+                          "count of wrapped coordinates is exact below that)")
     padded = discrete.padded_dim(dim)
     if common["noise"] is not None:  # the sum's std z * clip, each site's z clip / sqrt(n)
         model_std = common["noise"] * clip / math.sqrt(n)

@@ -294,14 +294,20 @@ def modular_sum(r: jax.Array, bits: int, axis: int = 0) -> jax.Array:
     return jnp.sum(jnp.asarray(r, jnp.uint32), axis=axis, dtype=jnp.uint32) & _mask(bits)
 
 
+MAX_SUMMANDS = 1 << 15  # wrapped(): the 16-bit halves' int32 sums stay exact below this
+
+
 def wrapped(ints: jax.Array, bits: int, axis: int = 0) -> jax.Array:
     """Per coordinate, whether the true (integer) sum of ``int32`` ``ints`` along ``axis`` lies
     outside ``[-2^(b-1), 2^(b-1))``, i.e. whether :func:`modular_sum` then :func:`centre` wrapped
-    it (modular clipping). Exact for every ``bits`` and fewer than ``2^15`` summands: each
-    integer is split into its high 16 bits (arithmetic shift) and low 16 bits, summed
-    separately in ``int32`` and carried, without the float32 rounding of sums above ``2^24``."""
+    it (modular clipping). Exact for every ``bits`` and fewer than ``MAX_SUMMANDS = 2^15``
+    summands (more are refused): each integer is split into its high 16 bits (arithmetic shift)
+    and low 16 bits, summed separately in ``int32`` and carried, without the float32 rounding
+    of sums above ``2^24``."""
     bits = _check_bits(bits)
     z = jnp.asarray(ints, jnp.int32)
+    if z.shape[axis] >= MAX_SUMMANDS:  # 2^15 low halves (< 2^16 each) would reach 2^31
+        raise ValueError(f"wrapped: {z.shape[axis]} summands; exact below {MAX_SUMMANDS}")
     low = jnp.sum(z & 0xFFFF, axis=axis)
     high = jnp.sum(z >> 16, axis=axis) + (low >> 16)
     low = low & 0xFFFF  # true sum = high * 2^16 + low, 0 <= low < 2^16

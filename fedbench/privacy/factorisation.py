@@ -49,18 +49,8 @@ cyclic patterns only.
 
 The factorisations are optimised in float64 (``jax.enable_x64``, as jax_privacy requires).
 
-References:
-  P. Kairouz, B. McMahan, S. Song, O. Thakkar, A. Thakurta, Z. Xu. "Practical and Private (Deep)
-  Learning without Sampling or Shuffling", ICML 2021.
-  S. Denisov, H. B. McMahan, J. Rush, A. Smith, A. Thakurta. "Improved Differential Privacy for
-  SGD via Optimal Private Linear Operators on Adaptive Streams", NeurIPS 2022.
-  C. A. Choquette-Choo, H. B. McMahan, K. Rush, A. Thakurta. "Multi-Epoch Matrix Factorization
-  Mechanisms for Private Machine Learning", ICML 2023 (a).
-  C. A. Choquette-Choo, A. Ganesh, R. McKenna, H. B. McMahan, K. Rush, A. Thakurta, Z. Xu.
-  "(Amplified) Banded Matrix Factorization: A unified approach to private training",
-  NeurIPS 2023 (b).
-  H. B. McMahan, Z. Xu, Y. Zhang et al. "A Hassle-free Algorithm for Private Learning in
-  Practice: Don't Use Tree Aggregation, Use BLTs", 2024.
+References: the full entries are in :mod:`fedbench.privacy.dp_ftrl` (Kairouz et al. 2021;
+Choquette-Choo et al. 2023a, 2023b; McMahan, Xu, Zhang et al. 2024).
 """
 
 from __future__ import annotations
