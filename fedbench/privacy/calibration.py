@@ -52,6 +52,8 @@ MAX_NOISE_MULTIPLIER = 1e4
 MIN_NOISE_MULTIPLIER = 1e-3
 #: Default relative tolerance of :func:`calibrate_noise`.
 CALIBRATION_RTOL = 1e-3
+#: The PLD discretisation of the coarse search that a finer PLD calibration starts from.
+COARSE_PLD_DISCRETIZATION = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +181,12 @@ def calibrate_noise(
     ``1 + rtol`` of the smallest noise multiplier that does (epsilon decreases with the noise
     multiplier; PLD's discretisation makes that only approximately true). The search covers
     ``[MIN_NOISE_MULTIPLIER, max_noise_multiplier]``; if even :data:`MIN_NOISE_MULTIPLIER` meets
-    the target it is returned. For PLD the bracket starts at the (cheap) RDP calibration,
-    because PLD is slow at small noise multipliers.
+    the target it is returned. PLD is slow at small noise multipliers and fine intervals, so a
+    PLD search starts from a cheaper one: at ``pld_discretization`` below
+    :data:`COARSE_PLD_DISCRETIZATION` from the same search at that coarse interval (whose
+    answer usually meets the target at the fine one too, leaving two fine evaluations: it and
+    its neighbour ``z / (1 + rtol)``), otherwise from the RDP calibration. The starting point
+    only shortens the search: the bracket and the answer are always the fine accountant's.
 
     Args:
       target_epsilon: > 0; ``inf`` returns 0.0 (no noise).
@@ -213,14 +219,16 @@ def calibrate_noise(
         event = dp_event(z, q, steps, sampling, population, cohort)
         return _epsilon_and_order(event, delta, accountant, orders_arr, disc)[0]
 
-    def rdp_guess() -> float:
+    def guess(kind: str, interval: float, tol: float) -> float:
         return calibrate_noise(
-            target_epsilon, delta, q, steps, "rdp", sampling, population, cohort,
-            max_noise_multiplier=max_noise_multiplier, rtol=1e-2, orders=orders_arr,
+            target_epsilon, delta, q, steps, kind, sampling, population, cohort,
+            max_noise_multiplier=max_noise_multiplier, rtol=tol, orders=orders_arr,
+            pld_discretization=interval,
         )
 
     what = f"delta={delta:g}, sampling_rate={q:g}, steps={steps}"
-    return _calibrate(eps, target_epsilon, accountant, rdp_guess, max_noise_multiplier, rtol, what)
+    return _calibrate(eps, target_epsilon, accountant, guess, max_noise_multiplier, rtol, what,
+                      disc)
 
 
 def calibrate_noise_worst(
@@ -270,14 +278,16 @@ def calibrate_noise_worst(
     def eps(z: float, exact: bool = False) -> float:
         return worst_run(z, runs, delta, accountant, orders_arr, disc, exact=exact)[0]
 
-    def rdp_guess() -> float:
+    def guess(kind: str, interval: float, tol: float) -> float:
         return calibrate_noise_worst(
-            target_epsilon, delta, sampling_rates, steps, "rdp",
-            max_noise_multiplier=max_noise_multiplier, rtol=1e-2, orders=orders_arr,
+            target_epsilon, delta, sampling_rates, steps, kind,
+            max_noise_multiplier=max_noise_multiplier, rtol=tol, orders=orders_arr,
+            pld_discretization=interval,
         )
 
     what = f"delta={delta:g}, the worst of {len(runs)} runs (sampling rate, steps)"
-    z = _calibrate(eps, target_epsilon, accountant, rdp_guess, max_noise_multiplier, rtol, what)
+    z = _calibrate(eps, target_epsilon, accountant, guess, max_noise_multiplier, rtol, what,
+                   disc)
     while eps(z, exact=True) > target_epsilon:
         if z >= max_noise_multiplier:
             raise ConfigError(
@@ -292,12 +302,15 @@ def _calibrate(
     eps: Callable[[float], float],
     target: float,
     accountant: str,
-    rdp_guess: Callable[[], float],
+    guess: Callable[[str, float, float], float],
     max_noise_multiplier: float,
     rtol: float,
     what: str,
+    pld_discretization: float,
 ) -> float:
-    """The search of :func:`calibrate_noise` on ``eps(z)`` (validated inputs, finite target)."""
+    """The search of :func:`calibrate_noise` on ``eps(z)`` (validated inputs, finite target);
+    ``guess(accountant, pld_discretization, rtol)`` is the same search with another
+    accountant or interval, the starting point under PLD."""
     cache: dict[float, float] = {}
 
     def cached(z: float) -> float:
@@ -316,20 +329,23 @@ def _calibrate(
             "target, delta or max_noise_multiplier, or sample less/train fewer steps",
         )
 
-    guess = 1.0
+    z0, start = 1.0, 1.25
     if accountant == "pld":
-        # PLD is slow at small noise multipliers: start from the cheap RDP calibration, which
-        # is usually a little above the PLD answer.
+        # PLD is slow at small noise multipliers and fine intervals: start from the same search
+        # at a coarse interval (usually a hair above the fine answer: steps of 1 + rtol) or,
+        # at a coarse interval already, from the cheap RDP calibration (usually a little above
+        # the PLD answer: steps of 1.05).
+        coarse = pld_discretization < COARSE_PLD_DISCRETIZATION
+        start = 1 + rtol if coarse else 1.05
         try:
-            guess = rdp_guess()
-        except ConfigError:  # RDP cannot reach a target that PLD can
-            guess = hi
+            z0 = (guess("pld", COARSE_PLD_DISCRETIZATION, rtol) if coarse
+                  else guess("rdp", pld_discretization, 1e-2))
+        except ConfigError:  # the cheaper account cannot reach a target that this one can
+            z0 = hi
 
-    # Bracket [lo, hi] with eps(lo) > target >= eps(hi), starting from `guess` and moving
-    # geometrically towards the answer (ratios 1.25, 1.25**2, 1.25**4, ...; 1.05, 1.05**2, ...
-    # after the RDP guess).
-    g = min(max(guess, MIN_NOISE_MULTIPLIER), hi)
-    start = 1.05 if accountant == "pld" else 1.25
+    # Bracket [lo, hi] with eps(lo) > target >= eps(hi), starting from `z0` and moving
+    # geometrically towards the answer (ratios start, start**2, start**4, ...).
+    g = min(max(z0, MIN_NOISE_MULTIPLIER), hi)
     if g == hi or cached(g) <= target:
         hi, factor = g, start
         while True:
@@ -364,7 +380,7 @@ def _refine(eps, target: float, lo: float, hi: float, rtol: float) -> float:
         e = eps(z)
         return math.log(e / target) if e > 0 else -math.inf
 
-    tol = math.log1p(rtol)
+    tol = math.log1p(rtol) * (1 + 1e-9)  # a bracket of ratio exactly 1 + rtol is closed
     a, b = math.log(lo), math.log(hi)
     fa, fb = f(lo), f(hi)  # cached: already evaluated
     side = 0
