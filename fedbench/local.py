@@ -57,13 +57,15 @@ class GradientEstimator(NamedTuple):
     ``grad(params, x, y, count, key, aux, step, lr, hp) -> (loss, grads, overflow)`` runs per
     step (``lr``: the step size the loop applies next, for estimators that write a projected step
     as a gradient, APFL's mixing weight; ``hp``: the run's hyper-parameters, DP-SGD's clip and
-    noise).
+    noise). With ``contextual`` it also takes ``anchor=`` (the model the client received) and
+    ``context=`` (what its algorithm handed it: MOON's previous local model).
     ``steps(count, epochs) -> int`` is the client's number of steps for ``epochs`` epochs.
     """
 
     prepare: Callable[..., Any]
     grad: Callable[..., tuple[jax.Array, Params, jax.Array]]
     steps: Callable[[jax.Array, Any], jax.Array]
+    contextual: bool = False
 
 
 def epochs_for_steps(local_steps: int, min_count: int, batch_size: int) -> int:
@@ -113,15 +115,23 @@ def minibatch_estimator(
 
     def grad(params, x, y, count, key, orders, s, lr=None, hp=None):
         del key, lr, hp
-        steps_per_epoch = jnp.maximum((count + batch_size - 1) // batch_size, 1)
-        epoch = s // steps_per_epoch
-        start = (s % steps_per_epoch) * batch_size
-        idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
-        valid = start + jnp.arange(batch_size) < count
+        idx, valid = minibatch_at(orders, s, count, batch_size)
         loss, grads = grad_fn(params, x[idx], y[idx], valid)
         return loss, grads, jnp.zeros((), jnp.int32)
 
     return GradientEstimator(prepare, grad, steps)
+
+
+def minibatch_at(orders: jax.Array, s: jax.Array, count: jax.Array, batch_size: int
+                 ) -> tuple[jax.Array, jax.Array]:
+    """``(indices [B], valid [B])`` of step ``s``'s minibatch in :func:`minibatch_estimator`'s
+    schedule (``orders``: its ``prepare``'s epochs of shuffled order; the last batch of an epoch
+    may be short, its padding slots not ``valid``)."""
+    steps_per_epoch = jnp.maximum((count + batch_size - 1) // batch_size, 1)
+    epoch = s // steps_per_epoch
+    start = (s % steps_per_epoch) * batch_size
+    idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
+    return idx, start + jnp.arange(batch_size) < count
 
 
 def make_local_update(
@@ -169,10 +179,12 @@ def make_local_update(
         else:
             total = estimator.steps(count, local_epochs if epochs is None else epochs)
         aux = estimator.prepare(x, count, key)
+        extra = {"anchor": server_params, "context": context} if estimator.contextual else {}
 
         def step(carry, masked):
             params, s, loss_sum, overflow = carry
-            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate, hp)
+            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate, hp,
+                                               **extra)
             if grad_adjust is not None:
                 grads = grad_adjust(grads, params, server_params, context, hp)
             if not masked:  # the loop's condition already stopped here (vmap: JAX selects)

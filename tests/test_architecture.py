@@ -102,7 +102,7 @@ def test_compact_store_dtype(uneven_data):
 REFUSED = {
     "dp_client": {"scaffold", "fednova", "feddyn", "fedexp", "fedper", "fedbn", "fedrep", "ifca",
                   "cfl", "qffl", "fedbuff", "centralized", "local"},
-    "dp_sample": {"fedrep", "apfl", "pfedme", "perfedavg", "ifca", "qffl", "fedbuff",
+    "dp_sample": {"fedrep", "apfl", "pfedme", "perfedavg", "moon", "ifca", "qffl", "fedbuff",
                   "centralized", "local"},
     "none": set(),
 }

@@ -42,7 +42,7 @@ from typing import Any
 
 from fedbench.algorithm import (
     apfl, baselines, clustered, fedavg, fedavgm, fedbn, fedbuff, feddyn, fedexp, fednova, fedopt,
-    perfedavg, personalised, pfedme, qffl, scaffold,
+    moon, perfedavg, personalised, pfedme, qffl, scaffold,
 )
 from fedbench.algorithm.base import Algorithm, check_client_dp, weighted_mean
 from fedbench.algorithm.fednova import fednova_mean
@@ -62,6 +62,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "scaffold": scaffold.scaffold,
     "fednova": fednova.fednova,
     "feddyn": feddyn.feddyn,
+    "moon": moon.moon,
     "fedbuff": fedbuff.fedbuff,
     "ditto": personalised.ditto,
     "fedper": personalised.fedper,

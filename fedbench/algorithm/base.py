@@ -33,7 +33,8 @@ Personalised algorithms (:mod:`fedbench.algorithm.personalised`) add optional pi
   Per-FedAvg: one step at its ``alpha``);
 * ``estimator(apply_fn, local_epochs=, batch_size=, loss_fn=) -> GradientEstimator``: the
   gradient of one local step (default: the task loss of a minibatch; pFedMe: its Moreau
-  envelope's, :mod:`fedbench.algorithm.pfedme`);
+  envelope's, :mod:`fedbench.algorithm.pfedme`; a ``contextual`` one also sees the received
+  model and the client's context: MOON's contrastive loss, :mod:`fedbench.algorithm.moon`);
 * ``client_prepare(params, entry, loss) -> entry``: a per-client step before training, with
   ``loss(p)`` the client's mean training loss of a model ``p`` (IFCA's choice of cluster); it
   also runs for every client before evaluation, so each is scored as if it took part now;
