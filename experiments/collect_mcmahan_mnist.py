@@ -34,8 +34,10 @@ SPLITS = {"iid": "IID", "shards": "non-IID (2 shards/client)"}
 METHODS = ["FedSGD", "FedAvg E=5 B=10", "FedAvg E=5 B=inf", "FedAvg E=1 B=10"]
 #: McMahan et al. 2017, Table 2 (MNIST CNN, rounds to 99% test accuracy, C = 0.1):
 #: (IID, pathological non-IID). Supplied from recollection of the paper in the session that built
-#: this study; NOT re-checked against the PDF (no internet there). Only the rows this study runs
-#: are quoted in the README; the rest are kept for reference.
+#: this study; on 2026-12-08 every row matched two copies of the table (a review of the paper,
+#: github.com/Lorenc1o/Lorenc1o.github.io, _posts/en/2023-11-22-Federated Learning.md, all rows;
+#: the fedavgR README, the IID rows), not the PDF itself. Only the rows this study runs are
+#: quoted in the README; the rest are kept for reference.
 PUBLISHED_CNN = {
     "FedSGD": (626, 483),            # E=1, B=inf
     "FedAvg E=5 B=inf": (179, 1000),
