@@ -28,7 +28,8 @@ SETTINGS = {"ddg": "distributed discrete Gaussian", "sk": "distributed Skellam"}
 PLUS_DEGREE = 10  # SecAgg+'s k for 1,000 clients: about log2(1,000)
 
 
-def _job_rows(job: Path, setting: str, bits: int | None, eps: float | None, wall) -> list[dict]:
+def _job_rows(job: Path, setting: str, bits: int | None, eps: float | None, wall,
+              metric: str = "test_accuracy") -> list[dict]:
     rows = []
     for name in json.loads((job / "summary.json").read_text())["replicas"]:
         summary = json.loads((job / name / "summary.json").read_text())
@@ -39,7 +40,7 @@ def _job_rows(job: Path, setting: str, bits: int | None, eps: float | None, wall
             "target_epsilon": "" if eps is None else eps,
             "epsilon": privacy.get("epsilon", ""), "delta": privacy.get("delta", ""),
             "noise_multiplier": privacy.get("noise_multiplier", ""), "seed": int(cfg["seed"]),
-            "test_accuracy": final["test_accuracy"],
+            metric: final[metric],
             "bytes_per_upload": final["bytes_up"] / uploads,
             "bytes_per_download": final["bytes_down"] / uploads,
             "modular_wraps": final.get("modular_wraps", ""),
@@ -51,19 +52,19 @@ def _job_rows(job: Path, setting: str, bits: int | None, eps: float | None, wall
     return rows
 
 
-def collect(runs: Path, walls: dict[str, float]) -> list[dict]:
+def collect(runs: Path, walls: dict[str, float], epsilons=EPSILONS,
+            metric: str = "test_accuracy") -> list[dict]:
+    """The rows of every job of the study's script found under ``runs`` (``metric``: the final
+    value kept per replica)."""
+    jobs = [("nodp", "nodp", None, None)]
+    for eps in epsilons:
+        jobs.append((f"eps{eps}/central", "central", None, eps))
+        jobs += [(f"eps{eps}/{setting}_{bits}", setting, bits, eps)
+                 for setting in SETTINGS for bits in BITS]
     rows = []
-    if (runs / "nodp" / "summary.json").exists():
-        rows += _job_rows(runs / "nodp", "nodp", None, None, walls.get("nodp", ""))
-    for eps in EPSILONS:
-        name = f"eps{eps}/central"
+    for name, setting, bits, eps in jobs:
         if (runs / name / "summary.json").exists():
-            rows += _job_rows(runs / name, "central", None, eps, walls.get(name, ""))
-        for setting in SETTINGS:
-            for bits in BITS:
-                name = f"eps{eps}/{setting}_{bits}"
-                if (runs / name / "summary.json").exists():
-                    rows += _job_rows(runs / name, setting, bits, eps, walls.get(name, ""))
+            rows += _job_rows(runs / name, setting, bits, eps, walls.get(name, ""), metric)
     return rows
 
 
@@ -81,19 +82,20 @@ def protocol_bytes(clients: int, dim: int) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, epsilons=EPSILONS, metric: str = "test_accuracy",
+         ylabel: str = "test accuracy", where: str = "1,000 clients every round") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(EPSILONS), figsize=(4.4 * len(EPSILONS), 3.5), sharey=True)
-    nodp = [float(r["test_accuracy"]) for r in rows if r["setting"] == "nodp"]
-    for ax, eps in zip(axes, EPSILONS):
+    fig, axes = plt.subplots(1, len(epsilons), figsize=(4.4 * len(epsilons), 3.5), sharey=True)
+    nodp = [float(r[metric]) for r in rows if r["setting"] == "nodp"]
+    for ax, eps in zip(axes, epsilons):
         for i, setting in enumerate(SETTINGS):
             xs, ys, es = [], [], []
             for bits in BITS:
-                acc = [float(r["test_accuracy"]) for r in rows if r["setting"] == setting
+                acc = [float(r[metric]) for r in rows if r["setting"] == setting
                        and str(r["bits"]) == str(bits) and str(r["target_epsilon"]) == str(eps)]
                 if acc:
                     xs.append(bits + 0.15 * (i - 0.5))
@@ -101,7 +103,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     es.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, lw=1, capsize=2, color=f"C{i}",
                         label=SETTINGS[setting])
-        central = [float(r["test_accuracy"]) for r in rows if r["setting"] == "central"
+        central = [float(r[metric]) for r in rows if r["setting"] == "central"
                    and str(r["target_epsilon"]) == str(eps)]
         if central:
             ax.axhline(statistics.mean(central), color="C2", ls="--", lw=0.9,
@@ -110,9 +112,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.axhline(statistics.mean(nodp), color="k", ls=":", lw=0.9, label="no DP")
         ax.set_xticks(BITS)
         ax.set_xlabel("bits per coordinate of the secure sum")
-        ax.set_title(f"epsilon {eps}, delta 1e-5, 1,000 clients every round", fontsize=9)
+        ax.set_title(f"epsilon {eps}, delta 1e-5, {where}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
+    axes[0].set_ylabel(ylabel)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
