@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -58,7 +58,9 @@ class GradientEstimator(NamedTuple):
     step (``lr``: the step size the loop applies next, for estimators that write a projected step
     as a gradient, APFL's mixing weight; ``hp``: the run's hyper-parameters, DP-SGD's clip and
     noise). With ``contextual`` it also takes ``anchor=`` (the model the client received) and
-    ``context=`` (what its algorithm handed it: MOON's previous local model).
+    ``context=`` (what its algorithm handed it: MOON's previous local model). With ``stateful``
+    it returns a fourth value, entries of ``params`` the step sets rather than descends
+    (BatchNorm's running statistics, :func:`batchnorm_estimator`).
     ``steps(count, epochs) -> int`` is the client's number of steps for ``epochs`` epochs.
     """
 
@@ -66,6 +68,7 @@ class GradientEstimator(NamedTuple):
     grad: Callable[..., tuple[jax.Array, Params, jax.Array]]
     steps: Callable[[jax.Array, Any], jax.Array]
     contextual: bool = False
+    stateful: bool = False
 
 
 def epochs_for_steps(local_steps: int, min_count: int, batch_size: int) -> int:
@@ -120,6 +123,39 @@ def minibatch_estimator(
         return loss, grads, jnp.zeros((), jnp.int32)
 
     return GradientEstimator(prepare, grad, steps)
+
+
+def batchnorm_estimator(
+    train_apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, Params]],
+    *,
+    local_epochs: int,
+    batch_size: int,
+    loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
+) -> GradientEstimator:
+    """:func:`minibatch_estimator`'s schedule and loss with the model in training mode:
+    ``train_apply(params, x, valid) -> (outputs, running statistics)`` normalises with the
+    batch's statistics over its ``valid`` examples (:class:`fedbench.model.BatchNorm`), and the
+    step then sets the running statistics it returns (``stateful``)."""
+    base = minibatch_estimator(train_apply, local_epochs=local_epochs, batch_size=batch_size,
+                               loss_fn=loss_fn)
+
+    def grad(params, x, y, count, key, orders, s, lr=None, hp=None):
+        del key, lr, hp
+        idx, valid = minibatch_at(orders, s, count, batch_size)
+
+        def loss(p):
+            out, stats = train_apply(p, x[idx], valid)
+            return loss_fn(out, y[idx], valid), stats
+
+        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, grads, jnp.zeros((), jnp.int32), stats
+
+    return GradientEstimator(base.prepare, grad, base.steps, stateful=True)
+
+
+def with_entries(params: Params, entries: Mapping[str, Mapping[str, jax.Array]]) -> Params:
+    """``params`` with the leaves ``entries[module][name]`` replaced (top-level modules)."""
+    return {k: ({**v, **entries[k]} if k in entries else v) for k, v in params.items()}
 
 
 def minibatch_at(orders: jax.Array, s: jax.Array, count: jax.Array, batch_size: int
@@ -183,15 +219,17 @@ def make_local_update(
 
         def step(carry, masked):
             params, s, loss_sum, overflow = carry
-            loss, grads, over = estimator.grad(params, x, y, count, key, aux, s, rate, hp,
-                                               **extra)
+            loss, grads, over, *state = estimator.grad(params, x, y, count, key, aux, s, rate,
+                                                       hp, **extra)
             if grad_adjust is not None:
                 grads = grad_adjust(grads, params, server_params, context, hp)
+            stepped = jax.tree.map(lambda p, g: p - rate * g, params, grads)
+            if state:  # entries the step sets (BatchNorm's running statistics)
+                stepped = with_entries(stepped, state[0])
             if not masked:  # the loop's condition already stopped here (vmap: JAX selects)
-                params = jax.tree.map(lambda p, g: p - rate * g, params, grads)
-                return params, s + 1, loss_sum + loss, overflow + over
+                return stepped, s + 1, loss_sum + loss, overflow + over
             active = s < total
-            params = jax.tree.map(lambda p, g: jnp.where(active, p - rate * g, p), params, grads)
+            params = jax.tree.map(lambda p, n: jnp.where(active, n, p), params, stepped)
             return (params, s + active, loss_sum + jnp.where(active, loss, 0.0),
                     overflow + jnp.where(active, over, 0))
 

@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -38,7 +39,7 @@ import numpy as np
 
 from fedbench import hparams, replica_state
 from fedbench.algorithm import Algorithm
-from fedbench.algorithm.base import custom_estimator, make_personal_update
+from fedbench.algorithm.base import check_batch_norm, custom_estimator, make_personal_update
 from fedbench.algorithm.base import weighted_mean
 from fedbench.algorithm.baselines import centralized_round, local_round
 from fedbench.algorithm.fedbuff import fedbuff_round
@@ -51,8 +52,10 @@ from fedbench.dataset.federated import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.evaluation import Evaluator, cross_entropy
 from fedbench.links import Links
+from fedbench.model import train_apply
 from fedbench.local import (
     ClientStats,
+    batchnorm_estimator,
     client_mesh,
     replicated,
     epoch_order,
@@ -174,6 +177,11 @@ class Simulator:
         estimator = custom_estimator(self, order_epochs, batch)  # the algorithm's, or None
         private = (None if privacy is None  # same loop and schedule, e.g. DP-SGD's gradients
                    else privacy.estimator(apply_fn, batch, batch_loss_fn(data.task), noise_salt))
+        if getattr(model, "norm", None) == "batch":  # training mode: the batch's statistics
+            check_batch_norm(algorithm, estimator, private)
+            estimator = batchnorm_estimator(
+                functools.partial(train_apply, model), local_epochs=order_epochs,
+                batch_size=batch, loss_fn=batch_loss_fn(data.task))
         estimator = estimator if private is None else private
         self.local_update = make_local_update(
             apply_fn,

@@ -224,8 +224,7 @@ def test_group_norm_mlp_equals_a_numpy_forward_pass():
 
 
 def test_norm_settings_name_the_key():
-    for cfg, key in (({"name": "mlp", "norm": "batch"}, "model.norm"),
-                     ({"name": "mlp", "norm": "instance"}, "model.norm"),
+    for cfg, key in (({"name": "mlp", "norm": "instance"}, "model.norm"),
                      ({"name": "mlp", "hidden": [200, 200], "norm": "group", "groups": 3},
                       "model.groups"),
                      ({"name": "cnn", "norm": "group", "groups": 5}, "model.groups")):

@@ -281,6 +281,29 @@ def check_sample_dp(algorithm: Algorithm) -> None:
         )
 
 
+def check_batch_norm(algorithm: "Algorithm", estimator, private) -> None:
+    """``model.norm=batch`` trains only in the default local loop, whose steps run the model in
+    training mode (:func:`fedbench.local.batchnorm_estimator`); anything that trains with the
+    model in evaluation mode is refused.
+
+    Raises:
+      ConfigError: naming ``model.norm`` and the piece that cannot take BatchNorm.
+    """
+    name = algorithm.name
+    why = None
+    if private is not None:
+        why = ("privacy=dp_sample: BatchNorm's batch statistics mix the records of a batch, so a "
+               "record's clipped gradient is not its own")
+    elif estimator is not None:
+        why = f"algorithm={name}: its own local gradient runs the model in evaluation mode"
+    elif algorithm.personal_pass is not None:
+        why = f"algorithm={name}: its personal pass trains in evaluation mode"
+    elif algorithm.finetune_steps:
+        why = f"algorithm={name}: its fine-tuning before evaluation trains in evaluation mode"
+    if why is not None:
+        raise ConfigError("model.norm", "batch", f"group or layer with {why}")
+
+
 def custom_estimator(sim, local_epochs: int, batch_size: int):
     """The algorithm's own gradient estimator for the simulator's main pass, or None."""
     build = sim.algorithm.estimator

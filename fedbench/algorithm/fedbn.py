@@ -6,10 +6,12 @@ normalisation layers', which each site keeps and trains locally, so each site no
 features by its own learned scale and shift (feature shift: the same content imaged by
 different scanners, :mod:`fedbench.partition.acquisition`). The server never receives them.
 
-The paper's layers are BatchNorm, whose running statistics are local too; fedbench's models
-offer GroupNorm and LayerNorm (``model.norm``, :func:`fedbench.model.normalise`), per-example
-layers without statistics, so here the local part is each normalisation layer's scale and bias
-(every top-level module named ``GroupNorm_*``, ``LayerNorm_*`` or ``BatchNorm_*``). Each site is
+The paper's layers are BatchNorm (``model.norm=batch``, :class:`fedbench.model.BatchNorm`),
+whose running statistics are local too: they are entries of the layer's parameters, so the
+local part is each BatchNorm layer's scale, bias, running mean and running variance. GroupNorm
+and LayerNorm (``model.norm=group|layer``) are per-example layers without statistics; their local
+part is the scale and bias (every top-level module named ``GroupNorm_*``, ``LayerNorm_*`` or
+``BatchNorm_*``). Each site is
 evaluated with the global model and its own normalisation layers; a site never sampled with the
 initial ones. Built on FedPer's mechanism for local parts
 (:func:`fedbench.algorithm.personalised._local_parts`).
@@ -42,7 +44,7 @@ def norm_layers(params: Mapping[str, Any]) -> list[str]:
     names = [k for k in params if k.startswith(NORM_PREFIXES)]
     if not names:
         raise ConfigError("model.norm", "none",
-                          "group or layer with algorithm=fedbn (a model with normalisation "
+                          "batch, group or layer with algorithm=fedbn (a model with normalisation "
                           "layers: model=mlp or model=cnn); this model's modules: "
                           + ", ".join(params))
     return names

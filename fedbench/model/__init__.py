@@ -19,7 +19,7 @@ from fedbench.errors import ConfigError
 
 MODELS = ("logreg", "mlp", "cnn", "cox", "semi")
 #: ``model.norm``: a normalisation layer after every hidden layer (before its ReLU), or none.
-NORMS = ("none", "group", "layer")
+NORMS = ("none", "group", "layer", "batch")
 CONV_IMPLS = ("auto", "lax", "im2col", "hybrid")
 #: Models added at run time by :func:`register`: ``model.name`` ->
 #: ``builder(cfg, feature_shape, num_classes, task) -> flax.linen.Module``.
@@ -67,17 +67,62 @@ class Cox(nn.Module):
         )
 
 
-def normalise(x: jax.Array, norm: str, groups: int) -> jax.Array:
+def normalise(x: jax.Array, norm: str, groups: int, mask: jax.Array | None = None
+              ) -> jax.Array:
     """``x`` through a fresh normalisation layer (``model.norm``): ``layer`` (LayerNorm over
     the features; Ba, Kiros, Hinton 2016), ``group`` (GroupNorm, ``groups`` groups of the last
-    axis, statistics over them and the spatial axes; Wu & He, ECCV 2018), ``none``. Both are
-    per example, so a record's output never depends on the others in its batch (DP-SGD's
-    per-example gradients stay per example), and both have a learned scale and bias."""
+    axis, statistics over them and the spatial axes; Wu & He, ECCV 2018), ``batch``
+    (:class:`BatchNorm`: the batch's statistics in training, ``mask`` its real examples; the
+    running statistics in evaluation, ``mask`` None), ``none``. LayerNorm and GroupNorm are per
+    example, so a record's output never depends on the others in its batch (DP-SGD's
+    per-example gradients stay per example); all three have a learned scale and bias."""
     if norm == "layer":
         return nn.LayerNorm()(x)
     if norm == "group":
         return nn.GroupNorm(num_groups=groups)(x)
+    if norm == "batch":
+        return BatchNorm()(x, mask)
     return x
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation (Ioffe & Szegedy, ICML 2015) with PyTorch's ``BatchNorm`` semantics,
+    the layers of the FedBN paper's models.
+
+    Training (``mask``: ``[B]`` bool, the batch's real examples): normalise with the batch's
+    mean and biased variance over the real examples (and the spatial axes), and return, through
+    the ``batch_stats`` collection (``mutable=["batch_stats"]``), the running statistics moved
+    by ``momentum``: ``(1 - m) running + m batch``, the variance unbiased (``n / (n - 1)``).
+    Evaluation (``mask`` None): normalise with the running statistics. The running ``mean`` and
+    ``var`` are entries of the ``params`` collection, so they travel with the model (averaged by
+    FedAvg, kept at each site by FedBN); they receive no gradient, and the local loop replaces
+    them with the training pass's values after each step (:func:`fedbench.local.make_local_update`).
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        running_mean = self.param("mean", nn.initializers.zeros, (features,))
+        running_var = self.param("var", nn.initializers.ones, (features,))
+        if mask is None:
+            mean, var = running_mean, jnp.maximum(running_var, 0.0)
+        else:
+            axes = tuple(range(x.ndim - 1))
+            w = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)),
+                                 x.shape[:-1] + (1,)).astype(x.dtype)
+            n = jnp.sum(w)
+            mean = jnp.sum(w * x, axis=axes) / jnp.maximum(n, 1.0)
+            var = jnp.sum(w * (x - mean) ** 2, axis=axes) / jnp.maximum(n, 1.0)
+            unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
+            m = self.momentum
+            self.put_variable("batch_stats", "mean", (1 - m) * running_mean + m * mean)
+            self.put_variable("batch_stats", "var", (1 - m) * running_var + m * unbiased)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
 class MLP(nn.Module):
@@ -90,10 +135,10 @@ class MLP(nn.Module):
     groups: int = 8
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = nn.relu(normalise(nn.Dense(width)(x), self.norm, self.groups))
+            x = nn.relu(normalise(nn.Dense(width)(x), self.norm, self.groups, mask))
         return nn.Dense(self.num_classes)(x)
 
 
@@ -158,30 +203,32 @@ class CNN(nn.Module):
     groups: int = 8
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         if x.ndim == 3:
             x = x[..., None]
         for width in (32, 64):
             x = Conv5x5(width, self.conv_impl)(x)
-            x = max_pool_2x2(nn.relu(normalise(x, self.norm, self.groups)))
+            x = max_pool_2x2(nn.relu(normalise(x, self.norm, self.groups, mask)))
         x = nn.Dense(512)(x.reshape(x.shape[0], -1))
-        x = nn.relu(normalise(x, self.norm, self.groups))
+        x = nn.relu(normalise(x, self.norm, self.groups, mask))
         return nn.Dense(self.num_classes)(x)
+
+
+def train_apply(model: nn.Module, params, x: jax.Array, valid: jax.Array):
+    """``(outputs, running statistics)`` of ``model`` in training mode on a batch whose real
+    examples are ``valid`` (:class:`BatchNorm`'s ``batch_stats``, by top-level module)."""
+    out, variables = model.apply({"params": params}, x, valid, mutable=["batch_stats"])
+    return out, variables["batch_stats"]
 
 
 def check_norm(cfg: Mapping[str, Any], widths: Sequence[int]) -> tuple[str, int]:
     """``(norm, groups)`` of a model config whose normalised layers have ``widths`` features.
 
     Raises:
-      ConfigError: an unknown ``model.norm`` (``batch`` with the reason it is not offered), or
+      ConfigError: an unknown ``model.norm``, or
         ``model.groups`` that does not divide every width under ``group``.
     """
     norm, groups = cfg.get("norm", "none"), cfg.get("groups", 8)
-    if norm == "batch":
-        raise ConfigError("model.norm", norm,
-                          "one of: " + ", ".join(NORMS) + " (BatchNorm's running statistics "
-                          "are mutable state the simulator does not carry yet; group is the "
-                          "per-example, DP-compatible choice)")
     if norm not in NORMS:
         raise ConfigError("model.norm", norm, "one of: " + ", ".join(NORMS))
     if norm == "group" and (isinstance(groups, bool) or not isinstance(groups, int)
