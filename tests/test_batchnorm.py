@@ -171,3 +171,34 @@ def test_the_cnn_takes_batchnorm_after_each_convolution_and_the_hidden_layer():
                                                                  for i in range(3)}
     _, stats = train_apply(model, params, x + 1.0, jnp.ones(4, bool))
     assert set(stats) == {"BatchNorm_0", "BatchNorm_1", "BatchNorm_2"}
+
+
+def test_every_algorithm_trains_batchnorm_or_refuses_it():
+    """Generated from the registry: with ``model.norm=batch`` each algorithm either refuses
+    (naming ``model.norm``) or runs a round whose local training set the running statistics
+    (they leave their initial zeros and ones; FedBN's stay at the sites, its clients' models
+    carry them)."""
+    from conftest import compose
+
+    from fedbench.algorithm import BUILDERS
+    from fedbench.run import build_simulator
+
+    base = ["dataset=breast_cancer", "partition=iid", "num_clients=4", "clients_per_round=2",
+            "model=mlp", "model.hidden=[4]", "model.norm=batch", "rounds=1", "batch_size=32",
+            "local_epochs=1"]
+    extra = {"fedbuff": ["algorithm.buffer_size=2", "algorithm.concurrency=2"],
+             "ifca": ["algorithm.clusters=2"]}
+    refused = set()
+    for name in BUILDERS:
+        try:
+            built = build_simulator(compose(base + [f"algorithm={name}"] + extra.get(name, [])))
+        except ConfigError as err:
+            assert err.key == "model.norm", (name, err)
+            refused.add(name)
+            continue
+        sim = built.sim
+        state = sim.run(sim.init(), 1)
+        models = sim.evaluated_params(state)
+        mean = np.asarray(jax.tree.leaves(models["BatchNorm_0"]["mean"]))
+        assert np.all(np.isfinite(mean)) and np.any(mean != 0), name
+    assert refused == {"apfl", "ditto", "finetune", "fedrep", "moon", "perfedavg", "pfedme"}
