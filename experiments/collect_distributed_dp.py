@@ -216,21 +216,35 @@ def readme_values(folder: Path) -> dict[str, str]:
          f"SecAgg+ (k = {PLUS_DEGREE}) up", "SecAgg+ down"], btable) + "\n"
     sec16 = next(p for p in proto if p["protocol"] == "secagg" and p["bits"] == "16")
     v["secagg_share_16"] = f"{100 * (1 - int(sec16['masked_vector']) / int(sec16['client_up'])):.0f}"
-    walls = {(r["setting"], r["bits"], r["target_epsilon"]): float(r["program_wall_seconds"])
-             for r in rows if r["program_wall_seconds"]}
-    v["time_total"] = f"{sum(walls.values()) / 60:.1f}"
+    v["time_total"] = program_minutes(rows)
     return v
 
 
-def main() -> None:
-    args, rows = collected("distributed_dp", __doc__.splitlines()[0], collect)
+def program_minutes(rows: list[dict]) -> str:
+    """Minutes of program wall time: one program per setting, bits and epsilon."""
+    walls = {(r["setting"], r["bits"], r["target_epsilon"]): float(r["program_wall_seconds"])
+             for r in rows if r["program_wall_seconds"]}
+    return f"{sum(walls.values()) / 60:.1f}"
+
+
+def write_arm(study: str, description: str, collect_fn, protocol_bytes_fn, plot_fn) -> None:
+    """A study arm's collect: provenance and rows (``collected``), ``runs.csv``, ``bytes.csv``
+    (``protocol_bytes_fn(clients, padded_dim)``), the figure (``plot_fn(rows, out)``) and the
+    README re-rendered."""
+    args, rows = collected(study, description, collect_fn)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "runs.csv", rows)
     padded = {r["padded_dim"] for r in rows if r["padded_dim"] != ""}
     assert len(padded) == 1, padded
-    write_rows(args.out / "bytes.csv", protocol_bytes(int(rows[0]["clients"]), padded.pop()))
-    plot(rows, args.out / "accuracy.png")
+    write_rows(args.out / "bytes.csv",
+               protocol_bytes_fn(int(rows[0]["clients"]), int(padded.pop())))
+    plot_fn(rows, args.out)
     render_file(args.out)
+
+
+def main() -> None:
+    write_arm("distributed_dp", __doc__.splitlines()[0], collect, protocol_bytes,
+              lambda rows, out: plot(rows, out / "accuracy.png"))
 
 
 if __name__ == "__main__":

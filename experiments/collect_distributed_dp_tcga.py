@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from collect_distributed_dp import BITS, SETTINGS, collect as collect_arm, plot  # noqa: E402
-
-from fedbench.study_readme import (  # noqa: E402
-    collected, compare, fmt, markdown_table, mean_sd, read_rows, render_file, write_rows,
+from collect_distributed_dp import (  # noqa: E402
+    BITS, SETTINGS, collect as collect_arm, plot, program_minutes, write_arm,
 )
+
+from fedbench.study_readme import compare, fmt, markdown_table, mean_sd, read_rows  # noqa: E402
 
 EPSILONS = (4, 16)
 METRIC = "test_cindex"
@@ -114,22 +114,14 @@ def readme_values(folder: Path) -> dict[str, str]:
         ["bits", "masked vector", "SecAgg up (all four messages)",
          "SecAgg down (besides the model)", "masked vector's share of the upload"],
         btable) + "\n"
-    walls = {(r["setting"], r["bits"], r["target_epsilon"]): float(r["program_wall_seconds"])
-             for r in rows if r["program_wall_seconds"]}
-    v["time_total"] = f"{sum(walls.values()) / 60:.1f}"
+    v["time_total"] = program_minutes(rows)
     return v
 
 
 def main() -> None:
-    args, rows = collected("distributed_dp_tcga", __doc__.splitlines()[0], collect)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_rows(args.out / "runs.csv", rows)
-    padded = {r["padded_dim"] for r in rows if r["padded_dim"] != ""}
-    assert len(padded) == 1, padded
-    write_rows(args.out / "bytes.csv", protocol_bytes(int(rows[0]["clients"]), int(padded.pop())))
-    plot(rows, args.out / "cindex.png", EPSILONS, METRIC, "pooled test C-index",
-         "6 regions every round")
-    render_file(args.out)
+    write_arm("distributed_dp_tcga", __doc__.splitlines()[0], collect, protocol_bytes,
+              lambda rows, out: plot(rows, out / "cindex.png", EPSILONS, METRIC,
+                                     "pooled test C-index", "6 regions every round"))
 
 
 if __name__ == "__main__":
