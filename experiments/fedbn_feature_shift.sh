@@ -3,7 +3,7 @@
 # Learning on Non-IID Features via Local Batch Normalization", ICLR 2021): FedBN against FedAvg
 # and FedProx with a BatchNorm CNN (model=cnn model.norm=batch: BatchNorm after each convolution
 # and the dense layer, as the paper's digit model), 5 sites, every site every round, 1 local
-# epoch of batch 32, lr 0.05, 100 rounds, 5 seeds per line (one in-program sweep; the seeds
+# epoch of batch 32, lr 0.05, 50 rounds, 5 seeds per line (one in-program sweep; the seeds
 # share the sites' data and differ in initialisation and minibatches), on two federations of
 # the 8x8 digits:
 #   shift:   partition=acquisition: each site images through its own scanner protocol
@@ -11,11 +11,12 @@
 #            the same digits from different sources);
 #   noshift: partition=iid: the same sites without the scanners (the paper's control).
 # FedProx with mu 0.01 (the paper's comparison uses a tuned mu; not tuned here).
-# About 25 min on 2 CPU cores. Run from a clean checkout, then
+# About 25 min on 2 CPU cores beside another study (the first try, 100 rounds, took 11 min for
+# 60 rounds of one line and was stopped). Run from a clean checkout, then
 #   python experiments/collect_fedbn_feature_shift.py --log <this script's output>
 set -euo pipefail
 OUT=${OUT:-multirun/fedbn_feature_shift}
-C="dataset=digits num_clients=5 clients_per_round=5 model=cnn model.norm=batch rounds=100 eval_every=10 local_epochs=1 batch_size=32 lr=0.05 seeds=5 checkpoint_every=0"
+C="dataset=digits num_clients=5 clients_per_round=5 model=cnn model.norm=batch rounds=50 eval_every=10 local_epochs=1 batch_size=32 lr=0.05 seeds=5 checkpoint_every=0"
 
 source "$(dirname "$0")/study_run.sh"  # run NAME OVERRIDES...
 
