@@ -136,6 +136,25 @@ def test_fedbn_keeps_every_batchnorm_layer_and_its_statistics_at_the_site():
         _close(jax.tree.map(lambda leaf: leaf[c], models), {**want, "BatchNorm_0": own})
 
 
+def test_silobn_keeps_only_the_running_statistics_at_the_site():
+    """Andreux et al. 2020: every parameter but BatchNorm's running mean and variance is
+    averaged (its scale and bias included); each site keeps its statistics."""
+    data = _data()
+    sim = _sim(data, "silobn")
+    state1 = sim.run(state0 := sim.init(), 1)
+    w0 = state0.params
+    trained, mean = _round(data, w0, sampled := _sampled(state0, state1))
+    stats = ("mean", "var")
+    want = {**mean, "BatchNorm_0": {**mean["BatchNorm_0"],
+                                    **{k: w0["BatchNorm_0"][k] for k in stats}}}
+    _close(state1.params, want)
+    models = sim.evaluated_params(state1)
+    for c in range(data.num_clients):
+        own = {k: (trained[c] if c in sampled else w0)["BatchNorm_0"][k] for k in stats}
+        _close(jax.tree.map(lambda leaf: leaf[c], models),
+               {**want, "BatchNorm_0": {**want["BatchNorm_0"], **own}})
+
+
 @pytest.mark.parametrize("name, privacy", [
     ("fedavg", "dp_sample"), ("pfedme", None), ("perfedavg", None), ("moon", None),
     ("ditto", None), ("finetune", None),
@@ -201,4 +220,6 @@ def test_every_algorithm_trains_batchnorm_or_refuses_it():
         models = sim.evaluated_params(state)
         mean = np.asarray(jax.tree.leaves(models["BatchNorm_0"]["mean"]))
         assert np.all(np.isfinite(mean)) and np.any(mean != 0), name
+        if name in ("fedbn", "silobn"):  # the sites' statistics never reach the global model
+            assert not np.any(np.asarray(state.params["BatchNorm_0"]["mean"])), name
     assert refused == {"apfl", "ditto", "finetune", "fedrep", "moon", "perfedavg", "pfedme"}

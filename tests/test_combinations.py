@@ -50,7 +50,8 @@ TINY = ["dataset=breast_cancer", "partition=iid", "num_clients=6", "clients_per_
 #: Per-algorithm settings that keep a tiny run meaningful (the rest from its config file).
 EXTRA = {"fedbuff": ["algorithm.buffer_size=2", "algorithm.concurrency=3"],
          "ifca": ["algorithm.clusters=2"], "cfl": [],
-         "fedbn": ["model.norm=layer"]}  # FedBN needs normalisation layers
+         "fedbn": ["model.norm=layer"],  # FedBN needs normalisation layers
+         "silobn": ["model.norm=batch"]}  # SiloBN: BatchNorm's statistics
 
 
 def _declared(name: str) -> tuple[str, ...]:
@@ -127,7 +128,7 @@ def _sites(sizes=(12, 7, 15, 9, 11), features=4, classes=3, seed=1):
 def _simulator(name, arrays, members_count):
     xs, ys, txs, tys, classes = arrays
     data = from_client_arrays(xs, ys, txs, tys, classes)
-    norm = {"norm": "layer"} if name == "fedbn" else {}  # FedBN needs normalisation layers
+    norm = {"fedbn": {"norm": "layer"}, "silobn": {"norm": "batch"}}.get(name, {})
     model = build_model({"name": "mlp", "hidden": [8], **norm}, data.feature_shape, classes,
                         data.task)
     settings = Settings(clients_per_round=members_count, local_epochs=2, batch_size=16, lr=0.1,
@@ -182,7 +183,8 @@ def test_every_mechanism_equals_no_dp_without_noise_or_is_refused(name, mechanis
     try:
         private = build_simulator(compose(base + _no_noise(mechanism)))
     except ConfigError as error:
-        assert error.key in ("algorithm.name", "privacy.name", "compression.name"), error
+        assert error.key in ("algorithm.name", "privacy.name", "compression.name",
+                             "model.norm"), error
         assert name in str(error) or mechanism in str(error), error
         return
     plain = build_simulator(compose(base))

@@ -50,7 +50,7 @@ FEDERATED = tuple(n for n in BUILDERS if build_algorithm({"name": n, **(
 #: Per-algorithm settings a tiny run needs (the rest from its config file).
 EXTRA = {"ifca": {"clusters": 2}}
 #: Model settings an algorithm needs (FedBN: normalisation layers to keep at the site).
-MODEL_EXTRA = {"fedbn": {"norm": "layer"}}
+MODEL_EXTRA = {"fedbn": {"norm": "layer"}, "silobn": {"norm": "batch"}}
 
 
 def _model(data, algorithm_name: str):

@@ -53,7 +53,8 @@ TINY = ["dataset=breast_cancer", "partition=iid", "num_clients=6", "clients_per_
         f"checkpoint_every={CUT}", "partition.seed=0"]
 #: Per-algorithm settings that keep a tiny run meaningful (tests/test_combinations.py's EXTRA).
 EXTRA = {"fedbuff": ["algorithm.buffer_size=2", "algorithm.concurrency=3"],
-         "ifca": ["algorithm.clusters=2"], "cfl": [], "fedbn": ["model.norm=layer"]}
+         "ifca": ["algorithm.clusters=2"], "cfl": [], "fedbn": ["model.norm=layer"],
+         "silobn": ["model.norm=batch"]}
 #: Algorithms known not to resume bit for bit: name -> the cause (strict xfail).
 KNOWN: dict[str, str] = {}
 

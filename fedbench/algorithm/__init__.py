@@ -67,6 +67,7 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
     "ditto": personalised.ditto,
     "fedper": personalised.fedper,
     "fedbn": fedbn.fedbn,
+    "silobn": fedbn.silobn,
     "finetune": personalised.finetune,
     "fedrep": personalised.fedrep,
     "semifed": personalised.semifed,

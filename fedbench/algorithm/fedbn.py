@@ -1,4 +1,4 @@
-"""FedBN: the normalisation layers stay at each site.
+"""FedBN: the normalisation layers stay at each site; SiloBN: only their statistics do.
 
 X. Li, M. Jiang, X. Zhang, M. Kamp, Q. Dou, "FedBN: Federated Learning on Non-IID Features via
 Local Batch Normalization", ICLR 2021, Algorithm 1: FedAvg of every parameter except the
@@ -16,7 +16,13 @@ evaluated with the global model and its own normalisation layers; a site never s
 initial ones. Built on FedPer's mechanism for local parts
 (:func:`fedbench.algorithm.personalised._local_parts`).
 
-Under ``privacy=dp_client`` it is refused as FedPer is (the local parts are stored relative to
+SiloBN (M. Andreux, J. Ogier du Terrail, C. Beguier, E. W. Tramel, "Siloed Federated Learning
+for Multi-Centric Histopathology Datasets", MICCAI DART 2020): only BatchNorm's running mean and
+variance stay at each site; its scale and bias are averaged with the rest of the model
+(``algorithm=silobn``, ``model.norm=batch``). Each site is evaluated with the global model and
+its own statistics.
+
+Under ``privacy=dp_client`` both are refused as FedPer is (the local parts are stored relative to
 the global ones, which the noisy mean would perturb); ``dp_sample`` is allowed: every update,
 local layers included, is DP-SGD's.
 """
@@ -48,6 +54,29 @@ def norm_layers(params: Mapping[str, Any]) -> list[str]:
                           "layers: model=mlp or model=cnn); this model's modules: "
                           + ", ".join(params))
     return names
+
+
+def running_statistics(params: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Each BatchNorm layer's running ``mean`` and ``var`` (SiloBN's local part).
+
+    Raises:
+      ConfigError: naming ``model.norm`` when the model has no BatchNorm layer.
+    """
+    names = [k for k in params if k.startswith("BatchNorm_")]
+    if not names:
+        raise ConfigError("model.norm", "not batch",
+                          "batch with algorithm=silobn (a model with BatchNorm layers: "
+                          "model=mlp or model=cnn, model.norm=batch)")
+    return {k: ("mean", "var") for k in names}
+
+
+def silobn(cfg: Mapping[str, Any]) -> Algorithm:
+    del cfg
+    return Algorithm(
+        "silobn", "federated", optax.sgd(1.0), settings={},
+        **_local_parts(running_statistics),
+        dp_client=_HEAD_DP.format("BatchNorm statistics are", "ones"),
+    )
 
 
 def fedbn(cfg: Mapping[str, Any]) -> Algorithm:

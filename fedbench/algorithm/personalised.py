@@ -154,27 +154,39 @@ def ditto(cfg: Mapping[str, Any]) -> Algorithm:
 
 # -- parts kept at each site: FedPer's head, a semi-federated model's local modules ------------
 def _local_parts(keys_of):
-    """FedPer's mechanism for any top-level modules ``keys_of(params)`` kept at each site.
+    """FedPer's mechanism for any top-level modules ``keys_of(params)`` kept at each site (a list
+    of module names: whole modules; or ``{module: leaf names}``: only those leaves of each, as
+    SiloBN's running statistics).
 
     A client's store entry holds ``{name: part_k - part^0}`` for each local part (zeros at
     first); it trains from the global model with its own parts (``start``), sends the delta with
     its local parts zeroed (``shared``), keeps its new parts; the server averages the deltas and
     never changes a local part (``aggregate`` zeroes them again)."""
 
+    def selection(params) -> dict[str, tuple[str, ...] | None]:
+        chosen = keys_of(params)
+        return dict(chosen) if isinstance(chosen, Mapping) else {k: None for k in chosen}
+
+    def part(module, leaves):  # a module's local leaves (all of them: None)
+        return module if leaves is None else {n: module[n] for n in leaves}
+
     def zeros(params):
-        return {k: jax.tree.map(jnp.zeros_like, params[k]) for k in keys_of(params)}
+        return {k: jax.tree.map(jnp.zeros_like, part(params[k], leaves))
+                for k, leaves in selection(params).items()}
 
     def start(params, offsets):  # global model, own parts (``offsets`` may carry a client axis)
-        return {**params, **{k: jax.tree.map(lambda p, o: p + o.astype(p.dtype), params[k], o)
-                             for k, o in offsets.items()}}
+        return {**params, **{k: {**params[k], **jax.tree.map(
+            lambda p, o: p + o.astype(p.dtype), part(params[k], tuple(o)), o)}
+            for k, o in offsets.items()}}
 
     def shared(tree):  # what leaves the site: the local parts zeroed
-        local = set(keys_of(tree))
-        return {k: jax.tree.map(jnp.zeros_like, v) if k in local else v for k, v in tree.items()}
+        chosen = selection(tree)
+        return {k: ({**v, **jax.tree.map(jnp.zeros_like, part(v, chosen[k]))}
+                    if k in chosen else v) for k, v in tree.items()}
 
     def finish(deltas, stats, entries, server_state, valid, hp):
         del stats, server_state, valid, hp
-        new = {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, deltas[k])
+        new = {k: jax.tree.map(lambda o, d: o + d.astype(o.dtype), e, part(deltas[k], tuple(e)))
                for k, e in entries.items()}
         return {"delta": shared(deltas)}, new
 
