@@ -124,22 +124,33 @@ def plot(rows: list[dict], path: Path, epsilons=EPSILONS, metric: str = "test_ac
 # README values, from runs.csv and bytes.csv only.
 
 
+def _matches(r: dict, setting: str, eps, bits) -> bool:
+    return (r["setting"] == setting and (eps is None or r["target_epsilon"] == str(eps))
+            and (bits is None or r["bits"] == str(bits)))
+
+
+def by_seed(rows: list[dict], key: str, setting: str, eps=None, bits=None) -> dict[int, float]:
+    """``{seed: row[key]}`` of one setting (and epsilon and bits, where given)."""
+    return {int(r["seed"]): float(r[key]) for r in rows if _matches(r, setting, eps, bits)}
+
+
+def single(rows: list[dict], key: str, setting: str, eps=None, bits=None) -> float:
+    """``row[key]``, the same in every row of one setting (a program's constant)."""
+    vals = {r[key] for r in rows if _matches(r, setting, eps, bits)}
+    assert len(vals) == 1, (setting, key, eps, bits, vals)
+    return float(vals.pop())
+
+
 def readme_values(folder: Path) -> dict[str, str]:
     """Every table and number results/distributed_dp/README.md quotes."""
     rows = read_rows(folder / "runs.csv")
     proto = read_rows(folder / "bytes.csv")
 
     def acc(setting, eps=None, bits=None):
-        return {int(r["seed"]): float(r["test_accuracy"]) for r in rows
-                if r["setting"] == setting and (eps is None or r["target_epsilon"] == str(eps))
-                and (bits is None or r["bits"] == str(bits))}
+        return by_seed(rows, "test_accuracy", setting, eps, bits)
 
     def one(setting, key, eps=None, bits=None):
-        vals = {r[key] for r in rows if r["setting"] == setting
-                and (eps is None or r["target_epsilon"] == str(eps))
-                and (bits is None or r["bits"] == str(bits))}
-        assert len(vals) == 1, (setting, key, eps, bits, vals)
-        return float(vals.pop())
+        return single(rows, key, setting, eps, bits)
 
     v: dict[str, str] = {"runs": str(len(rows)),
                          "seeds": str(len({r["seed"] for r in rows}))}

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collect_distributed_dp import (  # noqa: E402
-    BITS, SETTINGS, collect as collect_arm, plot, program_minutes, write_arm,
+    BITS, SETTINGS, by_seed, collect as collect_arm, plot, program_minutes, single, write_arm,
 )
 
 from fedbench.study_readme import compare, fmt, markdown_table, mean_sd, read_rows  # noqa: E402
@@ -51,16 +51,10 @@ def readme_values(folder: Path) -> dict[str, str]:
     proto = read_rows(folder / "bytes.csv")
 
     def score(setting, eps=None, bits=None):
-        return {int(r["seed"]): float(r[METRIC]) for r in rows
-                if r["setting"] == setting and (eps is None or r["target_epsilon"] == str(eps))
-                and (bits is None or r["bits"] == str(bits))}
+        return by_seed(rows, METRIC, setting, eps, bits)
 
     def one(setting, key, eps=None, bits=None):
-        vals = {r[key] for r in rows if r["setting"] == setting
-                and (eps is None or r["target_epsilon"] == str(eps))
-                and (bits is None or r["bits"] == str(bits))}
-        assert len(vals) == 1, (setting, key, eps, bits, vals)
-        return float(vals.pop())
+        return single(rows, key, setting, eps, bits)
 
     def paired(a, b):
         return [a[s] for s in sorted(a)], [b[s] for s in sorted(a)]
