@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedbench import hparams
 from fedbench.task import masked_cross_entropy
