@@ -118,3 +118,16 @@ def test_vmap_equals_map(uneven_data):
     cfg = {"name": "moon", "mu": 1.0, "temperature": 0.5}
     sims = [_sim(uneven_data, cfg, axis=axis) for axis in ("map", "vmap")]
     _close(*[sim.run(sim.init(), 2).params for sim in sims], atol=1e-5)
+
+
+def test_a_zero_representation_has_a_finite_gradient():
+    """Dead ReLUs give an example the representation 0: the cosine is 0 there (the paper's
+    clamped similarity) and the gradient stays finite, not 0/0."""
+    from fedbench.algorithm.moon import contrastive_loss
+
+    z = jnp.array([[0.0, 0.0], [1.0, 2.0]])
+    others = jnp.array([[1.0, 0.0], [0.5, 1.0]])
+    grad = jax.grad(lambda z: contrastive_loss(z, others, others[::-1], jnp.ones(2, bool), 0.5))(z)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    value = contrastive_loss(z[:1], others[:1], others[1:], jnp.ones(1, bool), 0.5)
+    np.testing.assert_allclose(float(value), np.log(2.0), rtol=1e-6)  # both cosines 0

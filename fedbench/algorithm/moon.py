@@ -76,9 +76,9 @@ def contrastive_loss(z, z_glob, z_prev, valid, tau):
     """Eq. 3 averaged over the ``valid`` examples: ``logsumexp(s_glob, s_prev) - s_glob`` with
     ``s = cos(z, .) / tau``."""
 
-    def cos(a, b):
-        norm = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
-        return jnp.sum(a * b, axis=-1) / jnp.maximum(norm, 1e-8)
+    def cos(a, b):  # the clamp inside the root: a zero representation (dead ReLUs) has grad 0
+        squared = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+        return jnp.sum(a * b, axis=-1) / jnp.sqrt(jnp.maximum(squared, 1e-16))
 
     s_glob, s_prev = cos(z, z_glob) / tau, cos(z, z_prev) / tau
     per_example = jnp.logaddexp(s_glob, s_prev) - s_glob

@@ -181,12 +181,9 @@ def calibrate_noise(
     ``1 + rtol`` of the smallest noise multiplier that does (epsilon decreases with the noise
     multiplier; PLD's discretisation makes that only approximately true). The search covers
     ``[MIN_NOISE_MULTIPLIER, max_noise_multiplier]``; if even :data:`MIN_NOISE_MULTIPLIER` meets
-    the target it is returned. PLD is slow at small noise multipliers and fine intervals, so a
-    PLD search starts from a cheaper one: at ``pld_discretization`` below
-    :data:`COARSE_PLD_DISCRETIZATION` from the same search at that coarse interval (whose
-    answer usually meets the target at the fine one too, leaving two fine evaluations: it and
-    its neighbour ``z / (1 + rtol)``), otherwise from the RDP calibration. The starting point
-    only shortens the search: the bracket and the answer are always the fine accountant's.
+    the target it is returned. A PLD search starts from a cheaper one (below
+    :data:`COARSE_PLD_DISCRETIZATION`, the same search at that interval; else RDP's): the start
+    only shortens the search, the bracket and the answer are always this accountant's.
 
     Args:
       target_epsilon: > 0; ``inf`` returns 0.0 (no noise).
@@ -331,10 +328,7 @@ def _calibrate(
 
     z0, start = 1.0, 1.25
     if accountant == "pld":
-        # PLD is slow at small noise multipliers and fine intervals: start from the same search
-        # at a coarse interval (usually a hair above the fine answer: steps of 1 + rtol) or,
-        # at a coarse interval already, from the cheap RDP calibration (usually a little above
-        # the PLD answer: steps of 1.05).
+        # Start from the coarse search (a hair above: steps of 1 + rtol) or RDP's (steps 1.05).
         coarse = pld_discretization < COARSE_PLD_DISCRETIZATION
         start = 1 + rtol if coarse else 1.05
         try:
