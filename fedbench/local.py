@@ -75,15 +75,40 @@ def epochs_for_steps(local_steps: int, min_count: int, batch_size: int) -> int:
     return math.ceil(local_steps / math.ceil(max(min_count, 1) / batch_size))
 
 
+#: Slots whose index fits beside a uniform's 23 random bits in one uint32 sort key.
+PACKED_SLOTS = 512
+
+
 def epoch_order(key: jax.Array, count: jax.Array, length: int) -> jax.Array:
     """A uniformly random order of the first ``count`` of ``length`` slots, padding last.
 
     Sorting i.i.d. uniforms gives a uniform permutation; padded slots get ``+inf`` so they sort
-    after every real example. ``[length]`` int32.
+    after every real example. ``[length]`` int32: the stable argsort of
+    ``where(arange(length) < count, jax.random.uniform(key, (length,)), inf)``.
+
+    Computed without that two-operand sort (a comparator sort on XLA:CPU, 5-8x slower than a
+    sort of one uint32 array; ``benchmarks/NOTES.md``, W5) when ``count <= 512``: a uniform is
+    ``m / 2^23`` with ``m`` the top 23 of its 32 random bits, so the key ``m << 9 | slot``
+    orders real slots by uniform and then by slot, as the stable argsort does, and the padding
+    (key ``2^32 - 1``, not below any real key) fills the places from ``count`` on in slot
+    order. The same order bit for bit; a client of more than 512 examples takes the argsort.
     """
-    u = jax.random.uniform(key, (length,))
-    u = jnp.where(jnp.arange(length) < count, u, jnp.inf)
-    return jnp.argsort(u).astype(jnp.int32)
+    bits = jax.random.bits(key, (length,), jnp.uint32) >> 9  # the uniforms' 23 mantissa bits
+    slot = jnp.arange(length, dtype=jnp.int32)
+
+    def packed():
+        keys = jnp.where(slot < count, bits << 9 | (slot.astype(jnp.uint32) & (PACKED_SLOTS - 1)),
+                         jnp.uint32(0xFFFFFFFF))
+        decoded = (jax.lax.sort(keys) & (PACKED_SLOTS - 1)).astype(jnp.int32)
+        return jnp.where(slot < count, decoded, slot)
+
+    def argsort():
+        u = jax.random.uniform(key, (length,))
+        return jnp.argsort(jnp.where(slot < count, u, jnp.inf), stable=True).astype(jnp.int32)
+
+    if length <= PACKED_SLOTS:
+        return packed()
+    return jax.lax.cond(count <= PACKED_SLOTS, packed, argsort)
 
 
 def minibatch_estimator(

@@ -77,7 +77,6 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())
     check_messages(run, shapes["params"])  # error feedback only around a contractive compressor
-    from fedbench.privacy.plan import build_privacy  # dp-accounting only when needed
     from fedbench.privacy.release import data_digest, evaluates_own_models, secret_key
 
     # Reproducible noise also hashes the training data: a changed record draws new noise.
@@ -86,6 +85,10 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
     if progress and cfg.get("privacy", {}).get("target_epsilon") is not None:
         print("fedbench: calibrating the noise multiplier to privacy.target_epsilon", flush=True)
     def plan_for(run_cfg):  # the privacy plan of a config (calibrated to its target epsilon)
+        if (run_cfg.get("privacy") or {}).get("name", "none") == "none":
+            return None  # without DP, no import of the accountants (dp-accounting, SciPy: 1.5 s)
+        from fedbench.privacy.plan import build_privacy
+
         return build_privacy(
             run_cfg.get("privacy"),
             algorithm_kind=algorithm.kind,

@@ -7,6 +7,7 @@ for bit), plain NumPy indexing and counting, the synthetic generator's closed-fo
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import compose, make_uneven_data
@@ -143,7 +144,7 @@ def test_cohorts_padded_to_their_own_bucket_train_as_the_padded_layout(axis):
                         seed=0)
         runs[storage] = (sim, sim.run(sim.init(), 12))
     flat_sim, _ = runs["flat"]
-    assert flat_sim.data.bucket_lengths() == (40, 10)
+    assert flat_sim.data.bucket_lengths() == (40, 20, 10)
     # The short branch is taken: some sampled pairs hold no client over 10 examples.
     state = flat_sim.init()
     largest = [int(np.max(np.asarray(sizes)[np.asarray(flat_sim.sample_cohort(
@@ -187,3 +188,68 @@ def test_padding_that_would_not_fit_in_memory_is_refused_naming_flat(monkeypatch
     build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="flat")  # fits
     monkeypatch.setattr(pipeline, "physical_memory", lambda: 64 * needed_at_least)
     build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="padded")
+
+
+@pytest.mark.parametrize("length", [1, 9, 511, 512, 513, 1028, 2056])
+def test_epoch_order_is_the_stable_argsort_of_the_uniforms(length):
+    """``epoch_order`` sorts one packed uint32 key per slot (up to 512 real examples) instead
+    of argsorting the uniforms; the reference is NumPy's stable argsort of the same uniforms
+    (``jax.random.uniform``), padding at ``+inf``, at every count class: below and above 512,
+    at the edges, and with forced ties (a key drawn twice gives equal uniforms only by chance,
+    so ties are checked on a constant key below)."""
+    from fedbench.local import epoch_order
+
+    order = jax.jit(epoch_order, static_argnums=2)
+    counts = {1, 2, 17, 511, 512, 513, length // 2, length - 1, length}
+    for count in sorted(c for c in counts if 1 <= c <= length):
+        key = jax.random.PRNGKey(1000 * length + count)
+        got = np.asarray(order(key, jnp.int32(count), length))
+        u = np.asarray(jax.random.uniform(key, (length,)))
+        want = np.argsort(np.where(np.arange(length) < count, u, np.inf), kind="stable")
+        np.testing.assert_array_equal(got, want, err_msg=f"count {count} of {length}")
+
+
+def test_distinct_uniform_draws_distinct_clients_uniformly():
+    """The cohort draw above 2^15 clients (``lax.top_k`` of random scores): distinct ids in
+    range, each client in a cohort with probability k / n and in each position of it with
+    probability 1 / n (chi-squared against those closed forms over 4,000 draws of 3 of 10),
+    and the score map is monotone and one-to-one (checked against NumPy's uint32 order)."""
+    from scipy import stats
+
+    from fedbench.pieces import distinct_uniform
+
+    n, k, draws = 10, 3, 4000
+    cohorts = np.asarray(jax.jit(jax.vmap(lambda key: distinct_uniform(key, n, k)))(
+        jax.random.split(jax.random.PRNGKey(3), draws)))
+    assert cohorts.min() >= 0 and cohorts.max() < n
+    assert all(len(set(c)) == k for c in cohorts)
+    inclusion = np.bincount(cohorts.ravel(), minlength=n)
+    assert stats.chisquare(inclusion, np.full(n, draws * k / n)).pvalue > 1e-3
+    first = np.bincount(cohorts[:, 0], minlength=n)
+    assert stats.chisquare(first, np.full(n, draws / n)).pvalue > 1e-3
+
+    bits = np.array([0, 1, 2, 3, 2**30 - 1, 2**31, 2**32 - 4, 2**32 - 1, 12345678], np.uint32)
+    scores = np.asarray(jax.lax.bitcast_convert_type(
+        (jnp.asarray(bits) >> 2) + jnp.uint32(0x00800000), jnp.float32))
+    assert np.isfinite(scores).all() and (scores > 0).all()
+    np.testing.assert_array_equal(np.argsort(scores, kind="stable"),
+                                  np.argsort(bits >> 2, kind="stable"))
+
+
+def test_large_federations_sample_by_top_k_and_small_ones_by_choice(monkeypatch):
+    """Above ``TOP_K_SAMPLING_ABOVE`` the simulator's cohort is ``distinct_uniform``'s; at or
+    below it, ``jax.random.choice``'s (the stream every committed result was run with)."""
+    import fedbench.pieces as pieces
+    from fedbench.algorithm import build_algorithm
+    from fedbench.model import MLP
+    from fedbench.simulator import Settings, Simulator
+
+    data = make_uneven_data(sizes=(3, 17, 8, 25, 1, 12, 40, 2, 6, 9), seed=4, storage="flat")
+    sim = Simulator(MLP(3, (8,)), build_algorithm({"name": "fedavg"}, 3), data,
+                    Settings(clients_per_round=3, local_epochs=1, batch_size=4, lr=0.1), seed=0)
+    key = jax.random.PRNGKey(7)
+    choice = np.asarray(jax.random.choice(key, 10, (3,), replace=False))
+    np.testing.assert_array_equal(np.asarray(sim.pieces.sample_clients(key)), choice)
+    monkeypatch.setattr(pieces, "TOP_K_SAMPLING_ABOVE", 9)
+    np.testing.assert_array_equal(np.asarray(sim.pieces.sample_clients(key)),
+                                  np.asarray(pieces.distinct_uniform(key, 10, 3)))

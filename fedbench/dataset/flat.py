@@ -96,11 +96,13 @@ class FlatFederatedData:
         return take(self.rows_x), take(self.rows_y)
 
     def bucket_lengths(self) -> tuple[int, ...]:
-        """Padded lengths a cohort may get: ``N``, ``ceil(N / 4)``, ``ceil(N / 16)``, ... down
-        to :data:`MIN_BUCKET` rows, longest first."""
+        """Padded lengths a cohort may get: ``N``, ``ceil(N / 2)``, ``ceil(N / 4)``, then a
+        quarter of the previous each, down to :data:`MIN_BUCKET` rows, longest first. (Halved
+        twice first: the largest of a cohort of lognormal sizes is often just over ``N / 4``,
+        e.g. in 43% of W5's rounds; ``benchmarks/NOTES.md``.)"""
         lengths = [self.max_train]
-        while -(-lengths[-1] // 4) >= MIN_BUCKET:
-            lengths.append(-(-lengths[-1] // 4))
+        while -(-lengths[-1] // (2 if len(lengths) < 3 else 4)) >= MIN_BUCKET:
+            lengths.append(-(-lengths[-1] // (2 if len(lengths) < 3 else 4)))
         return tuple(lengths)
 
     def with_cohort(self, ids: jax.Array, fn):
