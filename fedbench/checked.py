@@ -121,8 +121,8 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedRun:
 
 def check_with_data(run: CheckedRun, task: str) -> str:
     """The checks that need the loaded dataset's ``task``: what the privacy mechanism can
-    account for on it, the local schedule, and the client storage (returned: ``padded`` or
-    ``flat``). Runs before any model is built."""
+    account for on it, the local schedule, and the client storage (returned: ``padded``,
+    ``flat`` or ``auto``, which the data pipeline resolves). Runs before any model is built."""
     _check_task_and_schedule(run.cfg, run.settings, run.algorithm, task)
     return check_client_storage(run.cfg, run.algorithm, task)
 

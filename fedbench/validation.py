@@ -101,15 +101,18 @@ def validate(cfg: Mapping[str, Any]) -> Settings:
     )
 
 
-CLIENT_STORAGES = ("padded", "flat")
+CLIENT_STORAGES = ("padded", "flat", "auto")
 
 
 def check_client_storage(cfg: Mapping[str, Any], algorithm, task: str) -> str:
     """``client_storage``: ``padded`` (every client padded to the largest,
-    :mod:`fedbench.dataset.federated`) or ``flat`` (one array plus offsets, only the sampled
-    clients gathered, :mod:`fedbench.dataset.flat`). Flat storage serves the global-model
-    path: a federated or asynchronous algorithm without per-client models on a classification
-    task, without partitions as replicas; anything else is refused here, before any work.
+    :mod:`fedbench.dataset.federated`), ``flat`` (one array plus offsets, only the sampled
+    clients gathered, :mod:`fedbench.dataset.flat`) or ``auto`` (padded, unless the padded
+    layout would not fit in memory and flat storage serves the run:
+    :func:`fedbench.dataset.pipeline.build_federated` decides from the data's shape). Flat
+    storage serves the global-model path: a federated or asynchronous algorithm without
+    per-client models on a classification task, without partitions as replicas; ``flat`` for
+    anything else is refused here, before any work, and ``auto`` stays ``padded``.
     """
     storage = cfg.get("client_storage", "padded")
     if storage not in CLIENT_STORAGES:
@@ -128,6 +131,8 @@ def check_client_storage(cfg: Mapping[str, Any], algorithm, task: str) -> str:
     elif any((cfg.get("sweep") or {}).get(k) is not None
              for k in ("partition_alpha", "partition_seed")):
         why = "partitions as replicas (sweep.partition_alpha / partition_seed pad each replica)"
+    if why is not None and storage == "auto":
+        return "padded"
     if why is not None:
         raise ConfigError("client_storage", storage, f"padded for {why}")
     return storage

@@ -190,13 +190,40 @@ def test_padding_that_would_not_fit_in_memory_is_refused_naming_flat(monkeypatch
     build_federated(raw, cfg["partition"], cfg["num_clients"], seed=0, storage="padded")
 
 
+def test_auto_storage_is_flat_only_where_padding_would_not_fit_and_flat_serves(monkeypatch):
+    """``client_storage=auto`` (the default): the padded layout where it fits in half the
+    memory, flat storage where it does not (W5 typed without ``client_storage=flat``), and the
+    padded layout for runs flat storage does not serve (personalised algorithms), whose
+    refusal then names ``client_storage=flat`` as before. The machine is made small instead of
+    the federation large (sizes as in the test above)."""
+    from fedbench.dataset.flat import FlatFederatedData
+    from fedbench.dataset.federated import FederatedData
+    import fedbench.dataset.pipeline as pipeline
+
+    assert compose([])["client_storage"] == "auto"
+    small = ["dataset=digits", "num_clients=10", "clients_per_round=3", "rounds=1"]
+    built = build_simulator(compose(small))
+    assert isinstance(built.data, FederatedData)
+    assert built.partition_stats["client_storage"] == "padded"
+    padded = built.data.num_clients * (built.data.train_x.shape[1]
+                                       + built.data.test_x.shape[1]) * 64 * 4  # 8x8 float32
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: padded)  # half of it is short
+    built = build_simulator(compose(small))
+    assert isinstance(built.data, FlatFederatedData)
+    assert built.partition_stats["client_storage"] == "flat"
+    with pytest.raises(ConfigError) as err:
+        build_simulator(compose(small + ["algorithm=ditto"]))
+    assert err.value.key == "client_storage" and "client_storage=flat" in str(err.value)
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: 2 * padded)  # exactly half: fits
+    assert isinstance(build_simulator(compose(small)).data, FederatedData)
+
+
 @pytest.mark.parametrize("length", [1, 9, 511, 512, 513, 1028, 2056])
 def test_epoch_order_is_the_stable_argsort_of_the_uniforms(length):
     """``epoch_order`` sorts one packed uint32 key per slot (up to 512 real examples) instead
     of argsorting the uniforms; the reference is NumPy's stable argsort of the same uniforms
-    (``jax.random.uniform``), padding at ``+inf``, at every count class: below and above 512,
-    at the edges, and with forced ties (a key drawn twice gives equal uniforms only by chance,
-    so ties are checked on a constant key below)."""
+    (``jax.random.uniform``), padding at ``+inf``, for counts below, at and above 512 and at
+    the edges of the padded length."""
     from fedbench.local import epoch_order
 
     order = jax.jit(epoch_order, static_argnums=2)

@@ -57,8 +57,11 @@ def build_federated(
       test_fraction: share of each client's examples held out as its own test split (ignored for
         ``natural`` partitions of datasets that carry their own split).
       normalization: ``standardize`` or ``none``; ``None`` = the dataset's default.
-      storage: ``padded`` (:class:`FederatedData`) or ``flat`` (:class:`FlatFederatedData`:
-        one array plus offsets, for large federations of unequal clients).
+      storage: ``padded`` (:class:`FederatedData`), ``flat`` (:class:`FlatFederatedData`:
+        one array plus offsets, for large federations of unequal clients) or ``auto``
+        (``flat`` where the padded layout would take more than :data:`PADDED_SHARE` of the
+        physical memory, else ``padded``; pass it only where flat storage serves the run,
+        as :func:`fedbench.validation.check_client_storage` does).
 
     Returns:
       ``(data, stats)``: the padded federated data and heterogeneity statistics of the training
@@ -108,6 +111,9 @@ def build_federated(
     train_x, (test_x,) = normalize(train_x, [test_x], normalization or raw.normalize)
     train_x, test_x, panels = apply_panels(  # sites' lab panels (fedbench/partition/panels.py)
         partition_cfg, train_x, test_x, seed, (normalization or raw.normalize) == "standardize")
+    if storage == "auto":  # flat only where the padded layout would not fit
+        storage = "padded" if padded_bytes(train_x, test_x) <= PADDED_SHARE * (
+            physical_memory() or float("inf")) else "flat"
     if storage == "padded":
         check_padded_fits(train_x, test_x)
     build = flat_from_client_arrays if storage == "flat" else from_client_arrays
@@ -128,6 +134,7 @@ def build_federated(
     if panels is not None:
         stats["panels"] = panels  # per site the columns it measures; those all sites measure
     stats["test_sizes"] = [int(len(t)) for t in test_y]
+    stats["client_storage"] = storage  # what client_storage=auto chose
     return data, stats
 
 
@@ -139,7 +146,18 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_padded_fits(train_x, test_x, share: float = 0.5) -> None:
+#: The share of physical memory the padded layout may take (:func:`check_padded_fits`).
+PADDED_SHARE = 0.5
+
+
+def padded_bytes(train_x, test_x) -> int:
+    """Bytes of the padded layout's inputs: ``num_clients x (largest train + largest test)``
+    float32 examples."""
+    example = int(np.prod(np.shape(train_x[0])[1:])) * 4  # float32 features of one example
+    return len(train_x) * (max(len(x) for x in train_x) + max(len(x) for x in test_x)) * example
+
+
+def check_padded_fits(train_x, test_x, share: float = PADDED_SHARE) -> None:
     """Padded storage holds ``num_clients x largest client`` examples (train and test): refused
     in one line naming ``client_storage=flat`` when that would take more than ``share`` of
     the physical memory (100,000 clients padded to the largest of them: tens of GiB), instead
@@ -151,8 +169,7 @@ def check_padded_fits(train_x, test_x, share: float = 0.5) -> None:
     memory = physical_memory()
     if memory is None:
         return
-    example = int(np.prod(np.shape(train_x[0])[1:])) * 4  # float32 features of one example
-    needed = len(train_x) * (max(len(x) for x in train_x) + max(len(x) for x in test_x)) * example
+    needed = padded_bytes(train_x, test_x)
     if needed > share * memory:
         raise ConfigError(
             "client_storage", "padded",
