@@ -31,7 +31,8 @@ from fedbench.study_readme import (collected, compare, markdown_table, mean_sd, 
 STUDY = "fedbn_feature_shift"
 SPLITS = {"shift": "scanner shift (partition=acquisition)", "noshift": "no shift (partition=iid)",
           "shift_group": "scanner shift, GroupNorm (a control)"}
-ALGORITHMS = {"fedavg": "FedAvg", "fedprox": "FedProx (mu 0.01)", "fedbn": "FedBN"}
+ALGORITHMS = {"fedavg": "FedAvg", "fedprox": "FedProx (mu 0.01)", "fedbn": "FedBN",
+              "silobn": "SiloBN"}
 
 
 def collect(runs: Path, walls: dict[str, float]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -109,10 +110,11 @@ def readme_values(folder: Path) -> dict[str, str]:
         ["federation", "algorithm", "mean over sites", "worst site",
          "pooled test (global model)"], table) + "\n"
     for split, other in present:
-        if other != "fedbn" and (split, "fedbn") in present:
-            v[f"{split}_fedbn_vs_{other}"] = compare(
-                "FedBN", ALGORITHMS[other], col(split, "fedbn", "site_mean"),
-                col(split, other, "site_mean"))
+        for local in ("fedbn", "silobn"):  # local statistics against the others
+            if other not in ("fedbn", local) and (split, local) in present:
+                v[f"{split}_{local}_vs_{other}"] = compare(
+                    ALGORITHMS[local], ALGORITHMS[other], col(split, local, "site_mean"),
+                    col(split, other, "site_mean"))
     ahead = {s: " ahead of " in v[f"{s}_fedbn_vs_fedavg"] for s in SPLITS}
     level = {s: "no difference" in v[f"{s}_fedbn_vs_fedavg"] for s in SPLITS}
     v["verdict"] = ("**reproduced**" if ahead["shift"] and level["noshift"] else

@@ -10,8 +10,9 @@
 #            (resolution, blur, contrast, intensity, noise), labels IID (the paper's setting:
 #            the same digits from different sources);
 #   noshift: partition=iid: the same sites without the scanners (the paper's control).
-# FedProx with mu 0.01 (the paper's comparison uses a tuned mu; not tuned here).
-# About 25 min on 2 CPU cores beside another study (the first try, 100 rounds, took 11 min for
+# FedProx with mu 0.01 (the paper's comparison uses a tuned mu; not tuned here). SiloBN (Andreux
+# et al. 2020): BatchNorm's running statistics local, its affine parameters shared.
+# About 50 min on 2 idle CPU cores for the ten lines (the first try, 100 rounds, took 11 min for
 # 60 rounds of one line and was stopped). Run from a clean checkout, then
 #   python experiments/collect_fedbn_feature_shift.py --log <this script's output>
 set -euo pipefail
@@ -25,4 +26,9 @@ for split in shift noshift; do
   run "$split/fedavg" $C $P algorithm=fedavg
   run "$split/fedprox" $C $P algorithm=fedprox algorithm.mu=0.01
   run "$split/fedbn" $C $P algorithm=fedbn
+  run "$split/silobn" $C $P algorithm=silobn
 done
+# The control: GroupNorm (per-image statistics, nothing to average) under the same scanners.
+G="${C/model.norm=batch/model.norm=group}"
+run "shift_group/fedavg" $G partition=acquisition algorithm=fedavg
+run "shift_group/fedbn" $G partition=acquisition algorithm=fedbn
