@@ -38,6 +38,7 @@ from fedbench.compression.compressor import Compressor
 from fedbench.dataset.federated import from_client_arrays
 from fedbench.errors import ConfigError
 from fedbench.model import build_model
+from fedbench.privacy import support
 from fedbench.privacy.mechanism import mechanism_class, registry
 from fedbench.run import build_simulator, run_experiment
 from fedbench.simulator import Settings, Simulator
@@ -180,13 +181,16 @@ def test_every_mechanism_equals_no_dp_without_noise_or_is_refused(name, mechanis
     # full batches (a Poisson rate of 1 takes every example, as DP-SGD's sampling does then).
     base = TINY + [f"algorithm={name}", "num_clients=3", "clients_per_round=3",
                    "partition=iid", "batch_size=512"] + EXTRA.get(name, [])
+    table = support.cell(name, mechanism)  # docs/privacy.md's cell: None = runs
     try:
         private = build_simulator(compose(base + _no_noise(mechanism)))
     except ConfigError as error:
         assert error.key in ("algorithm.name", "privacy.name", "compression.name",
                              "model.norm"), error
         assert name in str(error) or mechanism in str(error), error
+        assert table is not None or error.key == "model.norm", (table, error)
         return
+    assert table is None, table  # the table says refused, the run builds
     plain = build_simulator(compose(base))
     got = private.sim.run(private.sim.init(), 2)
     want = plain.sim.run(plain.sim.init(), 2)
@@ -214,6 +218,16 @@ def test_every_mechanism_module_declares_what_the_registry_reads(mechanism):
     assert all(callable(getattr(module, f)) for f in ("build", "check", "population"))
     assert set(cls.hyperparameters) <= set(yaml) and set(cls.identity) <= set(yaml), (
         set(cls.hyperparameters) | set(cls.identity)) - set(yaml)
+
+
+def test_the_docs_table_of_algorithms_under_mechanisms_is_the_generated_one():
+    """docs/privacy.md's algorithm x mechanism table is what ``python -m
+    fedbench.privacy.support`` prints now (regenerate it after registering a new algorithm or
+    mechanism); each of its cells is checked against a built run above."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text()
+    start = "<!-- generated: python -m fedbench.privacy.support -->\n"
+    section = docs[docs.index(start) + len(start):docs.index("<!-- /generated -->")]
+    assert section == support.markdown(), "docs/privacy.md: rerun python -m fedbench.privacy.support"
 
 
 def test_an_own_aggregate_without_a_declaration_is_refused_under_client_dp():
