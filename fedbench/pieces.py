@@ -160,9 +160,10 @@ class RoundPieces:
 
     def sample_clients(self, key: jax.Array) -> jax.Array:
         """``clients_per_round`` distinct client ids, uniformly at random: above
-        :data:`TOP_K_SAMPLING_ABOVE` clients by :func:`distinct_uniform`, else by
-        ``jax.random.choice`` (whose cohorts every committed result was run with)."""
-        if self.num_clients > TOP_K_SAMPLING_ABOVE:
+        :data:`TOP_K_SAMPLING_ABOVE` clients without DP by :func:`distinct_uniform`, else by
+        ``jax.random.choice`` (whose cohorts every committed result was run with; a DP run's
+        sampling stays the one its accounting was checked with, whatever the tie rates)."""
+        if self.num_clients > TOP_K_SAMPLING_ABOVE and self.privacy is None:
             return distinct_uniform(key, self.num_clients, self.clients_per_round)
         return jax.random.choice(
             key, self.num_clients, (self.clients_per_round,), replace=False

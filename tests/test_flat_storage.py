@@ -265,7 +265,8 @@ def test_distinct_uniform_draws_distinct_clients_uniformly():
 
 def test_large_federations_sample_by_top_k_and_small_ones_by_choice(monkeypatch):
     """Above ``TOP_K_SAMPLING_ABOVE`` the simulator's cohort is ``distinct_uniform``'s; at or
-    below it, ``jax.random.choice``'s (the stream every committed result was run with)."""
+    below it, and in a DP run at any size, ``jax.random.choice``'s (the stream every committed
+    result and the DP accounting's checks were run with)."""
     import fedbench.pieces as pieces
     from fedbench.algorithm import build_algorithm
     from fedbench.model import MLP
@@ -280,3 +281,9 @@ def test_large_federations_sample_by_top_k_and_small_ones_by_choice(monkeypatch)
     monkeypatch.setattr(pieces, "TOP_K_SAMPLING_ABOVE", 9)
     np.testing.assert_array_equal(np.asarray(sim.pieces.sample_clients(key)),
                                   np.asarray(pieces.distinct_uniform(key, 10, 3)))
+    private = build_simulator(compose(["dataset=digits", "num_clients=10", "clients_per_round=3",
+                                       "privacy=dp_client", "privacy.sampling=fixed",
+                                       "privacy.accountant=rdp",
+                                       "privacy.noise_multiplier=1.0",
+                                       "privacy.target_epsilon=null"])).sim
+    np.testing.assert_array_equal(np.asarray(private.pieces.sample_clients(key)), choice)
