@@ -91,6 +91,17 @@ def site_table(per_site: np.ndarray, pooled: np.ndarray, data, per_client: bool)
         test_y = np.asarray(data.test_y)
 
     def table(metric):
+        if (isinstance(data, FlatFederatedData) and metric is None and not per_client
+                and data.task != "survival"):
+            # Accuracy of every site at once (the loop below takes ~1 s at 100,000 sites):
+            # the same float64 sums of 0/1 over the same rows, so the same values.
+            correct = (np.argmax(pooled, -1) == pooled_y).astype(np.float64)
+            sums = np.bincount(np.repeat(np.arange(len(counts)), counts), weights=correct,
+                               minlength=len(counts))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                own = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            return {"own": own.tolist(), "pooled": metric_of(pooled, pooled_y, data.task)}
+
         def row(site_out):
             return [metric_of(site_out[j][:m], test_y[j][:m], data.task, metric)
                     for j, m in enumerate(counts)]

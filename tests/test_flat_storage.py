@@ -287,3 +287,44 @@ def test_large_federations_sample_by_top_k_and_small_ones_by_choice(monkeypatch)
                                        "privacy.noise_multiplier=1.0",
                                        "privacy.target_epsilon=null"])).sim
     np.testing.assert_array_equal(np.asarray(private.pieces.sample_clients(key)), choice)
+
+
+def test_flat_site_accuracies_are_the_per_site_metric_exactly():
+    """Flat storage's per-site accuracies (one ``bincount`` over the pooled rows) equal
+    ``metric_of`` on each site's rows, value for value, empty sites NaN as there."""
+    from fedbench.evaluation_metrics import metric_of, site_table
+
+    data = make_uneven_data(sizes=(3, 17, 8, 25, 1, 12, 40, 2, 6, 9), seed=4, storage="flat")
+    counts = np.asarray(data.test_counts)
+    y = np.asarray(data.pooled_test_y)
+    outputs = np.random.default_rng(0).normal(size=(len(y), 3)).astype(np.float32)
+    got = site_table(outputs, outputs, data, per_client=False)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    want = [metric_of(outputs[s:s + m], y[s:s + m], "classification")
+            for s, m in zip(starts, counts)]
+    np.testing.assert_array_equal(np.asarray(got["own"]), np.asarray(want))
+    assert got["pooled"] == metric_of(outputs, y, "classification")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 23, 64])
+def test_flat_sums_in_chunks_equal_numpy_per_segment_sums(chunk):
+    """``flat_sums`` walks the rows in chunks of ``chunk`` (the last one ending at the last row,
+    overlapping the one before) and sums per segment; against NumPy on the whole array."""
+    from fedbench.dataset.flat import flat_sums
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(23, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 23).astype(np.int32)
+    segments = np.sort(rng.integers(0, 6, 23)).astype(np.int32)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+
+    def per_example(logits, labels):
+        return logits[jnp.arange(labels.shape[0]), labels], jnp.argmax(logits, -1) == labels
+
+    loss, correct = flat_sums(lambda p, a: a @ p, jnp.asarray(w), jnp.asarray(x), jnp.asarray(y),
+                              jnp.asarray(segments), 7, chunk, per_example)
+    logits = x @ w
+    want_loss = np.bincount(segments, weights=logits[np.arange(23), y], minlength=7)
+    want_correct = np.bincount(segments, weights=np.argmax(logits, -1) == y, minlength=7)
+    np.testing.assert_allclose(np.asarray(loss), want_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(correct), want_correct.astype(np.int32))

@@ -182,10 +182,16 @@ def flat_sums(apply_fn, params, x: jax.Array, y: jax.Array, segments: jax.Array,
     ``x`` in chunks of ``chunk`` rows (memory bounded by a chunk): ``([C], [C])``."""
     rows = x.shape[0]
     chunk = max(1, min(chunk, rows))
-    pad = -rows % chunk
-    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((-1, chunk) + x.shape[1:])
-    ys = jnp.pad(y, ((0, pad),) + ((0, 0),) * (y.ndim - 1)).reshape((-1, chunk) + y.shape[1:])
-    loss, correct = jax.lax.map(lambda a: per_example(apply_fn(params, a[0]), a[1]), (xs, ys))
-    loss, correct = loss.reshape(-1)[:rows], correct.reshape(-1)[:rows]
+    count = -(-rows // chunk)
+
+    def one(i):  # chunk i in place (no padded copy of x); the last one ends at the last row
+        start = jnp.minimum(i * chunk, rows - chunk)
+        return per_example(apply_fn(params, jax.lax.dynamic_slice_in_dim(x, start, chunk)),
+                           jax.lax.dynamic_slice_in_dim(y, start, chunk))
+
+    loss, correct = jax.lax.map(one, jnp.arange(count))
+    tail = rows - (count - 1) * chunk  # rows of the last chunk not already in the one before
+    loss = jnp.concatenate([loss[:-1].reshape(-1), loss[-1, chunk - tail:]])
+    correct = jnp.concatenate([correct[:-1].reshape(-1), correct[-1, chunk - tail:]])
     return (jax.ops.segment_sum(loss, segments, num_segments),
             jax.ops.segment_sum(correct.astype(jnp.int32), segments, num_segments))
