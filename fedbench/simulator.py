@@ -276,7 +276,10 @@ class Simulator:
 
     def _init_from_key(self, key: jax.Array) -> ServerState:
         init_key, run_key = jax.random.split(key)
-        init = lambda k: self.model.init(k, self.data.example_input())["params"]  # noqa: E731
+        # One compiled program, not flax's init op by op (dozens of tiny compilations for a
+        # new model's shapes); the same parameters bit for bit (initialisers are elementwise).
+        model_init = jax.jit(self.model.init)
+        init = lambda k: model_init(k, self.data.example_input())["params"]  # noqa: E731
         models = self.algorithm.init_models  # e.g. IFCA's K cluster models
         params = init(init_key) if models is None else models(init, init_key)
         if self.algorithm.personal:
