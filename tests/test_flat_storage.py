@@ -328,3 +328,13 @@ def test_flat_sums_in_chunks_equal_numpy_per_segment_sums(chunk):
     want_correct = np.bincount(segments, weights=np.argmax(logits, -1) == y, minlength=7)
     np.testing.assert_allclose(np.asarray(loss), want_loss, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(correct), want_correct.astype(np.int32))
+
+
+def test_flat_sums_of_no_rows_are_zero():
+    """No rows to evaluate (a federation without test rows): zero sums, not an error."""
+    from fedbench.dataset.flat import flat_sums
+
+    loss, correct = flat_sums(lambda p, a: a @ p, jnp.ones((4, 3)), jnp.zeros((0, 4)),
+                              jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32), 5, 8,
+                              lambda out, y: (out[:, 0], jnp.argmax(out, -1) == y))
+    assert np.asarray(loss).tolist() == [0.0] * 5 and np.asarray(correct).tolist() == [0] * 5

@@ -181,6 +181,8 @@ def flat_sums(apply_fn, params, x: jax.Array, y: jax.Array, segments: jax.Array,
     """Per-segment sums of ``per_example(outputs, y) -> (loss, correct)`` over the rows of
     ``x`` in chunks of ``chunk`` rows (memory bounded by a chunk): ``([C], [C])``."""
     rows = x.shape[0]
+    if rows == 0:  # e.g. no test rows (dataset.test_fraction=0)
+        return (jnp.zeros((num_segments,), jnp.float32), jnp.zeros((num_segments,), jnp.int32))
     chunk = max(1, min(chunk, rows))
     count = -(-rows // chunk)
 
