@@ -26,6 +26,7 @@ from fedbench.errors import ConfigError
 from fedbench.state import Settings
 from fedbench.validation import (
     _check_task_and_schedule, _integer, _store_dtype, build_stragglers, check_client_storage,
+    flat_refusal,
     validate,
 )
 
@@ -119,12 +120,14 @@ def check_config(cfg: Mapping[str, Any]) -> CheckedRun:
                       links=links, replicas=replicas, num_seeds=num_seeds)
 
 
-def check_with_data(run: CheckedRun, task: str) -> str:
+def check_with_data(run: CheckedRun, task: str) -> tuple[str, str | None]:
     """The checks that need the loaded dataset's ``task``: what the privacy mechanism can
-    account for on it, the local schedule, and the client storage (returned: ``padded``,
-    ``flat`` or ``auto``, which the data pipeline resolves). Runs before any model is built."""
+    account for on it, the local schedule, and the client storage. Returns ``(storage, why
+    not flat)``: ``padded``, ``flat`` or ``auto`` (which the data pipeline resolves), and why
+    flat storage cannot serve the run (None: it can). Runs before any model is built."""
     _check_task_and_schedule(run.cfg, run.settings, run.algorithm, task)
-    return check_client_storage(run.cfg, run.algorithm, task)
+    return (check_client_storage(run.cfg, run.algorithm, task),
+            flat_refusal(run.cfg, run.algorithm, task))
 
 
 def check_messages(run: CheckedRun, param_shapes) -> None:

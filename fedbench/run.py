@@ -64,7 +64,7 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
     run = cfg if isinstance(cfg, CheckedRun) else check_config(cfg)
     cfg, settings, algorithm = run.cfg, run.settings, run.algorithm
     raw = load_dataset(cfg["dataset"])
-    storage = check_with_data(run, raw.task)  # the task's and storage's checks, before building
+    storage, no_flat = check_with_data(run, raw.task)  # task and storage, before building
     data, partition_stats = build_federated(
         raw,
         cfg["partition"],
@@ -73,6 +73,7 @@ def build_simulator(cfg: Mapping[str, Any] | CheckedRun, progress=None,
         test_fraction=float(cfg["dataset"].get("test_fraction", 0.2)),
         normalization=cfg["dataset"].get("normalize"),
         storage=storage,
+        no_flat=no_flat,
     )
     model = build_model(cfg["model"], data.feature_shape, data.num_classes, data.task)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), data.example_input())

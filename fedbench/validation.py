@@ -110,32 +110,38 @@ def check_client_storage(cfg: Mapping[str, Any], algorithm, task: str) -> str:
     clients gathered, :mod:`fedbench.dataset.flat`) or ``auto`` (padded, unless the padded
     layout would not fit in memory and flat storage serves the run:
     :func:`fedbench.dataset.pipeline.build_federated` decides from the data's shape). Flat
-    storage serves the global-model path: a federated or asynchronous algorithm without
-    per-client models on a classification task, without partitions as replicas; ``flat`` for
-    anything else is refused here, before any work, and ``auto`` stays ``padded``.
+    storage serves the global-model path (:func:`flat_refusal`); ``flat`` for anything else is
+    refused here, before any work, and ``auto`` stays ``padded``.
     """
     storage = cfg.get("client_storage", "padded")
     if storage not in CLIENT_STORAGES:
         raise ConfigError("client_storage", storage, "one of: " + ", ".join(CLIENT_STORAGES))
     if storage == "padded":
         return storage
-    why = None
-    if algorithm.kind not in ("federated", "async", "centralized"):
-        why = f"algorithm {algorithm.kind!r} (it trains on every client each round)"
-    elif (algorithm.personal or algorithm.client_models is not None
-          or algorithm.finetune_steps > 0 or algorithm.client_prepare is not None
-          or algorithm.personal_pass is not None):
-        why = "per-client models or a per-client pass (personalised and clustered algorithms)"
-    elif task != "classification":
-        why = f"task {task!r} (flat evaluation covers classification)"
-    elif any((cfg.get("sweep") or {}).get(k) is not None
-             for k in ("partition_alpha", "partition_seed")):
-        why = "partitions as replicas (sweep.partition_alpha / partition_seed pad each replica)"
+    why = flat_refusal(cfg, algorithm, task)
     if why is not None and storage == "auto":
         return "padded"
     if why is not None:
         raise ConfigError("client_storage", storage, f"padded for {why}")
     return storage
+
+
+def flat_refusal(cfg: Mapping[str, Any], algorithm, task: str) -> str | None:
+    """Why flat storage cannot serve this run (None: it can). It serves the global-model
+    path: a federated or asynchronous algorithm without per-client models on a classification
+    task, without partitions as replicas."""
+    if algorithm.kind not in ("federated", "async", "centralized"):
+        return f"algorithm {algorithm.kind!r} (it trains on every client each round)"
+    if (algorithm.personal or algorithm.client_models is not None
+            or algorithm.finetune_steps > 0 or algorithm.client_prepare is not None
+            or algorithm.personal_pass is not None):
+        return "per-client models or a per-client pass (personalised and clustered algorithms)"
+    if task != "classification":
+        return f"task {task!r} (flat evaluation covers classification)"
+    if any((cfg.get("sweep") or {}).get(k) is not None
+           for k in ("partition_alpha", "partition_seed")):
+        return "partitions as replicas (sweep.partition_alpha / partition_seed pad each replica)"
+    return None
 
 
 def _store_dtype(cfg: Mapping[str, Any]):

@@ -194,7 +194,7 @@ def test_auto_storage_is_flat_only_where_padding_would_not_fit_and_flat_serves(m
     """``client_storage=auto`` (the default): the padded layout where it fits in half the
     memory, flat storage where it does not (W5 typed without ``client_storage=flat``), and the
     padded layout for runs flat storage does not serve (personalised algorithms), whose
-    refusal then names ``client_storage=flat`` as before. The machine is made small instead of
+    refusal then says why flat storage cannot help either. The machine is made small instead of
     the federation large (sizes as in the test above)."""
     from fedbench.dataset.flat import FlatFederatedData
     from fedbench.dataset.federated import FederatedData
@@ -211,9 +211,10 @@ def test_auto_storage_is_flat_only_where_padding_would_not_fit_and_flat_serves(m
     built = build_simulator(compose(small))
     assert isinstance(built.data, FlatFederatedData)
     assert built.partition_stats["client_storage"] == "flat"
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError) as err:  # too large to pad, and flat cannot serve Ditto
         build_simulator(compose(small + ["algorithm=ditto"]))
-    assert err.value.key == "client_storage" and "client_storage=flat" in str(err.value)
+    assert err.value.key == "client_storage" and "smaller federation" in str(err.value)
+    assert "client_storage=flat is refused for per-client models" in str(err.value)
     monkeypatch.setattr(pipeline, "physical_memory", lambda: 2 * padded)  # exactly half: fits
     assert isinstance(build_simulator(compose(small)).data, FederatedData)
 

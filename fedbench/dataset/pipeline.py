@@ -40,6 +40,7 @@ def build_federated(
     test_fraction: float = 0.2,
     normalization: str | None = None,
     storage: str = "padded",
+    no_flat: str | None = None,
 ) -> tuple[FederatedData | FlatFederatedData, dict[str, Any]]:
     """Partitions, splits, shifts, imputes and normalises (train statistics only), and pads.
 
@@ -62,6 +63,8 @@ def build_federated(
         (``flat`` where the padded layout would take more than :data:`PADDED_SHARE` of the
         physical memory, else ``padded``; pass it only where flat storage serves the run,
         as :func:`fedbench.validation.check_client_storage` does).
+      no_flat: why flat storage cannot serve the run (:func:`fedbench.validation.flat_refusal`;
+        None: it can), for the refusal of a padded layout that would not fit.
 
     Returns:
       ``(data, stats)``: the padded federated data and heterogeneity statistics of the training
@@ -115,7 +118,7 @@ def build_federated(
         storage = "padded" if padded_bytes(train_x, test_x) <= PADDED_SHARE * (
             physical_memory() or float("inf")) else "flat"
     if storage == "padded":
-        check_padded_fits(train_x, test_x)
+        check_padded_fits(train_x, test_x, no_flat=no_flat)
     build = flat_from_client_arrays if storage == "flat" else from_client_arrays
     data = build(
         train_x, train_t, test_x, test_t, raw.num_classes, task=raw.task,
@@ -157,7 +160,8 @@ def padded_bytes(train_x, test_x) -> int:
     return len(train_x) * (max(len(x) for x in train_x) + max(len(x) for x in test_x)) * example
 
 
-def check_padded_fits(train_x, test_x, share: float = PADDED_SHARE) -> None:
+def check_padded_fits(train_x, test_x, share: float = PADDED_SHARE,
+                      no_flat: str | None = None) -> None:
     """Padded storage holds ``num_clients x largest client`` examples (train and test): refused
     in one line naming ``client_storage=flat`` when that would take more than ``share`` of
     the physical memory (100,000 clients padded to the largest of them: tens of GiB), instead
@@ -171,8 +175,10 @@ def check_padded_fits(train_x, test_x, share: float = PADDED_SHARE) -> None:
         return
     needed = padded_bytes(train_x, test_x)
     if needed > share * memory:
-        raise ConfigError(
-            "client_storage", "padded",
-            f"flat for this federation (client_storage=flat): padding {len(train_x)} clients "
-            f"to the largest needs {needed / 2**30:.1f} GiB, more than half of this machine's "
-            f"{memory / 2**30:.1f} GiB")
+        size = (f"padding {len(train_x)} clients to the largest needs {needed / 2**30:.1f} GiB, "
+                f"more than half of this machine's {memory / 2**30:.1f} GiB")
+        if no_flat is not None:  # flat storage would fit, but cannot serve this run
+            raise ConfigError("client_storage", "padded", f"a smaller federation or a larger "
+                              f"machine: {size}, and client_storage=flat is refused for {no_flat}")
+        raise ConfigError("client_storage", "padded",
+                          f"flat for this federation (client_storage=flat): {size}")
